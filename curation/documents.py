@@ -1,0 +1,28 @@
+"""The record that flows through every pipeline: a document with its provenance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Document:
+    """One input record. `uid` is unique across the job (source + record index); `id` is the
+    user's identifier (may repeat across sources). `text` is set until tokenization, `tokens` after."""
+
+    source: str
+    id: str
+    uid: str
+    text: str | None = None
+    tokens: np.ndarray | None = None
+    content_hash: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def with_(self, **changes) -> "Document":
+        return replace(self, **changes)
+
+    @property
+    def num_tokens(self) -> int:
+        return 0 if self.tokens is None else int(self.tokens.shape[0])

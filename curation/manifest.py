@@ -1,0 +1,95 @@
+"""The job manifest: what was read, kept and rejected, and every shard written, in one JSON file."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections import Counter
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+from curation.accounting import JobCounts
+from curation.packing import packing_efficiency
+from curation.shards import ShardInfo
+from curation.stages import Stage
+
+# Keys of the summed counter dict every pipeline builds (see pipelines/accounting.py).
+READ = "read"
+KEPT = "kept"
+REJECTED_PREFIX = "rejected."
+TOKENS_IN = "tokens_in"
+
+
+def stage_key(stage: str, name: str) -> str:
+    return f"stage.{stage}.{name}"
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def job_counts(counters: dict[str, int]) -> JobCounts:
+    rejected = Counter(
+        {k.removeprefix(REJECTED_PREFIX): v for k, v in counters.items() if k.startswith(REJECTED_PREFIX) and v}
+    )
+    return JobCounts(read=counters.get(READ, 0), kept=counters.get(KEPT, 0), rejected=rejected)
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("longctx", "apache-beam", "pyarrow", "tokenizers", "numpy"):
+        try:
+            out[dist] = importlib_metadata.version(dist)
+        except importlib_metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def build_manifest(
+    kind: str,
+    counters: dict[str, int],
+    stages: list[Stage],
+    shards: list[ShardInfo],
+    config: dict[str, Any],
+    reject_files: list[str],
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the manifest and check that every record is accounted for (raises AccountingError)."""
+    counts = job_counts(counters)
+    counts.check()
+    per_stage = {}
+    for stage in stages:
+        stage_shards = sorted((s for s in shards if s.stage == stage.name), key=lambda s: s.path)
+        rows = sum(s.rows for s in stage_shards)
+        tokens = sum(s.tokens for s in stage_shards)
+        per_stage[stage.name] = {
+            "length": stage.length,
+            "min_tokens": stage.min_tokens,
+            "max_tokens": stage.max_tokens,
+            "documents": counters.get(stage_key(stage.name, "documents"), 0),
+            "segments": counters.get(stage_key(stage.name, "segments"), 0),
+            "rows": rows,
+            "tokens": tokens,
+            "dropped_tail_tokens": counters.get(stage_key(stage.name, "dropped_tokens"), 0),
+            "packing_efficiency": round(packing_efficiency(tokens, rows, stage.length), 6),
+            "shards": [s.as_json() for s in stage_shards],
+        }
+    manifest = {
+        "kind": kind,
+        "read": counts.read,
+        "kept": counts.kept,
+        "rejected": dict(sorted(counts.rejected.items())),
+        "rejected_total": counts.rejected_total,
+        "tokens_in": counters.get(TOKENS_IN, 0),
+        "tokens_out": sum(s["tokens"] for s in per_stage.values()),
+        "dropped_tail_tokens": sum(s["dropped_tail_tokens"] for s in per_stage.values()),
+        "stages": per_stage,
+        "rejects": sorted(reject_files),
+        "config": config,
+        "config_hash": config_hash(config),
+        "versions": _versions(),
+    }
+    if extra:
+        manifest.update(extra)
+    return manifest

@@ -1,0 +1,184 @@
+"""Best-fit-decreasing packing of document windows into fixed-length rows, and the row arrays.
+
+Packing is planned on lengths alone (a few bytes per window), so one worker can plan a whole
+stage; the tokens meet their row only when a shard is assembled.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+
+
+@dataclass(frozen=True, order=True)
+class SegmentRef:
+    """A window of a document, by reference: `key` is unique in the job (uid@start)."""
+
+    key: str
+    doc_id: str
+    start: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a segment lands: row `row` of the stage, as segment number `index` (0-based) at
+    token `offset` of that row."""
+
+    row: int
+    index: int
+    offset: int
+
+
+def best_fit_decreasing(segments: list[SegmentRef], length: int) -> list[list[SegmentRef]]:
+    """Pack segments (each <= length) into bins of capacity `length`: longest first, each into the
+    fullest bin it still fits. Deterministic: ties are broken by key."""
+    bins: list[list[SegmentRef]] = []
+    free: list[tuple[int, int]] = []  # (free tokens, bin index), sorted
+    for seg in sorted(segments, key=lambda s: (-s.length, s.key)):
+        if seg.length > length or seg.length <= 0:
+            raise ValueError(f"segment {seg.key} has {seg.length} tokens; rows hold 1..{length}")
+        i = bisect.bisect_left(free, (seg.length, -1))
+        if i < len(free):
+            room, b = free.pop(i)
+        else:
+            room, b = length, len(bins)
+            bins.append([])
+        bins[b].append(seg)
+        if room - seg.length > 0:
+            bisect.insort(free, (room - seg.length, b))
+    return bins
+
+
+def _row_order_key(row: list[SegmentRef], seed: int) -> bytes:
+    return hashlib.sha256(f"{seed}:{row[0].key}".encode()).digest()
+
+
+def plan_rows(segments: list[SegmentRef], length: int, seed: int = 0) -> list[list[SegmentRef]]:
+    """All rows of a stage, in a deterministic pseudo-random order (so consecutive rows mix
+    documents) that depends only on the segments and the seed, never on arrival order."""
+    rows = best_fit_decreasing(segments, length)
+    for row in rows:
+        row.sort(key=lambda s: s.key)
+    rows.sort(key=lambda r: _row_order_key(r, seed))
+    return rows
+
+
+def placements(rows: list[list[SegmentRef]]) -> dict[str, Placement]:
+    out = {}
+    for r, row in enumerate(rows):
+        offset = 0
+        for i, seg in enumerate(row):
+            out[seg.key] = Placement(r, i, offset)
+            offset += seg.length
+    return out
+
+
+def packing_efficiency(tokens: int, rows: int, length: int) -> float:
+    return tokens / (rows * length) if rows else 0.0
+
+
+class PositionMode(str, Enum):
+    DOCUMENT = "document"  # positions restart at 0 for every packed segment
+    ROW = "row"  # positions run 0..L-1 across the row
+
+
+@dataclass
+class RowArrays:
+    """The columns of `rows` packed rows of length L, filled segment by segment."""
+
+    input_ids: np.ndarray
+    segment_ids: np.ndarray
+    positions: np.ndarray
+    loss_mask: np.ndarray
+    doc_ids: list[list[str]]
+    doc_starts: list[list[int]]
+
+    @classmethod
+    def empty(cls, rows: int, length: int) -> "RowArrays":
+        return cls(
+            input_ids=np.zeros((rows, length), np.int32),
+            segment_ids=np.zeros((rows, length), np.int32),
+            positions=np.zeros((rows, length), np.int32),
+            loss_mask=np.zeros((rows, length), np.float32),
+            doc_ids=[[] for _ in range(rows)],
+            doc_starts=[[] for _ in range(rows)],
+        )
+
+    def place(
+        self,
+        row: int,
+        index: int,
+        offset: int,
+        tokens: np.ndarray,
+        doc_id: str,
+        doc_start: int,
+        mode: PositionMode = PositionMode.DOCUMENT,
+        loss_mask: np.ndarray | None = None,
+    ) -> None:
+        """Write one segment. Segments of a row may arrive in any order; `index` fixes its slot."""
+        end = offset + len(tokens)
+        self.input_ids[row, offset:end] = tokens
+        self.segment_ids[row, offset:end] = index + 1
+        self.positions[row, offset:end] = (
+            np.arange(len(tokens)) if mode is PositionMode.DOCUMENT else np.arange(offset, end)
+        )
+        self.loss_mask[row, offset:end] = 1.0 if loss_mask is None else loss_mask
+        ids, starts = self.doc_ids[row], self.doc_starts[row]
+        while len(ids) <= index:
+            ids.append("")
+            starts.append(-1)
+        ids[index], starts[index] = doc_id, doc_start
+
+    def finish(self, mode: PositionMode = PositionMode.DOCUMENT) -> "RowArrays":
+        """Padding keeps segment id 0 and loss 0; in row mode its positions continue the count."""
+        if mode is PositionMode.ROW:
+            self.positions[:] = np.arange(self.positions.shape[1], dtype=np.int32)
+        return self
+
+
+@dataclass(frozen=True)
+class StageSegment:
+    """A window's tokens on its way to a row of `stage`. Books carry tokens only; QA adds a loss
+    mask (answers only), video a vision mask."""
+
+    stage: str
+    ref: SegmentRef
+    tokens: np.ndarray
+    loss_mask: np.ndarray | None = None
+    vision_mask: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class ShardSlot:
+    """A segment's place in the output: shard `shard` (of `shards`, holding `shard_rows` rows),
+    row `row` of that shard, slot `index` at token `offset`."""
+
+    shard: int
+    shards: int
+    shard_rows: int
+    row: int
+    index: int
+    offset: int
+
+
+def rows_per_shard(length: int, target_bytes: int, with_vision: bool = False) -> int:
+    bytes_per_row = length * (4 * 4 + (4 if with_vision else 0))
+    return max(1, target_bytes // bytes_per_row)
+
+
+def plan_shards(segments: list[SegmentRef], length: int, target_bytes: int, seed: int = 0, with_vision: bool = False) -> tuple[dict[str, ShardSlot], int]:
+    """Pack a stage's segments into rows and rows into shards: segment key -> its slot; and the row count."""
+    rows = plan_rows(segments, length, seed)
+    per_shard = rows_per_shard(length, target_bytes, with_vision)
+    shards = -(-len(rows) // per_shard)
+    slots = {}
+    for key, place in placements(rows).items():
+        shard, row = divmod(place.row, per_shard)
+        shard_rows = min(per_shard, len(rows) - shard * per_shard)
+        slots[key] = ShardSlot(shard, shards, shard_rows, row, place.index, place.offset)
+    return slots, len(rows)

@@ -1,0 +1,107 @@
+"""Context stages: which documents feed which sequence length, and how long documents are cut."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A context stage: rows of exactly `length` tokens, fed by documents whose token count is
+    in [min_tokens, max_tokens) (max_tokens None = unbounded)."""
+
+    name: str
+    length: int
+    min_tokens: int = 0
+    max_tokens: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.length <= 0:
+            raise ValueError(f"stage {self.name!r}: length must be positive, got {self.length}")
+        if self.max_tokens is not None and self.max_tokens <= self.min_tokens:
+            raise ValueError(f"stage {self.name!r}: empty window [{self.min_tokens}, {self.max_tokens})")
+
+    def accepts(self, num_tokens: int) -> bool:
+        return num_tokens >= self.min_tokens and (self.max_tokens is None or num_tokens < self.max_tokens)
+
+
+# The LWM-Text stages (MISSION.md); the 32K window is ours, the release does not publish it.
+LWM_STAGES: dict[str, Stage] = {
+    s.name: s
+    for s in (
+        Stage("32k", 32_768, 10_000, 100_000),
+        Stage("128k", 131_072, 100_000, 200_000),
+        Stage("256k", 262_144, 200_000, 500_000),
+        Stage("512k", 524_288, 500_000, 1_000_000),
+        Stage("1m", 1_048_576, 1_000_000, None),
+    )
+}
+
+_INLINE = re.compile(r"^(?P<name>[\w.-]+)=(?P<length>\d+[kKmM]?):(?P<min>\d+[kKmM]?)-(?P<max>\d+[kKmM]?)?$")
+
+
+def parse_count(text: str) -> int:
+    """`4096`, `32k` (x1024), `1m` (x1024^2)."""
+    text = text.strip().lower()
+    scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
+def parse_stage_list(spec: str | list[str], known: dict[str, Stage]) -> list[Stage]:
+    """`32k,128k` picks known stages; `tiny=4096:1000-20000` (name=L:min-max, max optional)
+    defines one inline. Window bounds are plain token counts; k/m suffixes scale by 1024."""
+    items = spec.split(",") if isinstance(spec, str) else [s for part in spec for s in part.split(",")]
+    stages = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        match = _INLINE.match(item)
+        if match:
+            stages.append(
+                Stage(
+                    match["name"],
+                    parse_count(match["length"]),
+                    parse_count(match["min"]),
+                    parse_count(match["max"]) if match["max"] else None,
+                )
+            )
+        elif item in known:
+            stages.append(known[item])
+        else:
+            raise ValueError(f"unknown stage {item!r}: known are {sorted(known)}; or define one as name=L:min-max")
+    names = [s.name for s in stages]
+    if len(set(names)) != len(names):
+        raise ValueError(f"stage names repeat: {names}")
+    return stages
+
+
+class StagePolicy(str, Enum):
+    ALL = "all"  # a document feeds every stage whose window holds it
+    FIRST = "first"  # only the first such stage, in configured order
+
+
+def matching_stages(num_tokens: int, stages: list[Stage], policy: StagePolicy) -> list[Stage]:
+    matched = [s for s in stages if s.accepts(num_tokens)]
+    return matched[:1] if policy is StagePolicy.FIRST else matched
+
+
+@dataclass(frozen=True)
+class Window:
+    start: int
+    length: int
+
+
+def cut_windows(num_tokens: int, length: int, min_tail: int) -> tuple[list[Window], int]:
+    """Cut a document into consecutive windows of `length` tokens; the remainder is kept as a
+    shorter window if it has at least `min_tail` tokens (or if it is the whole document), else
+    dropped. Returns (windows, dropped token count)."""
+    if num_tokens <= length:
+        return [Window(0, num_tokens)], 0
+    full, tail = divmod(num_tokens, length)
+    windows = [Window(i * length, length) for i in range(full)]
+    if tail >= max(min_tail, 1):
+        windows.append(Window(full * length, tail))
+        return windows, 0
+    return windows, tail

@@ -1,0 +1,130 @@
+"""One accounting path for every pipeline: count events, write rejects, write the manifest.
+
+Each record produces one `read` event where it is read and exactly one `kept` or `rejected.*`
+event where its journey ends; the job sums them and refuses to finish unless they balance.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import zlib
+from collections import Counter
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from curation.accounting import Reject
+from curation.manifest import READ, REJECTED_PREFIX, build_manifest
+from curation.shards import join_url, write_bytes_atomic
+from curation.stages import Stage
+
+NAMESPACE = "longctx"
+REJECTS = "rejects"
+KEPT_EVENTS = "kept_events"
+
+log = logging.getLogger("longctx")
+
+
+class SumCounts(beam.CombineFn):
+    """Sums dicts of counts (str -> int)."""
+
+    def create_accumulator(self):
+        return Counter()
+
+    def add_input(self, acc, counts):
+        acc.update(counts)
+        return acc
+
+    def merge_accumulators(self, accs):
+        out = Counter()
+        for acc in accs:
+            out.update(acc)
+        return out
+
+    def extract_output(self, acc):
+        return dict(acc)
+
+
+class CountRejects(beam.DoFn):
+    def process(self, reject: Reject):
+        Metrics.counter(NAMESPACE, f"rejected.{reject.reason}").inc()
+        yield {f"{REJECTED_PREFIX}{reject.reason}": 1}
+
+
+def reject_file_name(index: int, count: int) -> str:
+    return f"rejects/rejects-{index:05d}-of-{count:05d}.jsonl"
+
+
+class WriteRejectFile(beam.DoFn):
+    def __init__(self, output: str, count: int):
+        self.output = output
+        self.count = count
+
+    def process(self, keyed):
+        index, rejects = keyed
+        lines = [json.dumps(r.as_json(), ensure_ascii=False) for r in sorted(rejects, key=lambda r: r.sort_key)]
+        rel = reject_file_name(index, self.count)
+        write_bytes_atomic(join_url(self.output, rel), ("\n".join(lines) + "\n").encode())
+        yield rel
+
+
+class WriteRejects(beam.PTransform):
+    """Rejects -> sorted JSONL files under OUT/rejects/ (deterministic), and their count events."""
+
+    def __init__(self, output: str, files: int = 1):
+        super().__init__()
+        self.output = output
+        self.files = files
+
+    def expand(self, rejects):
+        files = (
+            rejects
+            | "ByFile" >> beam.Map(lambda r: (zlib.crc32(f"{r.source}\0{r.id}".encode()) % self.files, r))
+            | "GroupByFile" >> beam.GroupByKey()
+            | "Write" >> beam.ParDo(WriteRejectFile(self.output, self.files))
+        )
+        counts = rejects | "Count" >> beam.ParDo(CountRejects())
+        return files, counts
+
+
+class WriteManifest(beam.DoFn):
+    """Runs once, after everything else: checks read == kept + rejected and writes manifest.json."""
+
+    def __init__(self, kind: str, output: str, stages: list[Stage], config: dict, extra: dict | None = None):
+        self.kind = kind
+        self.output = output
+        self.stages = stages
+        self.config = config
+        self.extra = extra
+
+    def process(self, _, counters, shards, reject_files):
+        manifest = build_manifest(self.kind, counters, self.stages, shards, self.config, reject_files, self.extra)
+        write_bytes_atomic(join_url(self.output, "manifest.json"), json.dumps(manifest, indent=2).encode())
+        yield manifest
+
+
+def count_read(pcoll_docs, pcoll_rejects, label: str = "CountRead"):
+    """One `read` event per record read, whether it parsed or not."""
+    return (pcoll_docs, pcoll_rejects) | label >> beam.Flatten() | f"{label}Events" >> beam.Map(lambda _: {READ: 1})
+
+
+def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, shards):
+    """Shared ending of every data pipeline: rejects files, summed counts, manifest (checked)."""
+    all_rejects = rejects | "AllRejects" >> beam.Flatten()
+    reject_files, reject_events = all_rejects | "Rejects" >> WriteRejects(config.output)
+    counters = (
+        (count_read(read.docs, read.rejects), reject_events, kept_events)
+        | "AllEvents" >> beam.Flatten()
+        | "SumCounts" >> beam.CombineGlobally(SumCounts())
+    )
+    return (
+        pbegin
+        | "Once" >> beam.Create([None])
+        | "Manifest" >> beam.ParDo(
+            WriteManifest(kind, config.output, stages, config.data_config()),
+            counters=beam.pvalue.AsSingleton(counters),
+            shards=beam.pvalue.AsList(shards),
+            reject_files=beam.pvalue.AsList(reject_files),
+        )
+    )

@@ -1,0 +1,137 @@
+"""The book pipeline: read -> clean -> deduplicate -> tokenize -> assign stages -> pack -> write.
+
+Each DoFn is a thin shell over a pure function in `curation/`; `BuildBookShards.expand` is the
+recipe. Every record read ends as exactly one `kept` or `rejected.*` event (see accounting).
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+
+from curation.accounting import Reason, Reject
+from curation.documents import Document
+from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.packing import SegmentRef, StageSegment
+from curation.sources import SourceConfig
+from curation.stages import Stage, StagePolicy, cut_windows, matching_stages
+from curation.text import CleanConfig, Rejected, clean_text, content_hash
+from curation.tokenize import encode_long, load_tokenizer
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, finish_job
+from pipelines.config import JobConfig
+from pipelines.io import ReadInputs
+from pipelines.packing import PackAndWriteShards
+
+
+class CleanText(beam.DoFn):
+    def __init__(self, config: CleanConfig):
+        self.config = config
+
+    def process(self, doc: Document):
+        try:
+            text = clean_text(doc.text, self.config)
+        except Rejected as err:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason.value, err.detail))
+            return
+        yield doc.with_(text=text, content_hash=content_hash(text))
+
+
+def first_of_duplicates(keyed: tuple[str, list[Document]]):
+    """Of documents with the same content, keep the first by (source, id, uid); reject the rest."""
+    _, docs = keyed
+    docs = sorted(docs, key=lambda d: (d.source, d.id, d.uid))
+    yield docs[0]
+    for dup in docs[1:]:
+        yield beam.pvalue.TaggedOutput(
+            REJECTS, Reject(dup.source, dup.id, Reason.DUPLICATE.value, f"same content as {docs[0].source} id={docs[0].id}")
+        )
+
+
+class DropDuplicates(beam.PTransform):
+    def expand(self, docs):
+        return (
+            docs
+            | "ByContent" >> beam.Map(lambda d: (d.content_hash, d))
+            | "GroupByContent" >> beam.GroupByKey()
+            | "KeepFirst" >> beam.FlatMap(first_of_duplicates).with_outputs(REJECTS, main="docs")
+        )
+
+
+class Tokenize(beam.DoFn):
+    """Text -> int32 token ids with BOS/EOS as configured; the tokenizer loads once per worker."""
+
+    def __init__(self, spec: str, add_bos: bool, add_eos: bool, piece_chars: int):
+        self.spec = spec
+        self.add_bos = add_bos
+        self.add_eos = add_eos
+        self.piece_chars = piece_chars
+
+    def setup(self):
+        self.tok, info = load_tokenizer(self.spec)
+        self.bos = info.bos_id if self.add_bos else None
+        self.eos = info.eos_id if self.add_eos else None
+        self.tokens = Metrics.counter(NAMESPACE, TOKENS_IN)
+
+    def process(self, doc: Document):
+        try:
+            tokens = encode_long(self.tok, doc.text, self.bos, self.eos, self.piece_chars)
+        except Exception as err:  # a tokenizer failure on one text must not stop the job
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.TOKENIZER_ERROR.value, f"{type(err).__name__}: {err}"))
+            return
+        self.tokens.inc(len(tokens))
+        yield doc.with_(text=None, tokens=tokens)
+
+
+def assign_stages(doc: Document, stages: list[Stage], policy: StagePolicy, min_tail: int):
+    """A tokenized document -> its windows per matching stage, plus one kept/rejected outcome."""
+    n = doc.num_tokens
+    matched = matching_stages(n, stages, policy)
+    if not matched:
+        windows = ", ".join(f"{s.name}=[{s.min_tokens},{s.max_tokens or 'inf'})" for s in stages)
+        yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{n} tokens; stages: {windows}"))
+        return
+    event = {KEPT: 1, TOKENS_IN: n}
+    for stage in matched:
+        windows, dropped = cut_windows(n, stage.length, min_tail)
+        event[stage_key(stage.name, "documents")] = 1
+        event[stage_key(stage.name, "segments")] = len(windows)
+        event[stage_key(stage.name, "dropped_tokens")] = dropped
+        for w in windows:
+            ref = SegmentRef(key=f"{doc.uid}@{w.start}", doc_id=doc.id, start=w.start, length=w.length)
+            yield StageSegment(stage.name, ref, doc.tokens[w.start : w.start + w.length])
+    yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)
+
+
+class BuildBookShards(beam.PTransform):
+    """Book files -> stage shards + rejects + manifest.json under `config.output`."""
+
+    def __init__(self, config: JobConfig, shard_metadata: dict[str, dict]):
+        super().__init__()
+        self.config = config
+        self.stages = config.resolved_stages()
+        self.shard_metadata = shard_metadata
+
+    def expand(self, pbegin):
+        c = self.config
+        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format)
+        clean = CleanConfig(
+            min_chars=c.min_chars,
+            max_control_ratio=c.max_control_ratio,
+            normalize_unicode=None if c.unicode_normalization == "none" else c.unicode_normalization,
+            strip_gutenberg=c.strip_gutenberg,
+        )
+        read = pbegin | "Read" >> ReadInputs(c.inputs, source)
+        cleaned = read.docs | "Clean" >> beam.ParDo(CleanText(clean)).with_outputs(REJECTS, main="docs")
+        unique = cleaned.docs | "Deduplicate" >> DropDuplicates()
+        tokenized = unique.docs | "Tokenize" >> beam.ParDo(
+            Tokenize(c.tokenizer, c.add_bos, c.add_eos, c.encode_piece_chars)
+        ).with_outputs(REJECTS, main="docs")
+        assigned = tokenized.docs | "AssignStages" >> beam.FlatMap(
+            assign_stages, self.stages, c.stage_policy, c.min_tail_tokens
+        ).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
+        shards = assigned.segments | "PackAndWrite" >> PackAndWriteShards(
+            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed
+        )
+        rejects = [read.rejects, cleaned.rejects, unique.rejects, tokenized.rejects, assigned.rejects]
+        return finish_job(pbegin, "books", c, self.stages, read, rejects, assigned[KEPT_EVENTS], shards)
+

@@ -1,0 +1,119 @@
+"""Typed job configs, loaded from YAML and overridden by CLI flags generated from the same fields.
+
+Every field is a config key and a flag (`min_tail_tokens` <-> `--min-tail-tokens`), with the
+field's description as the flag's `--help` text, so the two can never drift apart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from curation.manifest import config_hash
+from curation.packing import PositionMode
+from curation.stages import LWM_STAGES, Stage, StagePolicy, parse_stage_list
+
+
+class StageModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    length: int
+    min_tokens: int = 0
+    max_tokens: int | None = None
+
+
+class JobConfig(BaseModel):
+    """Fields shared by every data job (books, QA, video)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: list[str] = Field(default_factory=list, description="input files, folders or globs (local path or fsspec URL such as gs://b/x/*.jsonl.gz); repeatable", json_schema_extra={"flag": "--input"})
+    output: str = Field("", description="output folder (local path or fsspec URL): STAGE/train-*.arrow, rejects/, manifest.json")
+    tokenizer: str = Field("", description="training tokenizer: tokenizer.json, SentencePiece .model, folder, package:DIST/path, or hub id")
+    stages: list[str] = Field(default_factory=lambda: ["32k"], description="stages to build: names from stage_catalog/LWM (32k,128k,256k,512k,1m) or inline name=L:min-max")
+    stage_catalog: dict[str, StageModel] = Field(default_factory=dict, description="extra named stages (YAML only): name -> {length, min_tokens, max_tokens}")
+    stage_policy: StagePolicy = Field(StagePolicy.ALL, description="a document feeds all matching stages, or only the first")
+    min_tail_tokens: int = Field(1024, description="a long document's last partial window is packed if it has at least this many tokens, else dropped")
+    positions: PositionMode = Field(PositionMode.DOCUMENT, description="position ids restart per packed document, or run 0..L-1 across the row")
+    shuffle_seed: int = Field(0, description="seed of the deterministic row order within a stage")
+    shard_target_bytes: int = Field(256 * 1024 * 1024, description="target size of one shard file in bytes")
+    add_bos: bool = Field(True, description="prepend the tokenizer's BOS to each document")
+    add_eos: bool = Field(True, description="append the tokenizer's EOS to each document")
+    text_field: str = Field("text", description="JSONL field / Parquet column holding the text")
+    id_field: str = Field("id", description="JSONL field / Parquet column holding the record id (default: file:line)")
+    input_format: Literal["auto", "jsonl", "parquet", "text"] = Field("auto", description="input format; auto infers it from the file extension")
+    min_chars: int = Field(1, description="reject texts shorter than this after cleaning (too_short)")
+    max_control_ratio: float = Field(0.001, description="reject texts with a larger share of control characters (binary)")
+    unicode_normalization: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form applied to the text")
+    strip_gutenberg: bool = Field(True, description="strip Project Gutenberg licence header and footer when present")
+    encode_piece_chars: int = Field(32_768, description="long texts are encoded in pieces of about this many characters (cut at spaces)")
+
+    def resolved_stages(self) -> list[Stage]:
+        known = dict(LWM_STAGES)
+        known.update({name: Stage(name, s.length, s.min_tokens, s.max_tokens) for name, s in self.stage_catalog.items()})
+        return parse_stage_list(self.stages, known)
+
+    def data_config(self) -> dict[str, Any]:
+        """What determines the data (hashed into every shard): all but where it is written."""
+        data = self.model_dump(mode="json", exclude={"output", "stage_catalog"})
+        data["stages"] = [vars(s) for s in self.resolved_stages()]
+        return data
+
+    def hash(self) -> str:
+        return config_hash(self.data_config())
+
+
+class BooksConfig(JobConfig):
+    """`longctx books`: clean, tokenize, length-filter and pack books into stage shards."""
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    with open(path) as fh:
+        data = yaml.safe_load(fh) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: a config file must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def _flag(name: str, field) -> str:
+    extra = field.json_schema_extra or {}
+    return extra.get("flag", "--" + name.replace("_", "-"))
+
+
+def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
+    """One flag per config field (YAML-only fields, dicts, are skipped)."""
+    parser.add_argument("--config", help="YAML file with any of the keys below; flags override it")
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        origin = typing.get_origin(annotation)
+        help_text = f"{field.description} [config key: {name}]"
+        if origin is dict:
+            continue
+        if annotation is bool:
+            parser.add_argument(_flag(name, field), dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif origin is list:
+            parser.add_argument(_flag(name, field), dest=name, action="append", default=None, help=help_text)
+        else:
+            choices = None
+            if origin is Literal:
+                choices = list(typing.get_args(annotation))
+            elif isinstance(annotation, type) and issubclass(annotation, __import__("enum").Enum):
+                choices = [m.value for m in annotation]
+            kind = annotation if annotation in (int, float) else str
+            parser.add_argument(_flag(name, field), dest=name, type=kind, choices=choices, default=None, help=help_text)
+
+
+def config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseModel:
+    data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    for name in model.model_fields:
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if name == "stages":  # --stages 32k,128k or repeated --stages
+            value = [s for part in value for s in part.split(",") if s]
+        data[name] = value
+    return model.model_validate(data)

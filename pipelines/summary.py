@@ -1,0 +1,36 @@
+"""The table every job prints at the end, from its manifest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def print_summary(manifest: dict[str, Any], output: str, console: Console | None = None) -> None:
+    console = console or Console()
+    totals = Table(title=f"longctx {manifest['kind']}: records", show_header=True, header_style="bold")
+    totals.add_column("count")
+    totals.add_column("value", justify="right")
+    totals.add_row("read", f"{manifest['read']:,}")
+    totals.add_row("kept", f"{manifest['kept']:,}")
+    for reason, n in manifest["rejected"].items():
+        totals.add_row(f"rejected: {reason}", f"{n:,}")
+    totals.add_row("tokens in (kept + no_stage)", f"{manifest['tokens_in']:,}")
+    totals.add_row("tokens out (all stages)", f"{manifest['tokens_out']:,}")
+    totals.add_row("dropped tail tokens", f"{manifest['dropped_tail_tokens']:,}")
+    console.print(totals)
+    stages = Table(title="stages", header_style="bold")
+    for col in ("stage", "length", "window", "docs", "rows", "tokens", "packing", "dropped", "shards"):
+        stages.add_column(col, justify="left" if col in ("stage", "window") else "right")
+    for name, s in manifest["stages"].items():
+        window = f"[{s['min_tokens']:,}, {s['max_tokens']:,})" if s["max_tokens"] else f"[{s['min_tokens']:,}, inf)"
+        stages.add_row(
+            name, f"{s['length']:,}", window, f"{s['documents']:,}", f"{s['rows']:,}", f"{s['tokens']:,}",
+            f"{100 * s['packing_efficiency']:.2f}%", f"{s['dropped_tail_tokens']:,}", str(len(s["shards"])),
+        )
+    console.print(stages)
+    balance = "OK" if manifest["read"] == manifest["kept"] + manifest["rejected_total"] else "MISMATCH"
+    console.print(f"read {manifest['read']} = kept {manifest['kept']} + rejected {manifest['rejected_total']}: {balance}")
+    console.print(f"shards, rejects/ and manifest.json in [bold]{output}[/bold]")
