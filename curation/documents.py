@@ -10,11 +10,12 @@ import numpy as np
 @dataclass(frozen=True)
 class Document:
     """One input record. `uid` is unique across the job (source + record index); `id` is the
-    user's identifier (may repeat across sources). `text` is set until tokenization, `tokens` after."""
+    user's identifier (may repeat). `text` is set until tokenization, `tokens` after."""
 
     source: str
     id: str
     uid: str
+    index: int = 0  # position of the record in its source file
     text: str | None = None
     tokens: np.ndarray | None = None
     content_hash: str = ""

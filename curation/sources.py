@@ -65,12 +65,30 @@ def _document(url: str, index: int, record_id: str, text: object) -> Document | 
             return Reject(url, record_id, err.reason.value, err.detail)
     if not isinstance(text, str):
         return Reject(url, record_id, Reason.WRONG_TYPE.value, f"text is {type(text).__name__}, not a string")
-    return Document(source=url, id=record_id, uid=f"{url}#{index}", text=text)
+    return Document(source=url, id=record_id, uid=f"{url}#{index}", index=index, text=text)
+
+
+def iter_lines(fh, block: int = 1 << 20) -> Iterator[bytes]:
+    """Lines of a binary stream, read in blocks (works for decompressors that lack readline)."""
+    pending: list[bytes] = []  # pieces of a line longer than one block, joined once complete
+    while True:
+        chunk = fh.read(block)
+        if not chunk:
+            break
+        if b"\n" not in chunk:
+            pending.append(chunk)
+            continue
+        lines = chunk.split(b"\n")
+        lines[0] = b"".join(pending + [lines[0]])
+        pending = [lines.pop()]
+        yield from lines
+    if any(pending):
+        yield b"".join(pending)
 
 
 def _iter_jsonl(fh, url: str, config: SourceConfig) -> Iterator[Document | Reject]:
     base = posixpath.basename(url)
-    for index, raw in enumerate(fh):
+    for index, raw in enumerate(iter_lines(fh)):
         fallback = f"{base}:{index + 1}"
         if not raw.strip():
             yield Reject(url, fallback, Reason.EMPTY.value, f"blank line {index + 1}")

@@ -37,9 +37,9 @@ class CleanText(beam.DoFn):
 
 
 def first_of_duplicates(keyed: tuple[str, list[Document]]):
-    """Of documents with the same content, keep the first by (source, id, uid); reject the rest."""
+    """Of documents with the same content, keep the first read (by source, then position in it)."""
     _, docs = keyed
-    docs = sorted(docs, key=lambda d: (d.source, d.id, d.uid))
+    docs = sorted(docs, key=lambda d: (d.source, d.index))
     yield docs[0]
     for dup in docs[1:]:
         yield beam.pvalue.TaggedOutput(

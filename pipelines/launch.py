@@ -46,7 +46,10 @@ def validate(config: JobConfig) -> None:
     missing = [name for name in ("inputs", "output", "tokenizer") if not getattr(config, name)]
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (flags --input/--output/--tokenizer or a --config file)")
-    config.resolved_stages()
+    try:
+        config.resolved_stages()
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def run_books(config: BooksConfig, beam_args: list[str] | None = None) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""Shared fixtures: the real sample books, the real demo tokenizer, and corrupt inputs made here."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_BOOKS = REPO / "data" / "sample" / "books.jsonl.gz"
+DEMO_TOKENIZER = "package:mistral_common/data/tokenizer.model.v1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    # Tests convert the tokenizer into their own cache, never the user's.
+    os.environ.setdefault("LONGCTX_CACHE", str(tmp_path_factory.mktemp("longctx-cache")))
+
+
+@pytest.fixture(scope="session")
+def sample_books() -> list[dict]:
+    with gzip.open(SAMPLE_BOOKS, "rt", encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh]
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer():
+    from curation.tokenize import load_tokenizer
+
+    return load_tokenizer(DEMO_TOKENIZER)
+
+
+def write_corrupt_inputs(folder: Path, good_text: str) -> dict[str, str]:
+    """One file per kind of bad input, plus good records mixed in. Returns {record id: expected reason}."""
+    folder.mkdir(parents=True, exist_ok=True)
+    expected = {}
+    lines = [
+        json.dumps({"id": "good-1", "text": good_text}).encode(),
+        b'{"id": "malformed", "text": "unterminated',
+        json.dumps({"id": "no-text", "body": "x"}).encode(),
+        json.dumps({"id": "empty", "text": "   \n\t  "}).encode(),
+        json.dumps({"id": "nul", "text": "some\x00binary\x00stuff" * 10}).encode(),
+        b'{"id": "bad-utf8", "text": "caf\xe9 au lait"}',
+        json.dumps({"id": "number", "text": 42}).encode(),
+        json.dumps({"id": "dup-of-good-1", "text": good_text}).encode(),
+        json.dumps({"id": "tiny", "text": "Too short to be a book."}).encode(),
+    ]
+    (folder / "mixed.jsonl").write_bytes(b"\n".join(lines) + b"\n")
+    expected.update({"malformed": "malformed_json", "no-text": "missing_field", "empty": "empty", "nul": "binary",
+                     "number": "wrong_type", "dup-of-good-1": "duplicate", "tiny": "no_stage"})
+    # Records whose line is unreadable are identified as file:line.
+    expected["mixed.jsonl:2"] = expected.pop("malformed")
+    expected["mixed.jsonl:6"] = "invalid_utf8"
+    # A gzip archive cut in half: the records before the cut are read, the rest is one corrupt_file reject.
+    full = gzip.compress(b"\n".join(json.dumps({"id": f"gz-{i}", "text": good_text[i * 50 :]}).encode() for i in range(4)))
+    (folder / "truncated.jsonl.gz").write_bytes(full[: len(full) // 2])
+    # A binary blob named like a text book.
+    (folder / "blob.txt").write_bytes(bytes(range(128)) * 40)
+    return expected
