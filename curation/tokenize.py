@@ -6,6 +6,7 @@ A tokenizer spec is one of:
     fast `tokenizer.json` and cached under `$LONGCTX_CACHE` (default `~/.cache/longctx`);
   * `package:DIST/relative/path`, a file shipped inside an installed Python package (the demo
     tokenizer is `package:mistral_common/data/tokenizer.model.v1`);
+  * an fsspec URL of either file (`gs://bucket/tok/tokenizer.json`), fetched once into the cache;
   * anything else is handed to `transformers.AutoTokenizer.from_pretrained` (a hub id or a
     local model folder); `trust_remote_code` stays off.
 """
@@ -133,9 +134,31 @@ def _special_id(tok: Tokenizer, candidates: tuple[str, ...]) -> int | None:
     return None
 
 
+def fetch_remote(url: str) -> Path:
+    """Copy a remote tokenizer file into the cache (keyed by URL) and return the local path."""
+    import fsspec
+
+    target = cache_dir() / "remote" / hashlib.sha256(url.encode()).hexdigest()[:16] / url.rsplit("/", 1)[-1]
+    if not target.is_file():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_suffix(f".tmp{os.getpid()}")
+        try:
+            with fsspec.open(url, "rb") as src, open(tmp, "wb") as dst:
+                dst.write(src.read())
+        except FileNotFoundError:
+            raise TokenizerLoadError(f"tokenizer {url!r} does not exist") from None
+        os.replace(tmp, target)
+    return target
+
+
 def load_tokenizer(spec: str) -> tuple[Tokenizer, TokenizerInfo]:
     """Load a fast tokenizer from a spec (see module docstring) with its provenance."""
-    path = resolve_package_path(spec) if spec.startswith("package:") else Path(spec).expanduser()
+    if spec.startswith("package:"):
+        path = resolve_package_path(spec)
+    elif "://" in spec:
+        path = fetch_remote(spec)
+    else:
+        path = Path(spec).expanduser()
     if path.is_dir():
         for name in ("tokenizer.json", "tokenizer.model"):
             if (path / name).is_file():

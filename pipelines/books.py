@@ -21,6 +21,7 @@ from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, finish_job
 from pipelines.config import JobConfig
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
+from pipelines.progress import Progress
 
 
 class CleanText(beam.DoFn):
@@ -67,6 +68,7 @@ class Tokenize(beam.DoFn):
         self.piece_chars = piece_chars
 
     def setup(self):
+        self.progress = Progress("tokenized", "documents")
         self.tok, info = load_tokenizer(self.spec)
         self.bos = info.bos_id if self.add_bos else None
         self.eos = info.eos_id if self.add_eos else None
@@ -79,6 +81,7 @@ class Tokenize(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.TOKENIZER_ERROR.value, f"{type(err).__name__}: {err}"))
             return
         self.tokens.inc(len(tokens))
+        self.progress.add(1, len(tokens))
         yield doc.with_(text=None, tokens=tokens)
 
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# Eight JAX devices on one CPU for the sequence-parallel tests; must be set before JAX is imported.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_BOOKS = REPO / "data" / "sample" / "books.jsonl.gz"
 DEMO_TOKENIZER = "package:mistral_common/data/tokenizer.model.v1"

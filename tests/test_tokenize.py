@@ -65,3 +65,15 @@ def test_missing_tokenizer_says_why(tmp_path):
         load_tokenizer(str(tmp_path))
     with pytest.raises(TokenizerLoadError, match="not installed"):
         load_tokenizer("package:no_such_dist_xyz/tokenizer.model")
+
+
+def test_remote_tokenizer_is_fetched_through_fsspec(tmp_path, demo_tokenizer):
+    import fsspec
+
+    tok, info = demo_tokenizer
+    fsspec.filesystem("memory").pipe("/toks/tokenizer.json", tok.to_str().encode())
+    remote, remote_info = load_tokenizer("memory://toks/tokenizer.json")
+    assert remote.encode("Call me Ishmael.").ids == tok.encode("Call me Ishmael.").ids
+    assert remote_info.vocab_size == 32000 and remote_info.bos_id == 1
+    with pytest.raises(TokenizerLoadError, match="does not exist"):
+        load_tokenizer("memory://toks/missing.json")
