@@ -9,13 +9,13 @@ STAMP  := $(VENV)/.installed-dev
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+	$(PIP) install -qq --upgrade pip
 
 # Reinstall when the declared dependencies change. torch==2.13.0 is the CPU build (the
 # Hugging Face conversion tests compare against transformers' LLaMA); a bare `torch` would pull CUDA.
 $(STAMP): pyproject.toml | $(PY)
-	$(PIP) install --quiet torch==2.13.0
-	$(PIP) install --quiet -e '.[dev,train]'
+	$(PIP) install -qq torch==2.13.0
+	$(PIP) install -qq -e '.[dev,train]'
 	touch $(STAMP)
 
 install: $(STAMP)

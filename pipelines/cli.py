@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         handlers=[RichHandler(show_path=False, console=Console(stderr=True))],
     )
     logging.getLogger("longctx").setLevel(logging.INFO)
-    console = Console()
+    console = Console(width=None if sys.stdout.isatty() else 120)
     from pipelines.launch import ConfigError, run_books
     from pipelines.summary import print_summary
 

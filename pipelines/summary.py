@@ -8,6 +8,15 @@ from rich.console import Console
 from rich.table import Table
 
 
+def _short(n: int | None) -> str:
+    if n is None:
+        return "inf"
+    for unit, size in (("M", 1_000_000), ("K", 1_000)):
+        if n >= size and n % (size // 10) == 0:
+            return f"{n / size:g}{unit}"
+    return f"{n:,}"
+
+
 def print_summary(manifest: dict[str, Any], output: str, console: Console | None = None) -> None:
     console = console or Console()
     totals = Table(title=f"longctx {manifest['kind']}: records", show_header=True, header_style="bold")
@@ -25,7 +34,7 @@ def print_summary(manifest: dict[str, Any], output: str, console: Console | None
     for col in ("stage", "length", "window", "docs", "rows", "tokens", "packing", "dropped", "shards"):
         stages.add_column(col, justify="left" if col in ("stage", "window") else "right")
     for name, s in manifest["stages"].items():
-        window = f"[{s['min_tokens']:,}, {s['max_tokens']:,})" if s["max_tokens"] else f"[{s['min_tokens']:,}, inf)"
+        window = f"{_short(s['min_tokens'])}-{_short(s['max_tokens'])}"
         stages.add_row(
             name, f"{s['length']:,}", window, f"{s['documents']:,}", f"{s['rows']:,}", f"{s['tokens']:,}",
             f"{100 * s['packing_efficiency']:.2f}%", f"{s['dropped_tail_tokens']:,}", str(len(s["shards"])),

@@ -1,0 +1,75 @@
+"""Everything a training run does, in one typed config (YAML + `longctx train` flags)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class TrainConfig(BaseModel):
+    """`longctx train`: train a LLaMA-style model on one stage's shards."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field("toy", description="model preset: toy, tiny, 1b, llama2-7b (see training/model.py)")
+    model_overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields to override (YAML only)")
+    rope_theta: float | None = Field(None, description="RoPE theta for this stage (LWM: 1e6 at 32K .. 5e7 at 1M); None keeps the preset's")
+    data: str = Field("", description="stage folder of shards, e.g. out/books/4k (local or fsspec URL)")
+    out: str = Field("", description="run folder: checkpoints/, metrics.jsonl, config.yaml")
+    init_from: str | None = Field(None, description="params to start from: a run's checkpoints/final or a Hugging Face LLaMA folder")
+    seq_len: int = Field(4096, description="sequence length; must equal the shards' stage length")
+    global_batch: int = Field(8, description="rows per optimiser step (across all hosts), before accumulation")
+    grad_accum: int = Field(1, description="micro-batches accumulated per optimiser step")
+    steps: int = Field(100, description="optimiser steps")
+    lr: float = Field(3e-4, description="peak learning rate")
+    warmup_steps: int = Field(10, description="linear warmup steps")
+    schedule: Literal["cosine", "constant"] = Field("cosine", description="after warmup: cosine decay to end_lr_ratio x lr, or constant")
+    end_lr_ratio: float = Field(0.1, description="final learning rate as a fraction of lr (cosine)")
+    b1: float = Field(0.9, description="AdamW beta1")
+    b2: float = Field(0.95, description="AdamW beta2")
+    weight_decay: float = Field(0.1, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, description="global gradient norm clip")
+    seed: int = Field(0, description="seed of parameter init and data order")
+    mesh: str = Field("dp=1,fsdp=-1,tp=1,sp=1", description="device mesh, e.g. dp=1,fsdp=-1,tp=1,sp=8 (-1: the remaining devices)")
+    attention: Literal["dense", "ring"] = Field("ring", description="ring: Blockwise RingAttention over sp; dense: reference attention")
+    q_chunk: int = Field(512, description="ring attention query block size (per device)")
+    kv_chunk: int = Field(512, description="ring attention key/value block size (per device)")
+    load_balance: Literal["zigzag", "striped", "none"] = Field("zigzag", description="causal load balancing of the ring")
+    loss_chunk: int = Field(1024, description="the output layer and loss run over this many positions at a time (memory)")
+    text_loss_weight: float = Field(1.0, description="weight of text positions in the loss")
+    vision_loss_weight: float = Field(1.0, description="weight of vision positions in the loss (video shards)")
+    tokenizer_sha256: str | None = Field(None, description="refuse shards made with another tokenizer (sha256 from the manifest)")
+    checkpoint_every: int = Field(50, description="save a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(3, description="keep the last N step checkpoints")
+    log_every: int = Field(1, description="log metrics every N steps")
+    peak_flops_per_device: float | None = Field(None, description="for the MFU estimate; None guesses from the device kind")
+    progress: bool = Field(True, description="show a progress bar")
+
+
+class StageEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    data: str
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+
+class StagePlan(BaseModel):
+    """`longctx train-stages`: stages trained in order, each initialised from the previous one's params."""
+
+    model_config = ConfigDict(extra="forbid")
+    out: str
+    init_from: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict)
+    stages: list[StageEntry]
+
+    def stage_configs(self) -> list[tuple[str, TrainConfig]]:
+        configs = []
+        previous = self.init_from
+        for entry in self.stages:
+            data = {**self.base, **entry.overrides, "data": entry.data, "out": f"{self.out.rstrip('/')}/{entry.name}"}
+            data["init_from"] = previous
+            config = TrainConfig.model_validate(data)
+            configs.append((entry.name, config))
+            previous = f"{config.out}/checkpoints/final"
+        return configs

@@ -1,0 +1,144 @@
+"""Training batches from the produced shards, read through `curation.shards` (memory-mapped).
+
+The order is a seeded permutation per epoch; each host takes its slice of every global batch, and
+the iterator's state (epoch, step) is saved with the checkpoint so a resumed run continues with
+exactly the rows an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import fsspec
+import jax
+import numpy as np
+
+from curation.shards import Shard, join_url, read_shard
+
+BATCH_COLUMNS = ("input_ids", "segment_ids", "positions", "loss_mask")
+
+
+class DataMismatchError(ValueError):
+    """The shards were not made for this model (length, tokenizer or vocabulary differ)."""
+
+
+def stage_shard_urls(data: str) -> list[str]:
+    """Shards of a stage folder (`OUT/32k`), in order: from the job's manifest when it is there,
+    else every `*.arrow` file in the folder."""
+    data = data.rstrip("/")
+    parent, _, stage = data.rpartition("/")
+    fs, path = fsspec.core.url_to_fs(join_url(parent or ".", "manifest.json"))
+    if fs.exists(path):
+        with fs.open(path, "r") as fh:
+            manifest = json.load(fh)
+        if stage in manifest.get("stages", {}):
+            return [join_url(parent, s["path"]) for s in manifest["stages"][stage]["shards"]]
+    fs, path = fsspec.core.url_to_fs(data)
+    files = sorted(fs.glob(path.rstrip("/") + "/*.arrow"))
+    return [fs.unstrip_protocol(f) if "://" in data else f for f in files]
+
+
+@dataclass
+class StageData:
+    """All rows of one stage, across its shards, addressable by a global row index."""
+
+    shards: list[Shard]
+    offsets: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.offsets = np.cumsum([0] + [s.num_rows for s in self.shards])
+
+    @classmethod
+    def open(cls, data: str) -> "StageData":
+        urls = stage_shard_urls(data)
+        if not urls:
+            raise FileNotFoundError(f"no shards (*.arrow) under {data}")
+        return cls([read_shard(u) for u in urls])
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.offsets[-1])
+
+    @property
+    def length(self) -> int:
+        return self.shards[0].length
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return self.shards[0].metadata
+
+    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Gather rows by global index (copies only the rows asked for)."""
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        out = {}
+        for name in BATCH_COLUMNS:
+            out[name] = np.stack([self.shards[s].arrays[name][i - self.offsets[s]] for s, i in zip(which, indices)])
+        return out
+
+    def check_compatible(self, seq_len: int, vocab_size: int, tokenizer_sha256: str | None = None) -> None:
+        """Refuse shards that do not fit the model, naming what differs."""
+        problems = []
+        for shard in self.shards:
+            if shard.length != seq_len:
+                problems.append(f"stage length {shard.length} != model sequence length {seq_len}")
+            tok = json.loads(shard.metadata.get("longctx.tokenizer", "{}"))
+            if tok.get("vocab_size") is not None and tok["vocab_size"] > vocab_size:
+                problems.append(f"tokenizer vocab size {tok['vocab_size']} > model vocab size {vocab_size}")
+            if tokenizer_sha256 and tok.get("sha256") != tokenizer_sha256:
+                problems.append(f"tokenizer sha256 {tok.get('sha256', '?')[:12]} != expected {tokenizer_sha256[:12]}")
+            if problems:
+                break
+        if problems:
+            raise DataMismatchError("shards do not match the model config: " + "; ".join(sorted(set(problems))))
+
+
+class BatchIterator:
+    """Deterministic, resumable global batches; yields this host's slice of each as numpy."""
+
+    def __init__(self, data: StageData, global_batch: int, seed: int = 0, epoch: int = 0, step: int = 0,
+                 process_index: int | None = None, process_count: int | None = None):
+        if global_batch > data.num_rows:
+            raise ValueError(f"global batch {global_batch} > {data.num_rows} rows in the data")
+        self.data = data
+        self.global_batch = global_batch
+        self.seed = seed
+        self.epoch = epoch
+        self.step = step  # batches already taken in this epoch
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if global_batch % self.process_count:
+            raise ValueError(f"global batch {global_batch} does not divide over {self.process_count} hosts")
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.data.num_rows // self.global_batch  # the last partial batch is skipped
+
+    def _order(self) -> np.ndarray:
+        return np.random.default_rng([self.seed, self.epoch]).permutation(self.data.num_rows)
+
+    def __iter__(self) -> "BatchIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        if self.step >= self.batches_per_epoch:
+            self.epoch, self.step = self.epoch + 1, 0
+        start = self.step * self.global_batch
+        rows = self._order()[start : start + self.global_batch]
+        per_host = self.global_batch // self.process_count
+        mine = rows[self.process_index * per_host : (self.process_index + 1) * per_host]
+        self.step += 1
+        return self.data.rows(mine)
+
+    def state(self) -> dict[str, int]:
+        return {"seed": self.seed, "epoch": self.epoch, "step": self.step, "global_batch": self.global_batch}
+
+    def restore(self, state: dict[str, int]) -> None:
+        if state["global_batch"] != self.global_batch or state["seed"] != self.seed:
+            raise ValueError(f"iterator state {state} was saved for another batch size or seed")
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
+    """Host-local rows -> global arrays laid out on the mesh (batch over dp x fsdp, seq over sp)."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
