@@ -22,6 +22,8 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/longctx books --config configs/books/demo.yaml
+	rm -rf out/demo/run
+	$(VENV)/bin/longctx train --config configs/train/demo.yaml
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -16,9 +16,12 @@ BEAM_HELP = (
     "--temp_location gs://b/tmp --setup_file ./setup.py, or --direct_num_workers 2 "
     "--direct_running_mode multi_processing on the local DirectRunner."
 )
+BEAM_COMMANDS = {"books"}
 
 
 def _parser() -> argparse.ArgumentParser:
+    from training.config import TrainConfig
+
     parser = argparse.ArgumentParser(prog="longctx", description="Build million-token training data and train on it.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every file read and shard written")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -28,32 +31,120 @@ def _parser() -> argparse.ArgumentParser:
         description=(BooksConfig.__doc__ or "") + " " + BEAM_HELP,
     )
     add_config_flags(books, BooksConfig)
+
+    train = commands.add_parser("train", help="train a LLaMA model on one stage's shards", description=TrainConfig.__doc__)
+    add_config_flags(train, TrainConfig)
+
+    stages = commands.add_parser("train-stages", help="train stage after stage from a plan, each from the previous one's params")
+    stages.add_argument("--plan", required=True, help="stage plan YAML (e.g. configs/train/lwm-text.yaml)")
+    stages.add_argument("--out", help="override the plan's run folder")
+
+    convert = commands.add_parser("convert", help="Hugging Face LLaMA <-> longctx params checkpoint")
+    direction = convert.add_mutually_exclusive_group(required=True)
+    direction.add_argument("--from-hf", help="HF LLaMA folder (config.json + safetensors) or hub id")
+    direction.add_argument("--to-hf", help="longctx params checkpoint (RUN/checkpoints/final)")
+    convert.add_argument("--out", required=True, help="where to write the converted checkpoint")
+    convert.add_argument("--dtype", default="float32", help="dtype of the written weights")
+
+    generate = commands.add_parser("generate", help="decode from a params checkpoint")
+    generate.add_argument("--checkpoint", required=True, help="longctx params checkpoint or HF LLaMA folder")
+    prompt = generate.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (needs --tokenizer)")
+    prompt.add_argument("--prompt-ids", help="comma-separated prompt token ids")
+    generate.add_argument("--tokenizer", help="tokenizer spec, as for `longctx books`; decodes the output")
+    generate.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--no-bos", action="store_true", help="do not prepend BOS to a text prompt")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args, beam_args = parser.parse_known_args(argv)
+def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
+        level=logging.INFO if verbose else logging.WARNING,
         format="%(message)s",
         handlers=[RichHandler(show_path=False, console=Console(stderr=True))],
     )
     logging.getLogger("longctx").setLevel(logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
+
+
+def _load_any_params(path: str):
+    from training import checkpoint as ckpt
+
+    if ckpt.is_params_checkpoint(path):
+        return ckpt.load_params(path)
+    from training.hf import load_hf_llama
+
+    return load_hf_llama(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in BEAM_COMMANDS:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    _setup_logging(args.verbose)
     console = Console(width=None if sys.stdout.isatty() else 120)
-    from pipelines.launch import ConfigError, run_books
-    from pipelines.summary import print_summary
 
     if args.command == "books":
+        from pipelines.launch import ConfigError, run_books
+        from pipelines.summary import print_summary
+
         try:
             config = config_from_args(BooksConfig, args)
-        except Exception as err:  # pydantic validation, bad YAML, unknown stage
-            parser.error(str(err))
-        try:
-            manifest = run_books(config, beam_args)
+            manifest = run_books(config, extra)
         except ConfigError as err:
             parser.error(str(err))
+        except ValueError as err:  # pydantic validation, bad YAML
+            parser.error(str(err))
         print_summary(manifest, config.output, console)
+    elif args.command == "train":
+        from training.config import TrainConfig
+        from training.summary import print_training_summary
+        from training.train import ConfigMismatch, train
+
+        try:
+            result = train(config_from_args(TrainConfig, args))
+        except (ConfigMismatch, ValueError) as err:
+            parser.error(str(err))
+        print_training_summary([result], console)
+    elif args.command == "train-stages":
+        from training.summary import print_training_summary
+        from training.train import load_stage_plan, train_stages
+
+        plan = load_stage_plan(args.plan)
+        if args.out:
+            plan = plan.model_copy(update={"out": args.out})
+        print_training_summary(train_stages(plan), console)
+    elif args.command == "convert":
+        from training import checkpoint as ckpt
+        from training.hf import export_hf_llama, load_hf_llama
+
+        if args.from_hf:
+            config, params = load_hf_llama(args.from_hf)
+            path = ckpt.save_params(args.out, config, params)
+        else:
+            config, params = ckpt.load_params(args.to_hf)
+            path = export_hf_llama(config, params, args.out, args.dtype)
+        console.print(f"wrote {path}")
+    elif args.command == "generate":
+        from curation.tokenize import load_tokenizer
+        from training.generate import generate
+
+        config, params = _load_any_params(args.checkpoint)
+        tok = info = None
+        if args.tokenizer:
+            tok, info = load_tokenizer(args.tokenizer)
+        if args.prompt is not None:
+            if tok is None:
+                parser.error("--prompt needs --tokenizer (or give --prompt-ids)")
+            ids = ([] if args.no_bos or info.bos_id is None else [info.bos_id]) + tok.encode(args.prompt, add_special_tokens=False).ids
+        else:
+            ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+        new = generate(config, params, ids, args.max_new_tokens, args.temperature, eos_id=info.eos_id if info else None)
+        console.print(f"new token ids: {','.join(map(str, new))}")
+        if tok is not None:
+            console.print(tok.decode(new))
     return 0
 
 

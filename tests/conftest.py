@@ -63,3 +63,19 @@ def write_corrupt_inputs(folder: Path, good_text: str) -> dict[str, str]:
     # A binary blob named like a text book.
     (folder / "blob.txt").write_bytes(bytes(range(128)) * 40)
     return expected
+
+
+@pytest.fixture(scope="session")
+def book_shards(tmp_path_factory):
+    """Shards of two small stages (128 and 256 tokens) made from the sample books, for the trainer."""
+    from pipelines.config import BooksConfig
+    from pipelines.launch import run_books
+
+    out = tmp_path_factory.mktemp("train-data") / "books"
+    config = BooksConfig.model_validate({
+        "inputs": [str(SAMPLE_BOOKS)], "output": str(out), "tokenizer": DEMO_TOKENIZER,
+        "stages": ["s128=128:100000-250000", "s256=256:100000-250000"],
+    })
+    manifest = run_books(config, ["--direct_running_mode=in_memory"])
+    assert manifest["stages"]["s128"]["rows"] > 500
+    return out

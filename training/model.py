@@ -1,0 +1,367 @@
+"""A LLaMA-2/3 style decoder in Flax Linen, small enough to read in one sitting.
+
+Layout and names follow Hugging Face `LlamaForCausalLM` so conversion is a rename plus a transpose of
+the dense kernels (ours are [in, out], HF's are [out, in]); see `training/hf.py`.
+
+Two things differ from a plain language model because of long-context training:
+- positions are explicit ([batch, seq] int32) so packed rows can restart positions per document;
+- attention is pluggable: `attention_fn(q, k, v, segment_ids)` (the trainer passes Blockwise
+  RingAttention); the default `dense_attention` is causal and never attends across segments.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.core import FrozenDict
+from jax.sharding import PartitionSpec as P
+
+AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, "jax.Array | None"], jax.Array]
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,  # recompute the whole layer in the backward pass
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
+}
+ROPE_TYPES = ("linear", "llama3")
+
+
+# ----------------------------------------------------------------------------------------------
+# Config
+# ----------------------------------------------------------------------------------------------
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "toy": dict(num_layers=2, hidden_size=64, intermediate_size=172, num_heads=4, num_kv_heads=2,
+                max_position_embeddings=2048),
+    "tiny": dict(num_layers=4, hidden_size=256, intermediate_size=688, num_heads=8, num_kv_heads=4,
+                 max_position_embeddings=4096),
+    # TinyLlama-1.1B shape: 22 x (2048 hidden, 5632 MLP, 32 heads of 64, 4 KV heads).
+    "1b": dict(num_layers=22, hidden_size=2048, intermediate_size=5632, num_heads=32, num_kv_heads=4,
+               max_position_embeddings=4096),
+    # Exactly LLaMA-2 7B (6,738,415,616 parameters).
+    "llama2-7b": dict(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
+                      max_position_embeddings=4096),
+}
+
+
+def _normalize_rope_scaling(scaling: Mapping[str, Any] | None) -> FrozenDict | None:
+    """Accept transformers' spellings ("type" or "rope_type"); keep only what our RoPE reads."""
+    if scaling is None:
+        return None
+    # Other keys (e.g. transformers 5's rope_theta inside rope_parameters) are not ours to keep.
+    kind = scaling.get("rope_type") or scaling.get("type")
+    if kind in (None, "default"):
+        return None
+    if kind not in ROPE_TYPES:
+        raise NotImplementedError(f"rope_scaling type {kind!r} is not supported (supported: {ROPE_TYPES})")
+    need = ("factor",) if kind == "linear" else ("factor", "low_freq_factor", "high_freq_factor",
+                                                  "original_max_position_embeddings")
+    missing = [k for k in need if k not in scaling]
+    if missing:
+        raise ValueError(f"rope_scaling {kind!r} lacks {missing}")
+    # FrozenDict keeps the config hashable, so it can be a static argument of jax.jit.
+    return FrozenDict({"rope_type": kind, **{k: scaling[k] for k in need}})
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32
+    head_dim: int | None = None  # None: hidden_size // num_heads
+    rope_theta: float = 10000.0
+    rope_scaling: Mapping[str, Any] | None = None  # None, or transformers-style {"rope_type": "linear"|"llama3", ...}
+    rms_norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    max_position_embeddings: int = 4096
+    initializer_range: float = 0.02
+    param_dtype: str = "float32"
+    dtype: str = "float32"  # compute dtype of activations and matmuls
+    logits_fp32: bool = True
+    remat: str = "none"  # "none" | "full" | "dots_saveable"
+
+    def __post_init__(self) -> None:
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        if self.head_dim is None:
+            set_("head_dim", self.hidden_size // self.num_heads)
+        set_("rope_scaling", _normalize_rope_scaling(self.rope_scaling))
+        set_("param_dtype", jnp.dtype(self.param_dtype).name)
+        set_("dtype", jnp.dtype(self.dtype).name)
+        set_("rope_theta", float(self.rope_theta))
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        if name not in PRESETS:
+            raise KeyError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe (plain dict for rope_scaling, dtype names as strings)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["rope_scaling"] = None if self.rope_scaling is None else dict(self.rope_scaling)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:  # a typo in a YAML override should fail loudly, not train the wrong model
+            raise ValueError(f"unknown ModelConfig fields {unknown}")
+        return cls(**data)
+
+    def with_(self, **changes: Any) -> ModelConfig:
+        # A derived head_dim stays derived when hidden_size or num_heads change.
+        if "head_dim" not in changes and self.head_dim == self.hidden_size // self.num_heads:
+            changes["head_dim"] = None
+        return dataclasses.replace(self, **changes)
+
+
+# ----------------------------------------------------------------------------------------------
+# RoPE (rotate_half convention, as HF LLaMA: the two halves of head_dim form the rotation pairs)
+# ----------------------------------------------------------------------------------------------
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """Inverse frequencies [head_dim // 2], with linear or llama3 scaling; a float32 constant."""
+    dim = config.head_dim
+    inv_freq = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    s = config.rope_scaling
+    if s is not None and s["rope_type"] == "linear":
+        inv_freq = inv_freq / s["factor"]  # same as dividing positions by factor
+    elif s is not None and s["rope_type"] == "llama3":
+        # Llama 3.1: keep high frequencies, divide low ones by factor, blend smoothly in between.
+        factor, low, high = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old_len = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        smooth = (old_len / wavelen - low) / (high - low)
+        blended = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+        inv_freq = np.where(wavelen > old_len / low, inv_freq / factor,
+                            np.where(wavelen < old_len / high, inv_freq, blended))
+    return inv_freq.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotate x [batch, seq, heads, head_dim] by angle position * inv_freq; computed in float32."""
+    angles = positions.astype(jnp.float32)[:, :, None, None] * inv_freq  # [b, s, 1, d/2]
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    # x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention core
+# ----------------------------------------------------------------------------------------------
+
+
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+    """Causal softmax attention with GQA; tokens attend only within their own segment.
+
+    q [b, s, heads, d], k/v [b, s, kv_heads, d] -> [b, s, heads, d]. Memory is O(s^2): this is the
+    reference and the short-context path; long contexts use ring attention.
+    """
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, s, kv, h // kv, d)  # query heads grouped by the KV head they share
+    scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(d)
+    mask = jnp.tril(jnp.ones((s, s), dtype=bool))[None]  # [1, q, k]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    # The diagonal is always visible, so no row is fully masked and softmax never sees only -inf.
+    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bhgqk,bkhd->bqhgd", probs, v)
+    return out.reshape(b, s, h, d)
+
+
+# ----------------------------------------------------------------------------------------------
+# Modules
+# ----------------------------------------------------------------------------------------------
+
+
+def _dense(config: ModelConfig, features: int, name: str) -> nn.Dense:
+    return nn.Dense(features, use_bias=False, dtype=config.dtype, param_dtype=config.param_dtype,
+                    kernel_init=nn.initializers.normal(config.initializer_range), name=name)
+
+
+class RMSNorm(nn.Module):
+    eps: float = 1e-5
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.param_dtype)
+        x32 = x.astype(jnp.float32)  # statistics in fp32 even under bf16 compute
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class Attention(nn.Module):
+    config: ModelConfig
+    attention_fn: AttentionFn | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        c = self.config
+        b, s, _ = x.shape
+        q = _dense(c, c.num_heads * c.head_dim, "q_proj")(x).reshape(b, s, c.num_heads, c.head_dim)
+        k = _dense(c, c.num_kv_heads * c.head_dim, "k_proj")(x).reshape(b, s, c.num_kv_heads, c.head_dim)
+        v = _dense(c, c.num_kv_heads * c.head_dim, "v_proj")(x).reshape(b, s, c.num_kv_heads, c.head_dim)
+        inv_freq = rope_inv_freq(c)
+        q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
+        out = (self.attention_fn or dense_attention)(q, k, v, segment_ids)
+        return _dense(c, c.hidden_size, "o_proj")(out.reshape(b, s, c.num_heads * c.head_dim))
+
+
+class MLP(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        c = self.config
+        gate = _dense(c, c.intermediate_size, "gate_proj")(x)
+        up = _dense(c, c.intermediate_size, "up_proj")(x)
+        return _dense(c, c.hidden_size, "down_proj")(nn.silu(gate) * up)  # SwiGLU
+
+
+class DecoderLayer(nn.Module):
+    config: ModelConfig
+    attention_fn: AttentionFn | None = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+        c = self.config
+        norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)  # noqa: E731
+        h = Attention(c, self.attention_fn, name="self_attn")(norm("input_layernorm")(x), positions, segment_ids)
+        x = x + h
+        return x + MLP(c, name="mlp")(norm("post_attention_layernorm")(x))
+
+
+class LlamaModel(nn.Module):
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None, *,
+                 attention_fn: AttentionFn | None = None, deterministic: bool = True) -> jax.Array:
+        """input_ids, positions, segment_ids: [batch, seq] int32 -> logits [batch, seq, vocab].
+
+        `deterministic` is accepted for trainer symmetry; LLaMA has no dropout.
+        """
+        del deterministic
+        c = self.config
+        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
+                         embedding_init=nn.initializers.normal(c.initializer_range), name="embed_tokens")
+        x = embed(input_ids)
+        # attention_fn is a module attribute, not a call argument, so nn.remat needs no static_argnums.
+        layer_cls = DecoderLayer
+        if c.remat != "none":
+            layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
+        for i in range(c.num_layers):
+            x = layer_cls(c, attention_fn, name=f"layers_{i}")(x, positions, segment_ids)
+        x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="norm")(x)
+
+        out_type = jnp.float32 if c.logits_fp32 else jnp.dtype(c.dtype)
+        if c.tie_embeddings:
+            return jnp.einsum("bsh,vh->bsv", x, embed.embedding.astype(c.dtype), preferred_element_type=out_type)
+        # bf16 inputs with fp32 accumulation/output: a stable loss without an fp32 copy of the head.
+        dot = functools.partial(jax.lax.dot_general, preferred_element_type=out_type)
+        head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype, dot_general=dot,
+                        kernel_init=nn.initializers.normal(c.initializer_range), name="lm_head")
+        return head(x)
+
+
+# ----------------------------------------------------------------------------------------------
+# Helpers: init, counting, FLOPs, sharding
+# ----------------------------------------------------------------------------------------------
+
+
+def init_params(config: ModelConfig, rng: jax.Array, out_shardings: Any = None) -> dict[str, Any]:
+    """Random parameters (the "params" collection). Jitted, so it also works under jax.eval_shape and
+    can create parameters directly sharded (pass out_shardings, e.g. from param_partition_specs)."""
+    ids = jnp.zeros((1, 1), jnp.int32)
+
+    def init(key):
+        return LlamaModel(config).init(key, ids, ids)["params"]
+
+    return jax.jit(init, out_shardings=out_shardings)(rng)
+
+
+def count_params(params: Any) -> int:
+    """Number of scalars; works on arrays and on jax.ShapeDtypeStruct trees."""
+    return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))
+
+
+def flops_per_token(config: ModelConfig, seq_len: int, causal: bool = True) -> float:
+    """Training FLOPs per token: 6 x (matmul parameters) + attention scores and mixing.
+
+    Matmul parameters exclude the input embedding (a lookup) but include the LM head (tied or not).
+    Attention per layer and token: QK^T and PV, 2 x 2 x seq x heads x head_dim forward, x3 for
+    forward+backward; causal masking halves it (as PaLM's 6N + 12LHQT, halved).
+    """
+    c = config
+    attn = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
+    mlp = 3 * c.hidden_size * c.intermediate_size
+    n = c.num_layers * (attn + mlp) + c.hidden_size * c.vocab_size
+    attention = 12 * c.num_layers * c.num_heads * c.head_dim * seq_len
+    return 6.0 * n + (attention / 2 if causal else attention)
+
+
+# Logical axes of each parameter (by module and param name), then logical -> mesh axis.
+_LOGICAL_AXES = {
+    ("embed_tokens", "embedding"): ("vocab", "embed"),
+    ("lm_head", "kernel"): ("embed", "vocab"),
+    ("q_proj", "kernel"): ("embed", "heads"),  # column-parallel
+    ("k_proj", "kernel"): ("embed", "heads"),
+    ("v_proj", "kernel"): ("embed", "heads"),
+    ("o_proj", "kernel"): ("heads", "embed"),  # row-parallel
+    ("gate_proj", "kernel"): ("embed", "mlp"),
+    ("up_proj", "kernel"): ("embed", "mlp"),
+    ("down_proj", "kernel"): ("mlp", "embed"),
+    ("scale",): ("norm",),
+}
+
+
+def param_partition_specs(params: Any, mesh: jax.sharding.Mesh | None = None,
+                          fsdp_axes: str | tuple[str, ...] = "fsdp") -> Any:
+    """A PartitionSpec per parameter over mesh axes (dp, fsdp, tp, sp).
+
+    FSDP shards the model (hidden) dim, TP the heads / intermediate / vocab dim; norms are replicated,
+    and params are replicated over dp (and sp unless fsdp_axes=("fsdp", "sp"), as LWM does, to also
+    shard weights over the sequence-parallel devices). With `mesh`, a dim that its axes do not
+    divide is left unsharded (e.g. the toy model's odd sizes on a big mesh).
+    """
+    rules = {"embed": fsdp_axes, "vocab": "tp", "heads": "tp", "mlp": "tp", "norm": None}
+
+    def spec(path, leaf):
+        names = tuple(getattr(k, "key", str(k)) for k in path)
+        logical = _LOGICAL_AXES.get(names[-2:]) or _LOGICAL_AXES.get(names[-1:])
+        if logical is None or len(logical) != len(leaf.shape):
+            raise KeyError(f"no partition rule for parameter {'/'.join(names)} {tuple(leaf.shape)}")
+        axes = [rules[name] for name in logical]
+        if mesh is not None:
+            for i, (axis, dim) in enumerate(zip(axes, leaf.shape)):
+                group = (axis,) if isinstance(axis, str) else (axis or ())
+                if dim % math.prod(mesh.shape[a] for a in group):
+                    axes[i] = None
+        return P(*axes)
+
+    return jax.tree_util.tree_map_with_path(spec, params)

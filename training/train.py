@@ -1,0 +1,288 @@
+"""The training loop: one stage, from shards to checkpoints, everything from one TrainConfig."""
+
+from __future__ import annotations
+
+import json
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import yaml
+from jax.sharding import NamedSharding, PartitionSpec
+
+from training import checkpoint as ckpt
+from training.config import StagePlan, TrainConfig
+from training.data import BatchIterator, StageData, to_global
+from training.mesh import BATCH_AXES, make_mesh
+from training.model import LlamaModel, ModelConfig, count_params, flops_per_token, init_params, param_partition_specs
+from training.ring_attention import ring_attention_sharded
+
+log = logging.getLogger("longctx")
+
+# bf16 dense peak per device, for the MFU estimate (vendor datasheets).
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "TPU v4": 275e12, "TPU v5 lite": 197e12, "TPU v5p": 459e12}
+
+
+class ConfigMismatch(ValueError):
+    """The run's config cannot work (shapes, mesh, data) — said before anything is compiled."""
+
+
+def model_config_for(config: TrainConfig, base: ModelConfig | None = None) -> ModelConfig:
+    model = base or ModelConfig.preset(config.model)
+    changes = dict(config.model_overrides)
+    if config.rope_theta is not None:
+        changes["rope_theta"] = config.rope_theta
+    changes["max_position_embeddings"] = max(config.seq_len, changes.get("max_position_embeddings", 0))
+    return model.with_(**changes)
+
+
+def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh) -> None:
+    sp, dp = mesh.shape["sp"], mesh.shape["dp"] * mesh.shape["fsdp"]
+    if config.seq_len % sp:
+        raise ConfigMismatch(f"seq_len {config.seq_len} is not divisible by sp={sp}")
+    if config.attention == "ring":
+        local = config.seq_len // sp
+        for name in ("q_chunk", "kv_chunk"):
+            chunk = min(getattr(config, name), local)
+            if local % chunk:
+                raise ConfigMismatch(f"seq_len {config.seq_len} / sp {sp} = {local} is not a multiple of {name}={chunk}")
+    if config.global_batch % dp:
+        raise ConfigMismatch(f"global_batch {config.global_batch} is not divisible by dp x fsdp = {dp}")
+    tp = mesh.shape["tp"]
+    if model.num_heads % tp or model.num_kv_heads % tp:
+        raise ConfigMismatch(f"heads {model.num_heads}/{model.num_kv_heads} are not divisible by tp={tp}")
+
+
+def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+    if config.schedule == "cosine":
+        schedule = optax.warmup_cosine_decay_schedule(
+            0.0, config.lr, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1), config.lr * config.end_lr_ratio
+        )
+    else:
+        schedule = optax.join_schedules(
+            [optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1)), optax.constant_schedule(config.lr)],
+            [max(config.warmup_steps, 1)],
+        )
+    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731  (no decay on norms)
+    return optax.chain(
+        optax.clip_by_global_norm(config.grad_clip),
+        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask),
+    )
+
+
+def next_token_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy of predicting token t+1 at t, only inside one packed document and where
+    the target's loss_mask is on. Returns (loss, number of scored positions)."""
+    ids, seg = batch["input_ids"], batch["segment_ids"]
+    targets = jnp.roll(ids, -1, axis=1)
+    same_doc = (jnp.roll(seg, -1, axis=1) == seg) & (seg > 0)
+    weight = jnp.roll(batch["loss_mask"], -1, axis=1) * same_doc
+    weight = weight.at[:, -1].set(0.0)
+    logits = logits.astype(jnp.float32)
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    count = weight.sum()
+    return (nll * weight).sum() / jnp.maximum(count, 1.0), count
+
+
+def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh):
+    if config.attention == "dense":
+        return None  # the model's own dense causal attention (segment-aware)
+    balance = None if config.load_balance == "none" else config.load_balance
+    return lambda q, k, v, segment_ids: ring_attention_sharded(  # noqa: E731
+        q, k, v, mesh, segment_ids=segment_ids, causal=True, axis_name="sp",
+        q_chunk=config.q_chunk, kv_chunk=config.kv_chunk, load_balance=balance,
+    )
+
+
+def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int):
+    def loss_fn(params, micro):
+        logits = model.apply({"params": params}, micro["input_ids"], micro["positions"], micro["segment_ids"], attention_fn=attention_fn)
+        return next_token_loss(logits, micro)
+
+    def step(state, batch):
+        def micro_step(grads, micro):
+            (loss, count), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], micro)
+            return jax.tree.map(jnp.add, grads, g), (loss, count)
+
+        zeros = jax.tree.map(jnp.zeros_like, state["params"])
+        grads, (losses, counts) = jax.lax.scan(micro_step, zeros, batch)
+        grads = jax.tree.map(lambda g: g / accum, grads)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": losses.mean(), "scored_tokens": counts.sum(), "grad_norm": optax.tree.norm(grads)}
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    return step
+
+
+def _peak_flops(config: TrainConfig) -> float | None:
+    if config.peak_flops_per_device:
+        return config.peak_flops_per_device
+    kind = jax.devices()[0].device_kind
+    return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
+
+
+def _memory_bytes() -> int:
+    stats = jax.devices()[0].memory_stats() or {}
+    return int(stats.get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+
+
+def _initial_params(config: TrainConfig, mesh, abstract_model: ModelConfig):
+    """(ModelConfig, params) from init_from (our params checkpoint or a HF LLaMA folder) or random."""
+    if config.init_from and ckpt.is_params_checkpoint(config.init_from):
+        base = ModelConfig.from_dict(json.loads((Path(config.init_from) / "model.json").read_text()))
+        model = model_config_for(config, base)
+        shardings = _param_shardings(model, mesh)
+        _, params = ckpt.load_params(config.init_from, shardings)
+        return model, params
+    if config.init_from:
+        from training.hf import load_hf_llama
+
+        base, host_params = load_hf_llama(config.init_from)
+        model = model_config_for(config, base)
+        shardings = _param_shardings(model, mesh)
+        return model, jax.tree.map(jax.device_put, host_params, shardings)
+    shardings = _param_shardings(abstract_model, mesh)
+    return abstract_model, init_params(abstract_model, jax.random.key(config.seed), out_shardings=shardings)
+
+
+def _init_opt_state(optimizer, params, replicated: NamedSharding):
+    """Optimiser state laid out like the params it tracks (moments), scalars replicated."""
+    param_shardings = jax.tree.map(lambda p: p.sharding, params)
+    abstract = jax.eval_shape(optimizer.init, params)
+    shardings = optax.tree_map_params(
+        optimizer, lambda _, sharding: sharding, abstract, param_shardings, transform_non_params=lambda _: replicated
+    )
+    return jax.jit(optimizer.init, out_shardings=shardings)(params)
+
+
+def _param_shardings(model: ModelConfig, mesh):
+    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_partition_specs(abstract, mesh))
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train one stage. Resumes from the run's latest step checkpoint if there is one."""
+    if not config.data or not config.out:
+        raise ConfigMismatch("a training run needs data (a stage folder of shards) and out (a run folder)")
+    run = Path(config.out)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    mesh = make_mesh(config.mesh)
+    model_cfg, params = _initial_params(config, mesh, model_config_for(config))
+    check_fits(config, model_cfg, mesh)
+    data = StageData.open(config.data)
+    data.check_compatible(config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256)
+    batches = BatchIterator(data, config.global_batch * config.grad_accum, seed=config.seed)
+
+    model = LlamaModel(model_cfg)
+    optimizer = build_optimizer(config)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state = {
+        "params": params,
+        "opt_state": _init_opt_state(optimizer, params, replicated),
+        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+    }
+    manager = ckpt.step_manager(run, config.keep_checkpoints)
+    restored = ckpt.restore_step(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
+    if restored:
+        start, state, data_state = restored
+        batches.restore(data_state)
+        log.info("resumed %s at step %d", run, start)
+    start = int(state["step"])
+
+    batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, "sp"))
+    # Fixed in/out shardings: the state keeps its layout step after step, so one compile serves all.
+    state_shardings = jax.tree.map(lambda x: x.sharding, state)
+    step_fn = jax.jit(
+        make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum),
+        in_shardings=(state_shardings, batch_sharding),
+        out_shardings=(state_shardings, None),
+        donate_argnums=0,
+    )
+    tokens_per_step = config.global_batch * config.grad_accum * config.seq_len
+    flops = flops_per_token(model_cfg, config.seq_len) * tokens_per_step
+    peak = _peak_flops(config)
+    log.info("model %s: %s params; mesh %s; %d rows of %d tokens", config.model, f"{count_params(params):,}", dict(mesh.shape), data.num_rows, data.length)
+
+    history = []
+    last = start
+    end = config.steps if config.stop_after is None else min(config.steps, start + config.stop_after)
+    with (run / "metrics.jsonl").open("a") as metrics_file, _progress(config, start, config.steps) as advance:
+        for step in range(start, end):
+            micro = [next(batches) for _ in range(config.grad_accum)]
+            host = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
+            t0 = time.perf_counter()
+            state, metrics = step_fn(state, to_global(host, batch_sharding))
+            metrics = jax.device_get(metrics)
+            seconds = time.perf_counter() - t0
+            record = {
+                "step": step + 1,
+                "loss": float(metrics["loss"]),
+                "grad_norm": float(metrics["grad_norm"]),
+                "tokens_per_s": tokens_per_step / seconds,
+                "mfu": (flops / seconds / (peak * jax.device_count())) if peak else None,
+                "memory_bytes": _memory_bytes(),
+                "seconds": seconds,
+            }
+            history.append(record)
+            if (step + 1) % config.log_every == 0 or step + 1 == end:
+                metrics_file.write(json.dumps(record) + "\n")
+                metrics_file.flush()
+            advance(record)
+            if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or step + 1 == end:
+                ckpt.save_step(manager, step + 1, state, batches.state())
+            last = step + 1
+    manager.wait_until_finished()
+    manager.close()
+    final = None
+    if last == config.steps:
+        final = ckpt.save_params(run / "checkpoints" / "final", model_cfg, state["params"])
+    return {"run": str(run), "steps": last, "history": history, "final": str(final) if final else None, "model": model_cfg.to_dict()}
+
+
+class _progress:
+    """A rich progress bar showing the loss, or nothing when disabled."""
+
+    def __init__(self, config: TrainConfig, start: int, total: int):
+        self.enabled = config.progress
+        self.start, self.total = start, total
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda record: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=False)
+        self.bar.start()
+        task = self.bar.add_task("train", total=self.total, completed=self.start)
+
+        def advance(record):
+            self.bar.update(task, advance=1, description=f"loss {record['loss']:.3f} | {record['tokens_per_s']:,.0f} tok/s")
+
+        return advance
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.stop()
+        return False
+
+
+def train_stages(plan: StagePlan) -> list[dict[str, Any]]:
+    """Each stage in order, initialised from the previous stage's final params (fresh optimiser)."""
+    results = []
+    for name, config in plan.stage_configs():
+        log.info("stage %s: seq_len %d, rope_theta %s, init_from %s", name, config.seq_len, config.rope_theta, config.init_from)
+        results.append({"stage": name, **train(config)})
+    return results
+
+
+def load_stage_plan(path: str) -> StagePlan:
+    with open(path) as fh:
+        return StagePlan.model_validate(yaml.safe_load(fh))
