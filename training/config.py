@@ -36,6 +36,7 @@ class TrainConfig(BaseModel):
     q_chunk: int = Field(512, description="ring attention query block size (per device)")
     kv_chunk: int = Field(512, description="ring attention key/value block size (per device)")
     load_balance: Literal["zigzag", "striped", "none"] = Field("zigzag", description="causal load balancing of the ring")
+    loss_chunk: int = Field(1024, description="the output layer and loss run over this many positions (per sp shard) at a time")
     tokenizer_sha256: str | None = Field(None, description="refuse shards made with another tokenizer (sha256 from the manifest)")
     checkpoint_every: int = Field(50, description="save a checkpoint every N steps (and at the end)")
     keep_checkpoints: int = Field(3, description="keep the last N step checkpoints")

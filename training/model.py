@@ -261,10 +261,14 @@ class LlamaModel(nn.Module):
 
     @nn.compact
     def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None, *,
-                 attention_fn: AttentionFn | None = None, deterministic: bool = True) -> jax.Array:
+                 attention_fn: AttentionFn | None = None, deterministic: bool = True,
+                 return_hidden: bool = False) -> jax.Array:
         """input_ids, positions, segment_ids: [batch, seq] int32 -> logits [batch, seq, vocab].
 
-        `deterministic` is accepted for trainer symmetry; LLaMA has no dropout.
+        With `return_hidden`, the final normed hidden states [batch, seq, hidden] instead: the trainer
+        then applies the output layer a chunk at a time (`output_kernel`), so [seq, vocab] logits of
+        a million-token row never exist at once. `deterministic` is accepted for trainer symmetry;
+        LLaMA has no dropout.
         """
         del deterministic
         c = self.config
@@ -278,6 +282,8 @@ class LlamaModel(nn.Module):
         for i in range(c.num_layers):
             x = layer_cls(c, attention_fn, name=f"layers_{i}")(x, positions, segment_ids)
         x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="norm")(x)
+        if return_hidden and not self.is_initializing():
+            return x
 
         out_type = jnp.float32 if c.logits_fp32 else jnp.dtype(c.dtype)
         if c.tie_embeddings:
@@ -292,6 +298,13 @@ class LlamaModel(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # Helpers: init, counting, FLOPs, sharding
 # ----------------------------------------------------------------------------------------------
+
+
+def output_kernel(config: ModelConfig, params: Any) -> jax.Array:
+    """The output layer as a [hidden, vocab] matrix (the transposed embedding when tied)."""
+    if config.tie_embeddings:
+        return params["embed_tokens"]["embedding"].T
+    return params["lm_head"]["kernel"]
 
 
 def init_params(config: ModelConfig, rng: jax.Array, out_shardings: Any = None) -> dict[str, Any]:

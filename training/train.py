@@ -20,7 +20,15 @@ from training import checkpoint as ckpt
 from training.config import StagePlan, TrainConfig
 from training.data import BatchIterator, StageData, to_global
 from training.mesh import BATCH_AXES, make_mesh
-from training.model import LlamaModel, ModelConfig, count_params, flops_per_token, init_params, param_partition_specs
+from training.model import (
+    LlamaModel,
+    ModelConfig,
+    count_params,
+    flops_per_token,
+    init_params,
+    output_kernel,
+    param_partition_specs,
+)
 from training.ring_attention import ring_attention_sharded
 
 log = logging.getLogger("longctx")
@@ -52,6 +60,9 @@ def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh)
             chunk = min(getattr(config, name), local)
             if local % chunk:
                 raise ConfigMismatch(f"seq_len {config.seq_len} / sp {sp} = {local} is not a multiple of {name}={chunk}")
+    local = config.seq_len // sp
+    if local % min(config.loss_chunk, local):
+        raise ConfigMismatch(f"seq_len {config.seq_len} / sp {sp} = {local} is not a multiple of loss_chunk={config.loss_chunk}")
     if config.global_batch % dp:
         raise ConfigMismatch(f"global_batch {config.global_batch} is not divisible by dp x fsdp = {dp}")
     tp = mesh.shape["tp"]
@@ -76,18 +87,39 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def next_token_loss(logits: jax.Array, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy of predicting token t+1 at t, only inside one packed document and where
-    the target's loss_mask is on. Returns (loss, number of scored positions)."""
+def next_token_targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """(targets, weights): predict token t+1 at t, only inside one packed document and where the
+    target's loss_mask is on."""
     ids, seg = batch["input_ids"], batch["segment_ids"]
-    targets = jnp.roll(ids, -1, axis=1)
     same_doc = (jnp.roll(seg, -1, axis=1) == seg) & (seg > 0)
     weight = jnp.roll(batch["loss_mask"], -1, axis=1) * same_doc
-    weight = weight.at[:, -1].set(0.0)
-    logits = logits.astype(jnp.float32)
-    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return jnp.roll(ids, -1, axis=1), weight.at[:, -1].set(0.0)
+
+
+def next_token_loss(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.Array], chunk: int, sp: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy over the scored positions, and their count.
+
+    The output layer runs `chunk` positions (per sequence shard) at a time under `jax.checkpoint`,
+    so only one chunk's fp32 logits exist in the forward or backward pass: at 1M tokens, full
+    logits would be 128 GiB. The sequence is split as [sp, local] so each step stays on its shard.
+    """
+    targets, weight = next_token_targets(batch)
+    b, t, h = hidden.shape
+    local = t // sp
+    chunk = min(chunk, local)
+    n = local // chunk
+
+    def split(x):  # [b, t, ...] -> [n, b, sp, chunk, ...]
+        return jnp.moveaxis(x.reshape(b, sp, n, chunk, *x.shape[2:]), 2, 0)
+
+    @jax.checkpoint
+    def chunk_nll(h_c, t_c):
+        logits = jnp.einsum("bsch,hv->bscv", h_c, kernel.astype(h_c.dtype), preferred_element_type=jnp.float32)
+        return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
+
+    nll = jax.lax.map(lambda xs: chunk_nll(*xs), (split(hidden), split(targets)))
     count = weight.sum()
-    return (nll * weight).sum() / jnp.maximum(count, 1.0), count
+    return (nll * split(weight)).sum() / jnp.maximum(count, 1.0), count
 
 
 def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh):
@@ -100,10 +132,11 @@ def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh):
     )
 
 
-def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int):
+def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int, loss_chunk: int = 1024, sp: int = 1):
     def loss_fn(params, micro):
-        logits = model.apply({"params": params}, micro["input_ids"], micro["positions"], micro["segment_ids"], attention_fn=attention_fn)
-        return next_token_loss(logits, micro)
+        hidden = model.apply({"params": params}, micro["input_ids"], micro["positions"], micro["segment_ids"],
+                             attention_fn=attention_fn, return_hidden=True)
+        return next_token_loss(hidden, output_kernel(model.config, params), micro, loss_chunk, sp)
 
     def step(state, batch):
         def micro_step(grads, micro):
@@ -201,7 +234,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # Fixed in/out shardings: the state keeps its layout step after step, so one compile serves all.
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn = jax.jit(
-        make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum),
+        make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum, config.loss_chunk, mesh.shape["sp"]),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
