@@ -14,13 +14,14 @@ import argparse
 import gzip
 import json
 import logging
+import os
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from curation.tokenize import load_tokenizer
+from curation.tokenize import load_tokenizer, split_for_encoding
 from pipelines.config import BooksConfig, load_yaml
 from pipelines.launch import run_books
 
@@ -68,6 +69,7 @@ def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def raw_encode(spec: str, texts: list[str], repeats: int) -> tuple[float, int]:
+    """Best time of one `encode_batch` over `texts` (no BOS/EOS), and the token count."""
     tok, _ = load_tokenizer(spec)
     seconds, encodings = best_of(repeats, lambda: tok.encode_batch(texts, add_special_tokens=False))
     return seconds, sum(len(e.ids) for e in encodings)
@@ -80,6 +82,11 @@ def pipeline_run(base: dict[str, Any], beam_args: list[str], repeats: int, workd
         return run_books(BooksConfig.model_validate({**base, "output": out}), beam_args)
 
     return best_of(repeats, once)
+
+
+def fmt_load() -> str:
+    """Other processes on the same cores skew every number here; record how busy the host was."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -108,14 +115,22 @@ def main(argv: list[str] | None = None) -> None:
         # The first load converts the SentencePiece model and caches it; keep that out of timings.
         load_tokenizer(base["tokenizer"])
 
+        print(f"load average before: {fmt_load()}")
         raw_s, raw_tokens = raw_encode(base["tokenizer"], texts, args.raw_repeats)
-        results = [("raw encode_batch", raw_s, raw_tokens, None)]
+        results = [("raw encode_batch, whole texts", raw_s, raw_tokens, None)]
         print(f"raw encode_batch: {raw_tokens} tokens in {raw_s:.2f}s (best of {args.raw_repeats})")
+        # For context only: the same texts cut the way the pipeline cuts them (32K-char pieces),
+        # which separates the cost of tokenizing from the cost of the pipeline around it.
+        pieces = [p for t in texts for p in split_for_encoding(t, base.get("encode_piece_chars", 32_768))]
+        piece_s, piece_tokens = raw_encode(base["tokenizer"], pieces, args.raw_repeats)
+        results.append(("raw encode_batch, 32K-char pieces (info)", piece_s, piece_tokens, None))
+        print(f"raw encode_batch on {len(pieces)} pieces: {piece_tokens} tokens in {piece_s:.2f}s")
 
         for label, beam_args in (("pipeline, DirectRunner", DIRECT), ("pipeline, 2 processes", MULTI)):
             seconds, manifest = pipeline_run(base, beam_args, args.repeats, workdir)
             results.append((label, seconds, manifest["tokens_in"], manifest))
             print(f"{label}: {manifest['tokens_in']} tokens in {seconds:.2f}s (best of {args.repeats}); args {' '.join(beam_args)}")
+        print(f"load average after: {fmt_load()}")
 
     # tokens_in counts the pipeline's tokens (cleaned text, with BOS/EOS); raw counts the raw
     # texts. Both are per-run work, so tokens/s is the fair unit to compare.
@@ -126,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         rate = tokens / seconds
         print(f"| {label} | {tokens:,} | {seconds:.2f} | {rate:,.0f} | {rate / raw_rate:.2f}x |")
 
-    manifest = results[1][3]
+    manifest = results[2][3]
     print("\n| stage | length | documents | rows | tokens | packing efficiency | dropped tail tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for name, stage in manifest["stages"].items():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import zlib
 from dataclasses import dataclass
 from enum import Enum
 
@@ -97,9 +98,10 @@ class RowArrays:
     loss_mask: np.ndarray
     doc_ids: list[list[str]]
     doc_starts: list[list[int]]
+    vision_mask: np.ndarray | None = None
 
     @classmethod
-    def empty(cls, rows: int, length: int) -> "RowArrays":
+    def empty(cls, rows: int, length: int, with_vision: bool = False) -> "RowArrays":
         return cls(
             input_ids=np.zeros((rows, length), np.int32),
             segment_ids=np.zeros((rows, length), np.int32),
@@ -107,7 +109,28 @@ class RowArrays:
             loss_mask=np.zeros((rows, length), np.float32),
             doc_ids=[[] for _ in range(rows)],
             doc_starts=[[] for _ in range(rows)],
+            vision_mask=np.zeros((rows, length), np.int32) if with_vision else None,
         )
+
+    @classmethod
+    def concat(cls, parts: list["RowArrays"]) -> "RowArrays":
+        stack = lambda name: np.concatenate([getattr(p, name) for p in parts])  # noqa: E731
+        with_vision = any(p.vision_mask is not None for p in parts)
+        if with_vision and any(p.vision_mask is None for p in parts):
+            raise ValueError("cannot mix rows with and without a vision mask")
+        return cls(
+            input_ids=stack("input_ids"),
+            segment_ids=stack("segment_ids"),
+            positions=stack("positions"),
+            loss_mask=stack("loss_mask"),
+            doc_ids=[ids for p in parts for ids in p.doc_ids],
+            doc_starts=[starts for p in parts for starts in p.doc_starts],
+            vision_mask=stack("vision_mask") if with_vision else None,
+        )
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.input_ids.shape[0])
 
     def place(
         self,
@@ -119,6 +142,7 @@ class RowArrays:
         doc_start: int,
         mode: PositionMode = PositionMode.DOCUMENT,
         loss_mask: np.ndarray | None = None,
+        vision_mask: np.ndarray | None = None,
     ) -> None:
         """Write one segment. Segments of a row may arrive in any order; `index` fixes its slot."""
         end = offset + len(tokens)
@@ -128,6 +152,8 @@ class RowArrays:
             np.arange(len(tokens)) if mode is PositionMode.DOCUMENT else np.arange(offset, end)
         )
         self.loss_mask[row, offset:end] = 1.0 if loss_mask is None else loss_mask
+        if self.vision_mask is not None and vision_mask is not None:
+            self.vision_mask[row, offset:end] = vision_mask
         ids, starts = self.doc_ids[row], self.doc_starts[row]
         while len(ids) <= index:
             ids.append("")
@@ -148,37 +174,44 @@ class StageSegment:
 
     stage: str
     ref: SegmentRef
+    doc_uid: str
     tokens: np.ndarray
     loss_mask: np.ndarray | None = None
     vision_mask: np.ndarray | None = None
 
 
-@dataclass(frozen=True)
-class ShardSlot:
-    """A segment's place in the output: shard `shard` (of `shards`, holding `shard_rows` rows),
-    row `row` of that shard, slot `index` at token `offset`."""
-
-    shard: int
-    shards: int
-    shard_rows: int
-    row: int
-    index: int
-    offset: int
+def pack_segments(
+    segments: list[StageSegment], length: int, seed: int = 0, mode: PositionMode = PositionMode.DOCUMENT
+) -> list[RowArrays]:
+    """Pack a group's segments into rows (best-fit-decreasing on their lengths), one RowArrays per
+    row, in the group's deterministic row order."""
+    by_key = {seg.ref.key: seg for seg in segments}
+    if len(by_key) != len(segments):
+        raise ValueError("segment keys must be unique within a packing group")
+    with_vision = any(seg.vision_mask is not None for seg in segments)
+    rows = []
+    for planned in plan_rows([seg.ref for seg in segments], length, seed):
+        row = RowArrays.empty(1, length, with_vision)
+        offset = 0
+        for index, ref in enumerate(planned):
+            seg = by_key[ref.key]
+            row.place(0, index, offset, seg.tokens, ref.doc_id, ref.start, mode, seg.loss_mask, seg.vision_mask)
+            offset += ref.length
+        rows.append(row.finish(mode))
+    return rows
 
 
 def rows_per_shard(length: int, target_bytes: int, with_vision: bool = False) -> int:
+    """Rows of `length` tokens that make a shard of about `target_bytes` (4 or 5 int32/float32 columns)."""
     bytes_per_row = length * (4 * 4 + (4 if with_vision else 0))
     return max(1, target_bytes // bytes_per_row)
 
 
-def plan_shards(segments: list[SegmentRef], length: int, target_bytes: int, seed: int = 0, with_vision: bool = False) -> tuple[dict[str, ShardSlot], int]:
-    """Pack a stage's segments into rows and rows into shards: segment key -> its slot; and the row count."""
-    rows = plan_rows(segments, length, seed)
-    per_shard = rows_per_shard(length, target_bytes, with_vision)
-    shards = -(-len(rows) // per_shard)
-    slots = {}
-    for key, place in placements(rows).items():
-        shard, row = divmod(place.row, per_shard)
-        shard_rows = min(per_shard, len(rows) - shard * per_shard)
-        slots[key] = ShardSlot(shard, shards, shard_rows, row, place.index, place.offset)
-    return slots, len(rows)
+def packing_groups(stage_tokens: int, group_tokens: int) -> int:
+    """How many packing groups a stage is split into so that none holds more than ~group_tokens."""
+    return max(1, -(-stage_tokens // max(group_tokens, 1)))
+
+
+def packing_group(doc_uid: str, groups: int) -> int:
+    """A document's packing group: a stable hash, so all its windows land together on any runner."""
+    return zlib.crc32(doc_uid.encode()) % groups

@@ -50,17 +50,17 @@ def _fixed(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1), type=dtype), length)
 
 
-def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any], vision_mask: np.ndarray | None = None) -> bytes:
+def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
     length = rows.input_ids.shape[1]
-    schema = shard_schema(length, metadata, with_vision=vision_mask is not None)
+    schema = shard_schema(length, metadata, with_vision=rows.vision_mask is not None)
     columns = [
         _fixed(rows.input_ids, pa.int32()),
         _fixed(rows.segment_ids, pa.int32()),
         _fixed(rows.positions, pa.int32()),
         _fixed(rows.loss_mask, pa.float32()),
     ]
-    if vision_mask is not None:
-        columns.append(_fixed(vision_mask.astype(np.int32), pa.int32()))
+    if rows.vision_mask is not None:
+        columns.append(_fixed(rows.vision_mask.astype(np.int32), pa.int32()))
     columns += [pa.array(rows.doc_ids, pa.list_(pa.string())), pa.array(rows.doc_starts, pa.list_(pa.int64()))]
     batch = pa.record_batch(columns, schema=schema)
     sink = io.BytesIO()
@@ -104,10 +104,9 @@ class ShardInfo:
 
 
 def write_shard(
-    output: str, stage: str, index: int, count: int, rows: RowArrays, metadata: dict[str, Any],
-    vision_mask: np.ndarray | None = None, split: str = "train",
+    output: str, stage: str, index: int, count: int, rows: RowArrays, metadata: dict[str, Any], split: str = "train"
 ) -> ShardInfo:
-    data = rows_to_ipc_bytes(rows, metadata, vision_mask)
+    data = rows_to_ipc_bytes(rows, metadata)
     rel = f"{stage}/{shard_name(split, index, count)}"
     write_bytes_atomic(join_url(output, rel), data)
     return ShardInfo(

@@ -101,7 +101,7 @@ def assign_stages(doc: Document, stages: list[Stage], policy: StagePolicy, min_t
         event[stage_key(stage.name, "dropped_tokens")] = dropped
         for w in windows:
             ref = SegmentRef(key=f"{doc.uid}@{w.start}", doc_id=doc.id, start=w.start, length=w.length)
-            yield StageSegment(stage.name, ref, doc.tokens[w.start : w.start + w.length])
+            yield StageSegment(stage.name, ref, doc.uid, doc.tokens[w.start : w.start + w.length])
     yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)
 
 
@@ -133,7 +133,7 @@ class BuildBookShards(beam.PTransform):
             assign_stages, self.stages, c.stage_policy, c.min_tail_tokens
         ).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         shards = assigned.segments | "PackAndWrite" >> PackAndWriteShards(
-            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed
+            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
         )
         rejects = [read.rejects, cleaned.rejects, unique.rejects, tokenized.rejects, assigned.rejects]
         return finish_job(pbegin, "books", c, self.stages, read, rejects, assigned[KEPT_EVENTS], shards)

@@ -1,8 +1,10 @@
 """Segments -> packed rows -> shards, shared by the book, QA and video pipelines.
 
-Planning needs only segment lengths, so a stage's plan fits one worker even at Books3 scale
-(tens of bytes per window); tokens travel once, grouped by their destination shard, so no worker
-ever holds more than one shard's worth of tokens.
+A stage is split into packing groups by a stable hash of the document, as many as keep each
+group under `group_tokens` tokens (so no worker ever holds a whole stage); each group is packed
+best-fit-decreasing into rows; rows get global indices from the groups' row counts and are
+grouped into shards of ~`target_bytes`. Every step is deterministic, so the shards are the same
+bytes on any runner and any number of workers.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from curation.packing import PositionMode, RowArrays, StageSegment, plan_shards
+from curation.packing import PositionMode, RowArrays, StageSegment, pack_segments, packing_group, packing_groups, rows_per_shard
 from curation.shards import write_shard
 from curation.stages import Stage
 from pipelines.accounting import NAMESPACE
@@ -20,48 +22,56 @@ from pipelines.accounting import NAMESPACE
 log = logging.getLogger("longctx")
 
 
-class PlanStage(beam.DoFn):
-    def __init__(self, stages: list[Stage], target_bytes: int, seed: int, with_vision: bool):
+class AssignGroup(beam.DoFn):
+    def __init__(self, group_tokens: int):
+        self.group_tokens = group_tokens
+
+    def process(self, seg: StageSegment, stage_tokens):
+        groups = packing_groups(stage_tokens[seg.stage], self.group_tokens)
+        yield (seg.stage, packing_group(seg.doc_uid, groups)), seg
+
+
+class PackGroup(beam.DoFn):
+    """One packing group -> its rows, numbered within the group."""
+
+    def __init__(self, stages: list[Stage], seed: int, positions: PositionMode):
         self.lengths = {s.name: s.length for s in stages}
-        self.target_bytes = target_bytes
         self.seed = seed
-        self.with_vision = with_vision
+        self.positions = positions
 
     def process(self, keyed):
-        stage, refs = keyed
-        slots, rows = plan_shards(list(refs), self.lengths[stage], self.target_bytes, self.seed, self.with_vision)
-        Metrics.counter(NAMESPACE, f"stage.{stage}.rows").inc(rows)
-        log.info("planned stage %s: %d segments in %d rows", stage, len(slots), rows)
-        for key, slot in slots.items():
-            yield (stage, key), slot
+        (stage, group), segments = keyed
+        rows = pack_segments(list(segments), self.lengths[stage], self.seed, self.positions)
+        Metrics.counter(NAMESPACE, f"stage.{stage}.rows").inc(len(rows))
+        for index, row in enumerate(rows):
+            yield (stage, group, index), row
 
 
 class RouteToShard(beam.DoFn):
-    def process(self, seg: StageSegment, plan):
-        slot = plan[(seg.stage, seg.ref.key)]
-        yield (seg.stage, slot.shard), (slot, seg)
+    """A row's global index (rows of lower groups first) decides its shard."""
+
+    def __init__(self, stages: list[Stage], target_bytes: int):
+        self.lengths = {s.name: s.length for s in stages}
+        self.target_bytes = target_bytes
+
+    def process(self, item, group_rows):
+        (stage, group, index), row = item
+        offset = sum(n for (s, g), n in group_rows.items() if s == stage and g < group)
+        total = sum(n for (s, _), n in group_rows.items() if s == stage)
+        per_shard = rows_per_shard(self.lengths[stage], self.target_bytes, row.vision_mask is not None)
+        shard, row_in_shard = divmod(offset + index, per_shard)
+        yield (stage, shard, -(-total // per_shard)), (row_in_shard, row)
 
 
 class WriteShard(beam.DoFn):
-    def __init__(self, output: str, stages: list[Stage], metadata: dict[str, dict], positions: PositionMode, with_vision: bool):
+    def __init__(self, output: str, metadata: dict[str, dict]):
         self.output = output
-        self.lengths = {s.name: s.length for s in stages}
         self.metadata = metadata
-        self.positions = positions
-        self.with_vision = with_vision
 
     def process(self, keyed):
-        (stage, shard), placed = keyed
-        placed = list(placed)
-        first = placed[0][0]
-        rows = RowArrays.empty(first.shard_rows, self.lengths[stage])
-        vision = rows.segment_ids.copy() if self.with_vision else None
-        for slot, seg in placed:
-            rows.place(slot.row, slot.index, slot.offset, seg.tokens, seg.ref.doc_id, seg.ref.start, self.positions, seg.loss_mask)
-            if vision is not None and seg.vision_mask is not None:
-                vision[slot.row, slot.offset : slot.offset + len(seg.tokens)] = seg.vision_mask
-        rows.finish(self.positions)
-        info = write_shard(self.output, stage, shard, first.shards, rows, self.metadata[stage], vision)
+        (stage, shard, count), rows = keyed
+        rows = RowArrays.concat([row for _, row in sorted(rows, key=lambda r: r[0])])
+        info = write_shard(self.output, stage, shard, count, rows, self.metadata[stage])
         Metrics.counter(NAMESPACE, f"stage.{stage}.shards").inc()
         log.info("wrote %s (%d rows)", info.path, info.rows)
         yield info
@@ -71,7 +81,7 @@ class PackAndWriteShards(beam.PTransform):
     """StageSegments -> ShardInfos, one Arrow shard file per (stage, shard index)."""
 
     def __init__(self, output: str, stages: list[Stage], metadata: dict[str, dict], positions: PositionMode,
-                 target_bytes: int, seed: int = 0, with_vision: bool = False):
+                 target_bytes: int, seed: int = 0, group_tokens: int = 1 << 28):
         super().__init__()
         self.output = output
         self.stages = stages
@@ -79,18 +89,28 @@ class PackAndWriteShards(beam.PTransform):
         self.positions = positions
         self.target_bytes = target_bytes
         self.seed = seed
-        self.with_vision = with_vision
+        self.group_tokens = group_tokens
 
     def expand(self, segments):
-        plan = (
+        stage_tokens = (
             segments
-            | "Lengths" >> beam.Map(lambda s: (s.stage, s.ref))
-            | "GroupByStage" >> beam.GroupByKey()
-            | "Plan" >> beam.ParDo(PlanStage(self.stages, self.target_bytes, self.seed, self.with_vision))
+            | "SegmentTokens" >> beam.Map(lambda s: (s.stage, s.ref.length))
+            | "StageTokens" >> beam.CombinePerKey(sum)
+        )
+        rows = (
+            segments
+            | "AssignGroup" >> beam.ParDo(AssignGroup(self.group_tokens), stage_tokens=beam.pvalue.AsDict(stage_tokens))
+            | "GroupSegments" >> beam.GroupByKey()
+            | "Pack" >> beam.ParDo(PackGroup(self.stages, self.seed, self.positions))
+        )
+        group_rows = (
+            rows
+            | "RowGroup" >> beam.Map(lambda item: ((item[0][0], item[0][1]), 1))
+            | "GroupRowCounts" >> beam.CombinePerKey(sum)
         )
         return (
-            segments
-            | "Route" >> beam.ParDo(RouteToShard(), plan=beam.pvalue.AsDict(plan))
+            rows
+            | "Route" >> beam.ParDo(RouteToShard(self.stages, self.target_bytes), group_rows=beam.pvalue.AsDict(group_rows))
             | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(WriteShard(self.output, self.stages, self.metadata, self.positions, self.with_vision))
+            | "Write" >> beam.ParDo(WriteShard(self.output, self.metadata))
         )

@@ -31,7 +31,9 @@ IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
 
 def _config(inputs, output, **overrides) -> BooksConfig:
-    data = {"inputs": inputs, "output": str(output), "tokenizer": DEMO_TOKENIZER, "stages": STAGES, "min_tail_tokens": 256}
+    # Small packing groups and shards, so several of each are exercised (and must agree across runners).
+    data = {"inputs": inputs, "output": str(output), "tokenizer": DEMO_TOKENIZER, "stages": STAGES, "min_tail_tokens": 256,
+            "pack_group_tokens": 300_000, "shard_target_bytes": 4 << 20}
     data.update(overrides)
     return BooksConfig.model_validate(data)
 
@@ -76,6 +78,7 @@ def test_shards_are_exact_length_rows_readable_by_datasets_and_pyarrow(run):
     import datasets
 
     out, manifest = run
+    assert len(manifest["stages"]["4k"]["shards"]) > 3  # 64 rows of 4K per 4 MiB shard
     for name, stage in manifest["stages"].items():
         assert stage["rows"] > 0, name
         total_tokens = 0

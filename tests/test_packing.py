@@ -12,9 +12,13 @@ from curation.packing import (
     SegmentRef,
     best_fit_decreasing,
     packing_efficiency,
+    StageSegment,
+    pack_segments,
+    packing_group,
+    packing_groups,
     placements,
     plan_rows,
-    plan_shards,
+    rows_per_shard,
 )
 from curation.stages import cut_windows
 
@@ -93,14 +97,32 @@ def test_row_positions_mode_runs_across_the_row():
     assert arrays.segment_ids.tolist() == [[1, 1, 1, 2, 2, 2, 2, 0, 0, 0]]
 
 
-def test_plan_shards_splits_rows_by_target_size():
-    refs = _refs([100] * 10)
-    slots, rows = plan_shards(refs, 100, target_bytes=100 * 16 * 4)  # 4 rows per shard
-    assert rows == 10
-    shards = {s.shard for s in slots.values()}
-    assert shards == {0, 1, 2}
-    assert {s.shards for s in slots.values()} == {3}
-    assert sorted(s.shard_rows for s in slots.values() if s.row == 0) == [2, 4, 4]
+def test_pack_segments_builds_rows_with_masks():
+    segs = [
+        StageSegment("s", SegmentRef(f"d{i}@0", f"d{i}", 0, n), f"d{i}", np.full(n, i + 3, np.int32),
+                     loss_mask=np.linspace(0, 1, n, dtype=np.float32), vision_mask=np.ones(n, np.int32) * (i % 2))
+        for i, n in enumerate([5, 3, 8, 2])
+    ]
+    rows = pack_segments(segs, 8, seed=0)
+    assert sorted(r.num_rows for r in rows) == [1, 1, 1] and all(r.input_ids.shape == (1, 8) for r in rows)
+    merged = __import__("curation.packing", fromlist=["RowArrays"]).RowArrays.concat(rows)
+    assert merged.num_rows == 3 and merged.vision_mask is not None
+    for r in range(3):
+        for k, doc in enumerate(merged.doc_ids[r], start=1):
+            i = int(doc[1:])
+            span = merged.segment_ids[r] == k
+            assert np.all(merged.input_ids[r][span] == i + 3)
+            np.testing.assert_allclose(merged.loss_mask[r][span], segs[i].loss_mask)
+            assert np.all(merged.vision_mask[r][span] == i % 2)
+    assert rows_per_shard(100, 100 * 16 * 4) == 4 and rows_per_shard(100, 10) == 1
+    assert rows_per_shard(100, 100 * 20 * 4, with_vision=True) == 4
+
+
+def test_packing_groups_are_stable_and_bounded():
+    assert packing_groups(0, 100) == 1 and packing_groups(100, 100) == 1 and packing_groups(101, 100) == 2
+    counts = np.bincount([packing_group(f"file#{i}", 8) for i in range(4000)], minlength=8)
+    assert counts.min() > 350  # spread evenly
+    assert packing_group("gs://b/x.jsonl#17", 8) == packing_group("gs://b/x.jsonl#17", 8)
 
 
 @given(n=st.integers(1, 10_000), length=st.integers(1, 2000), min_tail=st.integers(0, 2000))
