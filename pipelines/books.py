@@ -123,7 +123,7 @@ class BuildBookShards(beam.PTransform):
             normalize_unicode=None if c.unicode_normalization == "none" else c.unicode_normalization,
             strip_gutenberg=c.strip_gutenberg,
         )
-        read = pbegin | "Read" >> ReadInputs(c.inputs, source)
+        read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
         cleaned = read.docs | "Clean" >> beam.ParDo(CleanText(clean)).with_outputs(REJECTS, main="docs")
         unique = cleaned.docs | "Deduplicate" >> DropDuplicates()
         tokenized = unique.docs | "Tokenize" >> beam.ParDo(

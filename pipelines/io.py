@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from curation.accounting import Reject
+from curation.documents import Document
 from curation.sources import SourceConfig, expand_pattern, iter_file_records
 from pipelines.accounting import NAMESPACE, REJECTS
 
@@ -30,7 +32,7 @@ class ReadRecords(beam.DoFn):
 
     def __init__(self, config: SourceConfig):
         self.config = config
-        self.read = Metrics.counter(NAMESPACE, "read")
+        self.parsed = Metrics.counter(NAMESPACE, "records_parsed")
         self.files = Metrics.counter(NAMESPACE, "files")
 
     def process(self, url: str):
@@ -38,7 +40,7 @@ class ReadRecords(beam.DoFn):
         count = 0
         for item in iter_file_records(url, self.config):
             count += 1
-            self.read.inc()
+            self.parsed.inc()
             if isinstance(item, Reject):
                 yield beam.pvalue.TaggedOutput(REJECTS, item)
             else:
@@ -46,13 +48,26 @@ class ReadRecords(beam.DoFn):
         log.info("read %s: %d records", url, count)
 
 
-class ReadInputs(beam.PTransform):
-    """Patterns -> files (deduplicated, spread over workers) -> records."""
+def record_key(item: Document | Reject) -> str:
+    """A stable identity of a record (document or unreadable record) for sampling."""
+    uid = item.uid if isinstance(item, Document) else f"{item.source}#{item.id}"
+    return hashlib.sha1(uid.encode()).hexdigest()
 
-    def __init__(self, patterns: list[str], config: SourceConfig):
+
+def split_sampled(items):
+    for item in items:
+        yield beam.pvalue.TaggedOutput(REJECTS, item) if isinstance(item, Reject) else item
+
+
+class ReadInputs(beam.PTransform):
+    """Patterns -> files (deduplicated, spread over workers) -> records; with `sample`, only the
+    `sample` records with the smallest id hashes go on (deterministic on any runner)."""
+
+    def __init__(self, patterns: list[str], config: SourceConfig, sample: int | None = None):
         super().__init__()
         self.patterns = list(patterns)
         self.config = config
+        self.sample = sample
 
     def expand(self, pbegin):
         files = (
@@ -62,4 +77,12 @@ class ReadInputs(beam.PTransform):
             | "UniqueFiles" >> beam.Distinct()
             | "Spread" >> beam.Reshuffle()
         )
-        return files | "Parse" >> beam.ParDo(ReadRecords(self.config)).with_outputs(REJECTS, main="docs")
+        parsed = files | "Parse" >> beam.ParDo(ReadRecords(self.config)).with_outputs(REJECTS, main="docs")
+        if self.sample is None:
+            return parsed
+        return (
+            (parsed.docs, parsed[REJECTS])
+            | "All" >> beam.Flatten()
+            | "Sample" >> beam.combiners.Top.Smallest(self.sample, key=record_key)
+            | "Split" >> beam.FlatMap(split_sampled).with_outputs(REJECTS, main="docs")
+        )

@@ -6,9 +6,10 @@ import logging
 from typing import Any
 
 import apache_beam as beam
+import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from curation.shards import read_manifest
+from curation.shards import join_url, read_manifest
 from curation.tokenize import load_tokenizer
 from pipelines.books import BuildBookShards
 from pipelines.config import BooksConfig, JobConfig
@@ -52,9 +53,32 @@ def validate(config: JobConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
+def prepare_output(output: str, overwrite: bool) -> dict[str, Any] | None:
+    """The finished job's manifest if there is one and we may not overwrite; otherwise remove
+    everything a job of ours writes there (a killed run's partial shards and temporary files,
+    or the previous run's outputs), so the new run's files are the only ones."""
+    fs, root = fsspec.core.url_to_fs(output)
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/manifest.json") and not overwrite:
+        return read_manifest(output)
+    ours = [f"{root}/manifest.json", f"{root}/.manifest.json.tmp-*", f"{root}/*/train-*-of-*.arrow",
+            f"{root}/*/.train-*-of-*.arrow.tmp-*", f"{root}/rejects/rejects-*-of-*.jsonl", f"{root}/rejects/.rejects-*.tmp-*"]
+    stale = sorted({p for pattern in ours for p in fs.glob(pattern)})
+    for path in stale:
+        fs.rm(path)
+    if stale:
+        log.info("removed %d files of an earlier run under %s", len(stale), join_url(output))
+    return None
+
+
 def run_books(config: BooksConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
-    """Run the book pipeline to completion and return its manifest."""
+    """Run the book pipeline to completion and return its manifest. A finished job (its manifest
+    exists) is not redone unless `config.overwrite`; an unfinished one's leftovers are removed first."""
     validate(config)
+    finished = prepare_output(config.output, config.overwrite)
+    if finished is not None:
+        log.warning("%s is already complete (manifest.json exists): nothing to do; pass --overwrite to redo it", config.output)
+        return finished
     metadata = shard_metadata(config, "books")
     with beam.Pipeline(options=pipeline_options(beam_args or [])) as pipeline:
         _ = pipeline | "Books" >> BuildBookShards(config, metadata)
