@@ -90,9 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         from pipelines.launch import ConfigError, run_books
         from pipelines.summary import print_summary
 
+        from apache_beam.options.pipeline_options import PipelineOptions
+
+        from pipelines.options import books_config
+
+        argv = list(sys.argv[1:] if argv is None else argv)
         try:
-            config = config_from_args(BooksConfig, args)
-            manifest = run_books(config, extra)
+            # One PipelineOptions holds the whole command line: our BooksOptions and Beam's own.
+            options = PipelineOptions(argv[argv.index("books") + 1 :])
+            config = books_config(options)
+            manifest = run_books(config, options)
         except ConfigError as err:
             parser.error(str(err))
         except ValueError as err:  # pydantic validation, bad YAML

@@ -21,9 +21,9 @@ class ConfigError(ValueError):
     pass
 
 
-def pipeline_options(beam_args: list[str]) -> PipelineOptions:
+def pipeline_options(beam_args: list[str] | PipelineOptions) -> PipelineOptions:
     """Beam's own flags, unchanged; DirectRunner when no runner is named."""
-    options = PipelineOptions(beam_args)
+    options = beam_args if isinstance(beam_args, PipelineOptions) else PipelineOptions(beam_args)
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = "DirectRunner"
     return options
@@ -71,7 +71,7 @@ def prepare_output(output: str, overwrite: bool) -> dict[str, Any] | None:
     return None
 
 
-def run_books(config: BooksConfig, beam_args: list[str] | None = None) -> dict[str, Any]:
+def run_books(config: BooksConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
     """Run the book pipeline to completion and return its manifest. A finished job (its manifest
     exists) is not redone unless `config.overwrite`; an unfinished one's leftovers are removed first."""
     validate(config)

@@ -63,3 +63,26 @@ def test_unknown_stage_is_a_usage_error(capsys):
     with pytest.raises(SystemExit):
         main(["books", "--input", "x", "--output", "y", "--tokenizer", "t", "--stages", "nope"])
     assert "unknown stage 'nope'" in capsys.readouterr().err
+
+
+def test_one_pipeline_options_holds_our_flags_and_beams():
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, StandardOptions, WorkerOptions
+
+    from pipelines.options import books_config
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    options = PipelineOptions([
+        "--input", "gs://b/in/*.jsonl.gz", "--input", "gs://b/more/*.parquet", "--output", "gs://b/out",
+        "--tokenizer", "gs://b/tok/tokenizer.json", "--stages", "32k,128k", "--no-add-eos", "--sample", "100",
+        "--runner", "DataflowRunner", "--project", "P", "--region", "R", "--temp_location", "gs://b/tmp",
+        "--setup_file", "./setup.py", "--max_num_workers", "8", "--machine_type", "n1-standard-8",
+        "--sdk_container_image", "gcr.io/p/longctx-worker:1", "--experiments", "use_runner_v2",
+    ])
+    config = books_config(options)
+    assert config.inputs == ["gs://b/in/*.jsonl.gz", "gs://b/more/*.parquet"] and config.output == "gs://b/out"
+    assert [s.name for s in config.resolved_stages()] == ["32k", "128k"] and config.add_eos is False and config.sample == 100
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    assert options.view_as(GoogleCloudOptions).project == "P"
+    assert options.view_as(SetupOptions).setup_file == "./setup.py"
+    assert options.view_as(WorkerOptions).sdk_container_image == "gcr.io/p/longctx-worker:1"
