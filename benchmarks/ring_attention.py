@@ -139,7 +139,7 @@ def main() -> None:
           f"batch {BATCH}, heads {HEADS}, head_dim {HEAD_DIM}, fp32, causal, chunk {args.chunk}")
 
     print(f"\nfwd+bwd at seq {args.time_seq} (best of {args.repeats}, after compile)")
-    print(f"| implementation | best ms | compile s |\n|---|---:|---:|")
+    print("| implementation | best ms | compile s |\n|---|---:|---:|")
     for name, best, compile_s in time_all(mesh, args.time_seq, args.chunk, args.repeats):
         print(f"| {name} | {best * 1e3:,.1f} | {compile_s:.1f} |")
 

@@ -87,12 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
 
     if args.command == "books":
-        from pipelines.launch import ConfigError, run_books
-        from pipelines.summary import print_summary
-
         from apache_beam.options.pipeline_options import PipelineOptions
 
+        from pipelines.launch import ConfigError, run_books
         from pipelines.options import books_config
+        from pipelines.summary import print_summary
 
         argv = list(sys.argv[1:] if argv is None else argv)
         try:

@@ -66,11 +66,15 @@ def test_unknown_stage_is_a_usage_error(capsys):
 
 
 def test_one_pipeline_options_holds_our_flags_and_beams():
-    from apache_beam.options.pipeline_options import GoogleCloudOptions, SetupOptions, StandardOptions, WorkerOptions
+    from apache_beam.options.pipeline_options import (
+        GoogleCloudOptions,
+        PipelineOptions,
+        SetupOptions,
+        StandardOptions,
+        WorkerOptions,
+    )
 
     from pipelines.options import books_config
-
-    from apache_beam.options.pipeline_options import PipelineOptions
 
     options = PipelineOptions([
         "--input", "gs://b/in/*.jsonl.gz", "--input", "gs://b/more/*.parquet", "--output", "gs://b/out",

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import sentencepiece as spm
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers

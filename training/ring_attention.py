@@ -43,7 +43,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jax.sharding import Mesh, PartitionSpec as P
+from jax.sharding import Mesh
+from jax.sharding import PartitionSpec as P
 
 LoadBalance = Literal["zigzag", "striped"] | None
 Array = jax.Array
