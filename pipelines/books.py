@@ -105,14 +105,13 @@ def assign_stages(doc: Document, stages: list[Stage], policy: StagePolicy, min_t
     yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)
 
 
-class BuildBookShards(beam.PTransform):
-    """Book files -> stage shards + rejects + manifest.json under `config.output`."""
+class PrepareDocuments(beam.PTransform):
+    """The shared front of every text pipeline: read -> clean -> deduplicate -> tokenize.
+    Returns (read result, tokenized documents, [rejects of each step])."""
 
-    def __init__(self, config: JobConfig, shard_metadata: dict[str, dict]):
+    def __init__(self, config: JobConfig):
         super().__init__()
         self.config = config
-        self.stages = config.resolved_stages()
-        self.shard_metadata = shard_metadata
 
     def expand(self, pbegin):
         c = self.config
@@ -129,12 +128,25 @@ class BuildBookShards(beam.PTransform):
         tokenized = unique.docs | "Tokenize" >> beam.ParDo(
             Tokenize(c.tokenizer, c.add_bos, c.add_eos, c.encode_piece_chars)
         ).with_outputs(REJECTS, main="docs")
-        assigned = tokenized.docs | "AssignStages" >> beam.FlatMap(
+        return read, tokenized.docs, [read.rejects, cleaned.rejects, unique.rejects, tokenized.rejects]
+
+
+class BuildBookShards(beam.PTransform):
+    """Book files -> stage shards + rejects + manifest.json under `config.output`."""
+
+    def __init__(self, config: JobConfig, shard_metadata: dict[str, dict]):
+        super().__init__()
+        self.config = config
+        self.stages = config.resolved_stages()
+        self.shard_metadata = shard_metadata
+
+    def expand(self, pbegin):
+        c = self.config
+        read, docs, rejects = pbegin | "Prepare" >> PrepareDocuments(c)
+        assigned = docs | "AssignStages" >> beam.FlatMap(
             assign_stages, self.stages, c.stage_policy, c.min_tail_tokens
         ).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         shards = assigned.segments | "PackAndWrite" >> PackAndWriteShards(
             c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
         )
-        rejects = [read.rejects, cleaned.rejects, unique.rejects, tokenized.rejects, assigned.rejects]
-        return finish_job(pbegin, "books", c, self.stages, read, rejects, assigned[KEPT_EVENTS], shards)
-
+        return finish_job(pbegin, "books", c, self.stages, read, rejects + [assigned.rejects], assigned[KEPT_EVENTS], shards)
