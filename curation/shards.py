@@ -74,11 +74,17 @@ def join_url(base: str, *parts: str) -> str:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write to a hidden temporary name beside the target, then move it into place: readers see
-    the whole file or nothing (rename locally; copy-then-delete on object stores)."""
+    """Readers see the whole file or nothing. Locally: a hidden temporary name beside the target,
+    then a rename. On object stores (gs://, s3://, memory://) an object becomes visible only when
+    its upload completes, so it is written under its final name directly (a rename there would be
+    a copy and a delete, and a killed writer could leave the temporary object behind)."""
     fs, path = fsspec.core.url_to_fs(url)
     parent, _, name = path.rpartition("/")
     fs.makedirs(parent, exist_ok=True)
+    if not _is_local(fs):
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+        return
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
     try:
         with fs.open(tmp, "wb") as fh:
@@ -87,6 +93,11 @@ def write_bytes_atomic(url: str, data: bytes) -> None:
     finally:
         if fs.exists(tmp):
             fs.rm(tmp)
+
+
+def _is_local(fs) -> bool:
+    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
+    return "file" in protocols or "local" in protocols
 
 
 @dataclass(frozen=True)
@@ -136,7 +147,7 @@ class Shard:
 
 def _open_buffer(url: str) -> pa.Buffer:
     fs, path = fsspec.core.url_to_fs(url)
-    if fs.protocol in ("file", "local") or "file" in fs.protocol:
+    if _is_local(fs):
         return pa.memory_map(path, "r").read_buffer()
     with fs.open(path, "rb") as fh:
         return pa.py_buffer(fh.read())
