@@ -31,13 +31,22 @@ class Reject:
     id: str
     reason: str
     detail: str = ""
+    unit: str = "record"  # what was rejected: an input record, or a part of one (e.g. a QA "chunk")
 
     def as_json(self) -> dict[str, str]:
-        return {"source": self.source, "id": self.id, "reason": str(self.reason), "detail": self.detail}
+        out = {"source": self.source, "id": self.id, "reason": str(self.reason), "detail": self.detail}
+        if self.unit != "record":
+            out["unit"] = self.unit
+        return out
 
     @property
-    def sort_key(self) -> tuple[str, str, str]:
-        return (self.source, self.id, str(self.reason))
+    def sort_key(self) -> tuple[str, str, str, str]:
+        return (self.unit, self.source, self.id, str(self.reason))
+
+    @property
+    def counter(self) -> str:
+        """The event key this reject is counted under: `rejected.R`, or `UNIT.rejected.R` for parts."""
+        return f"rejected.{self.reason}" if self.unit == "record" else f"{self.unit}.rejected.{self.reason}"
 
 
 class AccountingError(RuntimeError):

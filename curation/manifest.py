@@ -9,7 +9,7 @@ from collections import Counter
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-from curation.accounting import JobCounts
+from curation.accounting import AccountingError, JobCounts
 from curation.packing import packing_efficiency
 from curation.shards import ShardInfo
 from curation.stages import Stage
@@ -34,6 +34,23 @@ def job_counts(counters: dict[str, int]) -> JobCounts:
         {k.removeprefix(REJECTED_PREFIX): v for k, v in counters.items() if k.startswith(REJECTED_PREFIX) and v}
     )
     return JobCounts(read=counters.get(READ, 0), kept=counters.get(KEPT, 0), rejected=rejected)
+
+
+def part_counts(counters: dict[str, int], unit: str) -> dict[str, Any] | None:
+    """Accounting of the parts records are split into (e.g. QA chunks): UNIT.read = UNIT.accepted +
+    UNIT.rejected.*, checked like the records themselves. None when the job has no such parts."""
+    if f"{unit}.read" not in counters:
+        return None
+    counts = JobCounts(
+        read=counters[f"{unit}.read"],
+        kept=counters.get(f"{unit}.accepted", 0),
+        rejected=Counter({k.removeprefix(f"{unit}.rejected."): v for k, v in counters.items() if k.startswith(f"{unit}.rejected.") and v}),
+    )
+    try:
+        counts.check()
+    except AccountingError as err:
+        raise AccountingError(f"{unit}s: {err}") from None
+    return {"read": counts.read, "accepted": counts.kept, "rejected": dict(sorted(counts.rejected.items()))}
 
 
 def _versions() -> dict[str, str]:
@@ -90,6 +107,10 @@ def build_manifest(
         "config_hash": config_hash(config),
         "versions": _versions(),
     }
+    for unit in ("chunk",):
+        parts = part_counts(counters, unit)
+        if parts is not None:
+            manifest[f"{unit}s"] = parts
     if extra:
         manifest.update(extra)
     return manifest

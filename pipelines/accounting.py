@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from curation.accounting import Reject
-from curation.manifest import READ, REJECTED_PREFIX, build_manifest
+from curation.manifest import READ, build_manifest
 from curation.shards import join_url, write_bytes_atomic
 from curation.stages import Stage
 
@@ -48,8 +48,8 @@ class SumCounts(beam.CombineFn):
 
 class CountRejects(beam.DoFn):
     def process(self, reject: Reject):
-        Metrics.counter(NAMESPACE, f"rejected.{reject.reason}").inc()
-        yield {f"{REJECTED_PREFIX}{reject.reason}": 1}
+        Metrics.counter(NAMESPACE, reject.counter).inc()
+        yield {reject.counter: 1}
 
 
 def reject_file_name(index: int, count: int) -> str:

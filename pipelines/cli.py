@@ -9,14 +9,14 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pipelines.config import BooksConfig, add_config_flags, config_from_args
+from pipelines.config import BooksConfig, QAConfig, add_config_flags, config_from_args
 
 BEAM_HELP = (
     "Any other flag goes to Apache Beam unchanged, e.g. --runner DataflowRunner --project P --region R "
     "--temp_location gs://b/tmp --setup_file ./setup.py, or --direct_num_workers 2 "
     "--direct_running_mode multi_processing on the local DirectRunner."
 )
-BEAM_COMMANDS = {"books"}
+BEAM_COMMANDS = {"books", "qa"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +31,12 @@ def _parser() -> argparse.ArgumentParser:
         description=(BooksConfig.__doc__ or "") + " " + BEAM_HELP,
     )
     add_config_flags(books, BooksConfig)
+    qa = commands.add_parser(
+        "qa",
+        help="synthetic long-context QA: a QA pair per chunk, long chat examples per stage",
+        description=(QAConfig.__doc__ or "") + " " + BEAM_HELP,
+    )
+    add_config_flags(qa, QAConfig)
 
     train = commands.add_parser("train", help="train a LLaMA model on one stage's shards", description=TrainConfig.__doc__)
     add_config_flags(train, TrainConfig)
@@ -86,19 +92,20 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging(args.verbose)
     console = Console(width=None if sys.stdout.isatty() else 120)
 
-    if args.command == "books":
+    if args.command in BEAM_COMMANDS:
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from pipelines.launch import ConfigError, run_books
-        from pipelines.options import books_config
+        from pipelines.launch import ConfigError, run_books, run_qa
+        from pipelines.options import books_config, qa_config
         from pipelines.summary import print_summary
 
         argv = list(sys.argv[1:] if argv is None else argv)
+        make_config, run = {"books": (books_config, run_books), "qa": (qa_config, run_qa)}[args.command]
         try:
-            # One PipelineOptions holds the whole command line: our BooksOptions and Beam's own.
-            options = PipelineOptions(argv[argv.index("books") + 1 :])
-            config = books_config(options)
-            manifest = run_books(config, options)
+            # One PipelineOptions holds the whole command line: our options subclass and Beam's own.
+            options = PipelineOptions(argv[argv.index(args.command) + 1 :])
+            config = make_config(options)
+            manifest = run(config, options)
         except ConfigError as err:
             parser.error(str(err))
         except ValueError as err:  # pydantic validation, bad YAML

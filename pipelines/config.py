@@ -74,6 +74,33 @@ class BooksConfig(JobConfig):
     """`longctx books`: clean, tokenize, length-filter and pack books into stage shards."""
 
 
+class QAConfig(JobConfig):
+    """`longctx qa`: a short-context model writes a QA pair per chunk; long chat examples per stage."""
+
+    backend: Literal["extractive", "transformers", "vllm"] = Field("extractive", description="generator: extractive (no model), transformers (local model) or vllm (GPU workers)")
+    model: str | None = Field(None, description="generator model: local folder or hub id (transformers, vllm)")
+    gguf_file: str | None = Field(None, description="a GGUF file inside --model to load (transformers; dequantised)")
+    device: str = Field("cpu", description="transformers device: cpu, cuda, ...")
+    trust_remote_code: bool = Field(False, description="let transformers run code shipped with the model")
+    batch_size: int = Field(4, description="prompts per generation batch")
+    max_new_tokens: int = Field(96, description="generation budget per QA pair")
+    temperature: float = Field(0.0, description="sampling temperature (0 = greedy)")
+    vllm_server_kwargs: dict[str, str] = Field(default_factory=dict, description="extra vLLM server flags (YAML only)")
+    prompt_template: str | None = Field(None, description="Python format string with {passage}; default asks for JSON {question, answer}")
+    chunk_tokens: int = Field(1000, description="target chunk size in training-tokenizer tokens")
+    chunk_min_tokens: int = Field(500, description="smallest chunk (except a book's last)")
+    chunk_max_tokens: int = Field(1500, description="largest chunk")
+    max_answer_words: int = Field(40, description="reject longer answers (answer_too_long)")
+    min_grounding: float = Field(0.5, description="share of the answer's content words that must occur in the chunk (answer_not_grounded)")
+    qa_order: Literal["in_order", "shuffled"] = Field("in_order", description="order of the QA turns after the context")
+    keep_raw_output: bool = Field(False, description="keep the model's raw output in rejects (debugging)")
+
+    def data_config(self) -> dict[str, Any]:
+        data = super().data_config()
+        data.pop("device", None)
+        return data
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     with open(path) as fh:
         data = yaml.safe_load(fh) or {}
@@ -87,10 +114,15 @@ def _flag(name: str, field) -> str:
     return extra.get("flag", "--" + name.replace("_", "-"))
 
 
-def add_config_flags(parser: argparse.ArgumentParser, model: type[BaseModel]) -> None:
-    """One flag per config field (YAML-only fields, dicts, are skipped)."""
+def add_config_flags(parser: argparse.ArgumentParser, *models: type[BaseModel]) -> None:
+    """One flag per config field of the given models (a field they share is added once;
+    YAML-only fields, dicts, are skipped)."""
     parser.add_argument("--config", help="YAML file with any of the keys below; flags override it")
-    for name, field in model.model_fields.items():
+    fields = {}
+    for model in models:
+        for name, field in model.model_fields.items():
+            fields.setdefault(name, field)
+    for name, field in fields.items():
         annotation = field.annotation
         origin = typing.get_origin(annotation)
         help_text = f"{field.description} [config key: {name}]"

@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from curation.shards import join_url, read_manifest
 from curation.tokenize import load_tokenizer
 from pipelines.books import BuildBookShards
-from pipelines.config import BooksConfig, JobConfig
+from pipelines.config import BooksConfig, JobConfig, QAConfig
 
 log = logging.getLogger("longctx")
 
@@ -71,15 +71,25 @@ def prepare_output(output: str, overwrite: bool) -> dict[str, Any] | None:
     return None
 
 
-def run_books(config: BooksConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
-    """Run the book pipeline to completion and return its manifest. A finished job (its manifest
-    exists) is not redone unless `config.overwrite`; an unfinished one's leftovers are removed first."""
+def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
+    """Run a data job to completion and return its manifest. A finished job (its manifest exists)
+    is not redone unless `config.overwrite`; an unfinished one's leftovers are removed first."""
     validate(config)
     finished = prepare_output(config.output, config.overwrite)
     if finished is not None:
         log.warning("%s is already complete (manifest.json exists): nothing to do; pass --overwrite to redo it", config.output)
         return finished
-    metadata = shard_metadata(config, "books")
+    metadata = shard_metadata(config, kind)
     with beam.Pipeline(options=pipeline_options(beam_args or [])) as pipeline:
-        _ = pipeline | "Books" >> BuildBookShards(config, metadata)
+        _ = pipeline | kind.capitalize() >> transform(config, metadata)
     return read_manifest(config.output)
+
+
+def run_books(config: BooksConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
+    return run_job("books", BuildBookShards, config, beam_args)
+
+
+def run_qa(config: QAConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
+    from pipelines.qa import BuildQAShards
+
+    return run_job("qa", BuildQAShards, config, beam_args)

@@ -29,6 +29,12 @@ def print_summary(manifest: dict[str, Any], output: str, console: Console | None
     totals.add_row("tokens in (kept + no_stage)", f"{manifest['tokens_in']:,}")
     totals.add_row("tokens out (all stages)", f"{manifest['tokens_out']:,}")
     totals.add_row("dropped tail tokens", f"{manifest['dropped_tail_tokens']:,}")
+    chunks = manifest.get("chunks")
+    if chunks:
+        totals.add_row("chunks", f"{chunks['read']:,}")
+        totals.add_row("chunks accepted", f"{chunks['accepted']:,}")
+        for reason, n in chunks["rejected"].items():
+            totals.add_row(f"chunks rejected: {reason}", f"{n:,}")
     console.print(totals)
     stages = Table(title="stages", header_style="bold")
     for col in ("stage", "length", "window", "docs", "rows", "tokens", "packing", "dropped", "shards"):
@@ -42,4 +48,7 @@ def print_summary(manifest: dict[str, Any], output: str, console: Console | None
     console.print(stages)
     balance = "OK" if manifest["read"] == manifest["kept"] + manifest["rejected_total"] else "MISMATCH"
     console.print(f"read {manifest['read']} = kept {manifest['kept']} + rejected {manifest['rejected_total']}: {balance}")
+    if chunks:
+        ok = chunks["read"] == chunks["accepted"] + sum(chunks["rejected"].values())
+        console.print(f"chunks {chunks['read']} = accepted {chunks['accepted']} + rejected {sum(chunks['rejected'].values())}: {'OK' if ok else 'MISMATCH'}")
     console.print(f"shards, rejects/ and manifest.json in [bold]{output}[/bold]")

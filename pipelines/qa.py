@@ -1,0 +1,175 @@
+"""The QA pipeline: books -> ~1,000-token chunks -> a QA pair per chunk (RunInference) ->
+long chat examples per stage, loss on the answers only -> the same shards as books.
+
+Two tokenizers: the training tokenizer (`--tokenizer`) measures and cuts chunks and encodes the
+examples; the generator model sees only text. Accounting runs at two levels: every book read is
+chunked or rejected, and every chunk ends in an example or in rejects (`chunk.*` counters).
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
+from apache_beam.metrics import Metrics
+
+from curation.accounting import Reason, Reject
+from curation.documents import Document
+from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.stages import Stage
+from curation.tokenize import load_tokenizer
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, finish_job
+from pipelines.books import PrepareDocuments
+from pipelines.config import QAConfig
+from pipelines.packing import PackAndWriteShards
+from pipelines.qa_backends import completion_text, make_handler
+from qa_synth.assemble import assemble_examples, example_to_segment
+from qa_synth.chunking import Chunk, make_chunks
+from qa_synth.parse import InvalidQA, QuestionDeduper, parse_qa, validate
+from qa_synth.prompts import DEFAULT_TEMPLATE, PromptTemplate
+
+CHUNK = "chunk"
+DOES_NOT_FIT = "does_not_fit"
+
+
+def chunk_reject(chunk: Chunk, source: str, reason: str, detail: str = "") -> Reject:
+    return Reject(source, f"{chunk.book_id}#chunk{chunk.index}", reason, detail, unit=CHUNK)
+
+
+class ChunkBooks(beam.DoFn):
+    """A tokenized book -> its chunks (with text for the generator); the book counts as kept."""
+
+    def __init__(self, config: QAConfig):
+        self.config = config
+
+    def setup(self):
+        self.tok, info = load_tokenizer(self.config.tokenizer)
+        self.special = {i for i in (info.bos_id, info.eos_id) if i is not None}
+
+    def process(self, doc: Document):
+        c = self.config
+        chunks = make_chunks(doc.id, doc.uid, doc.tokens, self.tok, c.chunk_tokens, c.chunk_min_tokens, c.chunk_max_tokens, self.special)
+        if not chunks:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.EMPTY.value, "no tokens to chunk"))
+            return
+        yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {KEPT: 1, TOKENS_IN: doc.num_tokens, f"{CHUNK}.read": len(chunks)})
+        for chunk in chunks:
+            yield doc.source, chunk
+
+
+class ToExample(beam.DoFn):
+    """(source, chunk) -> ((source, chunk), model input): the prompt, or the bare text for extractive."""
+
+    def __init__(self, backend: str, template: str):
+        self.backend = backend
+        self.template = PromptTemplate(template)
+
+    def process(self, item):
+        source, chunk = item
+        yield (source, chunk), chunk.text if self.backend == "extractive" else self.template.render(chunk.text)
+
+
+class ValidateQA(beam.DoFn):
+    """The model's raw text -> a validated QA pair, or a chunk reject with the reason."""
+
+    def __init__(self, config: QAConfig):
+        self.config = config
+
+    def process(self, item):
+        (source, chunk), result = item
+        raw = completion_text(result.inference)
+        try:
+            pair = validate(parse_qa(raw), chunk.text, self.config.max_answer_words, self.config.min_grounding)
+        except InvalidQA as err:
+            detail = err.detail + (f" | raw: {raw[:2000]!r}" if self.config.keep_raw_output else "")
+            Metrics.counter(NAMESPACE, f"chunk.rejected.{err.reason}").inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, chunk_reject(chunk, source, str(getattr(err.reason, "value", err.reason)), detail))
+            return
+        yield chunk.book_uid, (source, chunk, pair)
+
+
+class AssembleBook(beam.DoFn):
+    """All of a book's validated chunks -> its chat examples per stage (as StageSegments);
+    duplicate questions and chunks that fit no example are rejected."""
+
+    def __init__(self, config: QAConfig, stages: list[Stage]):
+        self.config = config
+        self.stages = stages
+
+    def setup(self):
+        self.tok, self.info = load_tokenizer(self.config.tokenizer)
+
+    def process(self, keyed):
+        book_uid, items = keyed
+        items = sorted(items, key=lambda it: it[1].index)
+        source = items[0][0]
+        dedup = QuestionDeduper()
+        kept = []
+        for _, chunk, pair in items:
+            try:
+                dedup.check(book_uid, pair.question)
+            except InvalidQA as err:
+                yield beam.pvalue.TaggedOutput(REJECTS, chunk_reject(chunk, source, str(getattr(err.reason, "value", err.reason)), err.detail))
+                continue
+            kept.append((chunk, pair))
+        used = set()
+        for stage in self.stages:
+            examples = assemble_examples(kept, self.tok, self.info, stage.length, self.config.qa_order, self.config.shuffle_seed)
+            if examples:
+                yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {stage_key(stage.name, "documents"): len(examples)})
+            for example in examples:
+                used.update(range(example.first_chunk, example.first_chunk + example.num_chunks))
+                yield example_to_segment(example, stage.name)
+        for chunk, _ in kept:
+            if chunk.index not in used:
+                yield beam.pvalue.TaggedOutput(
+                    REJECTS, chunk_reject(chunk, source, DOES_NOT_FIT, "chunk and its QA pair exceed every stage length")
+                )
+        if used:
+            yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {f"{CHUNK}.accepted": len(used)})
+
+
+class BuildQAShards(beam.PTransform):
+    """Book files -> QA chat shards per stage + rejects (books and chunks) + manifest.json."""
+
+    def __init__(self, config: QAConfig, shard_metadata: dict[str, dict]):
+        super().__init__()
+        self.config = config
+        self.stages = config.resolved_stages()
+        self.shard_metadata = shard_metadata
+
+    def expand(self, pbegin):
+        c = self.config
+        handler = make_handler(
+            c.backend, c.model, **({} if c.backend == "extractive" else self._handler_kwargs())
+        )
+        read, docs, rejects = pbegin | "Prepare" >> PrepareDocuments(c)
+        chunked = docs | "Chunk" >> beam.ParDo(ChunkBooks(c)).with_outputs(REJECTS, KEPT_EVENTS, main="chunks")
+        generated = (
+            chunked.chunks
+            | "ToExample" >> beam.ParDo(ToExample(c.backend, c.prompt_template or DEFAULT_TEMPLATE))
+            | "Generate" >> RunInference(KeyedModelHandler(handler), inference_args=self._inference_args())
+        )
+        validated = generated | "Validate" >> beam.ParDo(ValidateQA(c)).with_outputs(REJECTS, main="pairs")
+        assembled = (
+            validated.pairs
+            | "GroupByBook" >> beam.GroupByKey()
+            | "Assemble" >> beam.ParDo(AssembleBook(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
+        )
+        shards = assembled.segments | "PackAndWrite" >> PackAndWriteShards(
+            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
+        )
+        kept_events = (chunked[KEPT_EVENTS], assembled[KEPT_EVENTS]) | "KeptEvents" >> beam.Flatten()
+        all_rejects = rejects + [chunked.rejects, validated.rejects, assembled.rejects]
+        return finish_job(pbegin, "qa", c, self.stages, read, all_rejects, kept_events, shards)
+
+    def _handler_kwargs(self) -> dict:
+        c = self.config
+        if c.backend == "vllm":
+            return {"server_kwargs": c.vllm_server_kwargs}
+        return dict(gguf_file=c.gguf_file, device=c.device, max_new_tokens=c.max_new_tokens,
+                    temperature=c.temperature, batch_size=c.batch_size, trust_remote_code=c.trust_remote_code)
+
+    def _inference_args(self) -> dict | None:
+        if self.config.backend == "vllm":
+            return {"max_tokens": self.config.max_new_tokens, "temperature": self.config.temperature}
+        return None

@@ -1,0 +1,110 @@
+"""The generator backends as Beam RunInference model handlers (the one place QA meets Beam).
+
+Each handler turns a batch of examples (a prompt, or for `extractive` the chunk text) into the
+model's raw text; parsing and validation are the same for every backend (qa_synth/parse.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult
+
+from qa_synth.extractive import extractive_qa
+
+
+class _NoModel:
+    """Stands in for a model (Beam's shared-model cache needs a weak-referenceable object)."""
+
+
+class ExtractiveHandler(ModelHandler[str, PredictionResult, _NoModel]):
+    """No model: a deterministic cloze question per chunk, so the pipeline runs anywhere."""
+
+    def load_model(self) -> _NoModel:
+        return _NoModel()
+
+    def run_inference(self, batch: Sequence[str], model: _NoModel, inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        return [PredictionResult(text, extractive_qa(text, seed_key=text)) for text in batch]
+
+
+class TransformersHandler(ModelHandler[str, PredictionResult, Any]):
+    """A local causal LM through transformers, batched (left padding), greedy unless temperature > 0.
+
+    `model` is a folder (safetensors + tokenizer) or a hub id; `gguf_file` a GGUF file name inside
+    it (dequantised on load). Prompts are wrapped in the model's chat template when it has one.
+    """
+
+    def __init__(self, model: str, gguf_file: str | None = None, device: str = "cpu", max_new_tokens: int = 96,
+                 temperature: float = 0.0, batch_size: int = 4, trust_remote_code: bool = False):
+        self.model_path = model
+        self.gguf_file = gguf_file
+        self.device = device
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.batch_size = batch_size
+        self.trust_remote_code = trust_remote_code
+
+    def load_model(self):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        kwargs = {"trust_remote_code": self.trust_remote_code}
+        if self.gguf_file:
+            kwargs["gguf_file"] = self.gguf_file
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path, **kwargs)
+        tokenizer.padding_side = "left"
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, **kwargs)
+        model.to(self.device).eval()
+        return tokenizer, model
+
+    def run_inference(self, batch: Sequence[str], model, inference_args: dict | None = None) -> Iterable[PredictionResult]:
+        import torch
+
+        from qa_synth.prompts import chat_prompt
+
+        tokenizer, lm = model
+        prompts = [chat_prompt(tokenizer, text) for text in batch]
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
+        with torch.no_grad():
+            out = lm.generate(**enc, max_new_tokens=self.max_new_tokens, pad_token_id=tokenizer.pad_token_id, **sampling)
+        texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return [PredictionResult(p, t) for p, t in zip(batch, texts)]
+
+    def batch_elements_kwargs(self) -> dict[str, int]:
+        return {"min_batch_size": 1, "max_batch_size": self.batch_size}
+
+
+def vllm_handler(model: str, server_kwargs: dict[str, str] | None = None):
+    """Beam's vLLM handler: one OpenAI-compatible vLLM server per worker (GPU workers)."""
+    from apache_beam.ml.inference.vllm_inference import VLLMCompletionsModelHandler
+
+    return VLLMCompletionsModelHandler(model_name=model, vllm_server_kwargs=server_kwargs or {})
+
+
+def completion_text(inference: Any) -> str:
+    """The generated text, whatever the backend returned (str, an OpenAI completion, a choice)."""
+    if isinstance(inference, str):
+        return inference
+    choices = getattr(inference, "choices", None)
+    if choices:
+        inference = choices[0]
+    message = getattr(inference, "message", None)
+    if message is not None:
+        return message.content or ""
+    return str(getattr(inference, "text", inference) or "")
+
+
+def make_handler(backend: str, model: str | None, **kwargs) -> ModelHandler:
+    if backend == "extractive":
+        return ExtractiveHandler()
+    if not model:
+        raise ValueError(f"the {backend} backend needs --model (a local path or hub id)")
+    if backend == "transformers":
+        return TransformersHandler(model, **kwargs)
+    if backend == "vllm":
+        return vllm_handler(model, kwargs.get("server_kwargs"))
+    raise ValueError(f"unknown backend {backend!r}: extractive, transformers or vllm")
