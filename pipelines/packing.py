@@ -81,7 +81,7 @@ class PackAndWriteShards(beam.PTransform):
     """StageSegments -> ShardInfos, one Arrow shard file per (stage, shard index)."""
 
     def __init__(self, output: str, stages: list[Stage], metadata: dict[str, dict], positions: PositionMode,
-                 target_bytes: int, seed: int = 0, group_tokens: int = 1 << 28):
+                 target_bytes: int, seed: int = 0, group_tokens: int = 1 << 25):
         super().__init__()
         self.output = output
         self.stages = stages

@@ -28,11 +28,19 @@ class ExtractiveHandler(ModelHandler[str, PredictionResult, _NoModel]):
         return [PredictionResult(text, extractive_qa(text, seed_key=text)) for text in batch]
 
 
-class TransformersHandler(ModelHandler[str, PredictionResult, Any]):
+class LoadedLM:
+    """A tokenizer and its model, held together (and weak-referenceable, for Beam's model cache)."""
+
+    def __init__(self, tokenizer, model):
+        self.tokenizer = tokenizer
+        self.model = model
+
+
+class TransformersHandler(ModelHandler[str, PredictionResult, LoadedLM]):
     """A local causal LM through transformers, batched (left padding), greedy unless temperature > 0.
 
-    `model` is a folder (safetensors + tokenizer) or a hub id; `gguf_file` a GGUF file name inside
-    it (dequantised on load). Prompts are wrapped in the model's chat template when it has one.
+    `model` is a folder (safetensors + tokenizer), a hub id, or `package:DIST/file.gguf` (see
+    qa_synth/generator_model.py); `gguf_file` a GGUF file name inside the folder (dequantised on load). Prompts are wrapped in the model's chat template when it has one.
     """
 
     def __init__(self, model: str, gguf_file: str | None = None, device: str = "cpu", max_new_tokens: int = 96,
@@ -49,23 +57,26 @@ class TransformersHandler(ModelHandler[str, PredictionResult, Any]):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        from qa_synth.generator_model import resolve_generator
+
+        path, gguf_file = resolve_generator(self.model_path, self.gguf_file)
         kwargs = {"trust_remote_code": self.trust_remote_code}
-        if self.gguf_file:
-            kwargs["gguf_file"] = self.gguf_file
-        tokenizer = AutoTokenizer.from_pretrained(self.model_path, **kwargs)
+        if gguf_file:
+            kwargs["gguf_file"] = gguf_file
+        tokenizer = AutoTokenizer.from_pretrained(path, **kwargs)
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch.float32, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, **kwargs)
         model.to(self.device).eval()
-        return tokenizer, model
+        return LoadedLM(tokenizer, model)
 
-    def run_inference(self, batch: Sequence[str], model, inference_args: dict | None = None) -> Iterable[PredictionResult]:
+    def run_inference(self, batch: Sequence[str], model: LoadedLM, inference_args: dict | None = None) -> Iterable[PredictionResult]:
         import torch
 
         from qa_synth.prompts import chat_prompt
 
-        tokenizer, lm = model
+        tokenizer, lm = model.tokenizer, model.model
         prompts = [chat_prompt(tokenizer, text) for text in batch]
         enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sampling = {"do_sample": True, "temperature": self.temperature} if self.temperature > 0 else {"do_sample": False}
