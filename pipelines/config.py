@@ -92,6 +92,7 @@ class QAConfig(JobConfig):
     chunk_max_tokens: int = Field(1500, description="largest chunk")
     max_answer_words: int = Field(40, description="reject longer answers (answer_too_long)")
     min_grounding: float = Field(0.5, description="share of the answer's content words that must occur in the chunk (answer_not_grounded)")
+    chat_format: Literal["lwm", "tokenizer"] = Field("lwm", description="lwm: the release's 'You are a helpful assistant. USER: .. ASSISTANT: ..'; tokenizer: the training tokenizer's own chat template (a tokenizer folder or hub id that has one)")
     qa_order: Literal["in_order", "shuffled"] = Field("in_order", description="order of the QA turns after the context")
     keep_raw_output: bool = Field(False, description="keep the model's raw output in rejects (debugging)")
 

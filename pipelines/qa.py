@@ -22,7 +22,7 @@ from pipelines.books import PrepareDocuments
 from pipelines.config import QAConfig
 from pipelines.packing import PackAndWriteShards
 from pipelines.qa_backends import completion_text, make_handler
-from qa_synth.assemble import assemble_examples, example_to_segment
+from qa_synth.assemble import ChatFormat, assemble_examples, example_to_segment
 from qa_synth.chunking import Chunk, make_chunks
 from qa_synth.parse import InvalidQA, QuestionDeduper, parse_qa, validate
 from qa_synth.prompts import DEFAULT_TEMPLATE, PromptTemplate
@@ -87,6 +87,22 @@ class ValidateQA(beam.DoFn):
         yield chunk.book_uid, (source, chunk, pair)
 
 
+def chat_format(config: QAConfig) -> ChatFormat:
+    """The LWM plain format, or the training tokenizer's own chat template when asked for."""
+    if config.chat_format == "lwm":
+        return ChatFormat()
+    from transformers import AutoTokenizer
+
+    from qa_synth.generator_model import resolve_generator
+
+    path, _ = resolve_generator(config.tokenizer)
+    folder = path if not path.endswith(".json") else path.rsplit("/", 1)[0]
+    hf = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+    if not getattr(hf, "chat_template", None):
+        raise ValueError(f"chat_format 'tokenizer': the tokenizer {config.tokenizer!r} has no chat template")
+    return ChatFormat(hf_tokenizer=hf)
+
+
 class AssembleBook(beam.DoFn):
     """All of a book's validated chunks -> its chat examples per stage (as StageSegments);
     duplicate questions and chunks that fit no example are rejected."""
@@ -97,6 +113,7 @@ class AssembleBook(beam.DoFn):
 
     def setup(self):
         self.tok, self.info = load_tokenizer(self.config.tokenizer)
+        self.format = chat_format(self.config)
 
     def process(self, keyed):
         book_uid, items = keyed
@@ -113,7 +130,9 @@ class AssembleBook(beam.DoFn):
             kept.append((chunk, pair))
         used = set()
         for stage in self.stages:
-            examples = assemble_examples(kept, self.tok, self.info, stage.length, self.config.qa_order, self.config.shuffle_seed)
+            examples = assemble_examples(
+                kept, self.tok, self.info, stage.length, self.config.qa_order, self.config.shuffle_seed, self.format
+            )
             if examples:
                 yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {stage_key(stage.name, "documents"): len(examples)})
             for example in examples:

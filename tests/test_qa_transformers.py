@@ -61,3 +61,27 @@ def test_transformers_backend_end_to_end(tmp_path, demo_tokenizer):
             rows += 1
     # A 135M model's pairs are mostly rejected (ungrounded or unparsable); what passes is checked above.
     assert (rows > 0) == (chunks["accepted"] > 0)
+
+
+def test_training_tokenizer_chat_template(tmp_path):
+    """With chat_format=tokenizer, examples use the training tokenizer's own template (here SmolLM2's
+    ChatML: <|im_start|>user ... <|im_end|>), loss still only on the answers."""
+    from curation.tokenize import load_tokenizer
+    from qa_synth.generator_model import resolve_generator
+
+    folder, _ = resolve_generator(SMOLLM2)  # a tokenizer folder with tokenizer.json and a chat template
+    emma = json.loads(gzip.open(SAMPLE_BOOKS, "rt").readline())
+    (tmp_path / "in.jsonl").write_text(json.dumps({"id": "emma", "text": emma["text"][:20000]}) + "\n")
+    config = QAConfig.model_validate({
+        "inputs": [str(tmp_path / "in.jsonl")], "output": str(tmp_path / "out"), "tokenizer": folder,
+        "stages": ["q2k=2048:0-"], "backend": "extractive", "chat_format": "tokenizer", "add_bos": False, "add_eos": False,
+    })
+    manifest = run_qa(config, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    assert manifest["chunks"]["accepted"] > 0
+    tok, _ = load_tokenizer(folder)
+    view = read_shard(str(tmp_path / "out" / manifest["stages"]["q2k"]["shards"][0]["path"]))
+    ids, seg, mask = view.arrays["input_ids"][0], view.arrays["segment_ids"][0], view.arrays["loss_mask"][0]
+    text = tok.decode(ids[seg == 1].tolist(), skip_special_tokens=False)
+    assert text.count("<|im_start|>assistant") >= 1 and "USER:" not in text
+    answers = tok.decode(ids[(seg == 1) & (mask > 0)].tolist(), skip_special_tokens=False)
+    assert "<|im_start|>" not in answers and "<|im_end|>" in answers  # each answer closes its turn
