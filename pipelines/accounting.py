@@ -128,3 +128,13 @@ def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, shards)
             reject_files=beam.pvalue.AsList(reject_files),
         )
     )
+
+
+class ShardJob(beam.PTransform):
+    """Base of every data job's composite transform: its config, stages and per-stage shard metadata."""
+
+    def __init__(self, config, shard_metadata: dict[str, dict]):
+        super().__init__()
+        self.config = config
+        self.stages = config.resolved_stages()
+        self.shard_metadata = shard_metadata

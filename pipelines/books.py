@@ -17,7 +17,7 @@ from curation.sources import SourceConfig
 from curation.stages import Stage, StagePolicy, cut_windows, matching_stages
 from curation.text import CleanConfig, Rejected, clean_text, content_hash
 from curation.tokenize import encode_long, load_tokenizer
-from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, finish_job
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
 from pipelines.config import JobConfig
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
@@ -131,14 +131,8 @@ class PrepareDocuments(beam.PTransform):
         return read, tokenized.docs, [read.rejects, cleaned.rejects, unique.rejects, tokenized.rejects]
 
 
-class BuildBookShards(beam.PTransform):
+class BuildBookShards(ShardJob):
     """Book files -> stage shards + rejects + manifest.json under `config.output`."""
-
-    def __init__(self, config: JobConfig, shard_metadata: dict[str, dict]):
-        super().__init__()
-        self.config = config
-        self.stages = config.resolved_stages()
-        self.shard_metadata = shard_metadata
 
     def expand(self, pbegin):
         c = self.config

@@ -9,15 +9,15 @@ chunked or rejected, and every chunk ends in an example or in rejects (`chunk.*`
 from __future__ import annotations
 
 import apache_beam as beam
-from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from curation.accounting import Reason, Reject
 from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.stages import Stage
 from curation.tokenize import load_tokenizer
-from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, finish_job
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
 from pipelines.books import PrepareDocuments
 from pipelines.config import QAConfig
 from pipelines.packing import PackAndWriteShards
@@ -147,14 +147,8 @@ class AssembleBook(beam.DoFn):
             yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {f"{CHUNK}.accepted": len(used)})
 
 
-class BuildQAShards(beam.PTransform):
+class BuildQAShards(ShardJob):
     """Book files -> QA chat shards per stage + rejects (books and chunks) + manifest.json."""
-
-    def __init__(self, config: QAConfig, shard_metadata: dict[str, dict]):
-        super().__init__()
-        self.config = config
-        self.stages = config.resolved_stages()
-        self.shard_metadata = shard_metadata
 
     def expand(self, pbegin):
         c = self.config
