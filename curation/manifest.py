@@ -90,6 +90,8 @@ def build_manifest(
             "tokens": tokens,
             "dropped_tail_tokens": counters.get(stage_key(stage.name, "dropped_tokens"), 0),
             "packing_efficiency": round(packing_efficiency(tokens, rows, stage.length), 6),
+            "packing_groups": counters.get(stage_key(stage.name, "packing_groups"), 0),
+            "max_group_tokens": counters.get(f"max.{stage_key(stage.name, 'group_tokens')}", 0),
             "shards": [s.as_json() for s in stage_shards],
         }
     manifest = {

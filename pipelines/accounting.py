@@ -26,20 +26,31 @@ KEPT_EVENTS = "kept_events"
 log = logging.getLogger("longctx")
 
 
+MAX_PREFIX = "max."  # events under these keys keep their largest value instead of a sum
+
+
+def merge_counts(acc: Counter, counts: dict) -> Counter:
+    for key, value in counts.items():
+        if key.startswith(MAX_PREFIX):
+            acc[key] = max(acc.get(key, value), value)
+        else:
+            acc[key] += value
+    return acc
+
+
 class SumCounts(beam.CombineFn):
-    """Sums dicts of counts (str -> int)."""
+    """Sums dicts of counts (str -> int); keys starting with `max.` keep their maximum."""
 
     def create_accumulator(self):
         return Counter()
 
     def add_input(self, acc, counts):
-        acc.update(counts)
-        return acc
+        return merge_counts(acc, counts)
 
     def merge_accumulators(self, accs):
         out = Counter()
         for acc in accs:
-            out.update(acc)
+            merge_counts(out, acc)
         return out
 
     def extract_output(self, acc):
@@ -109,12 +120,12 @@ def count_read(pcoll_docs, pcoll_rejects, label: str = "CountRead"):
     return (pcoll_docs, pcoll_rejects) | label >> beam.Flatten() | f"{label}Events" >> beam.Map(lambda _: {READ: 1})
 
 
-def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, shards):
+def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, packed):
     """Shared ending of every data pipeline: rejects files, summed counts, manifest (checked)."""
     all_rejects = rejects | "AllRejects" >> beam.Flatten()
     reject_files, reject_events = all_rejects | "Rejects" >> WriteRejects(config.output)
     counters = (
-        (count_read(read.docs, read.rejects), reject_events, kept_events)
+        (count_read(read.docs, read.rejects), reject_events, kept_events, packed["events"])
         | "AllEvents" >> beam.Flatten()
         | "SumCounts" >> beam.CombineGlobally(SumCounts())
     )
@@ -124,7 +135,7 @@ def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, shards)
         | "Manifest" >> beam.ParDo(
             WriteManifest(kind, config.output, stages, config.data_config()),
             counters=beam.pvalue.AsSingleton(counters),
-            shards=beam.pvalue.AsList(shards),
+            shards=beam.pvalue.AsList(packed["shards"]),
             reject_files=beam.pvalue.AsList(reject_files),
         )
     )

@@ -140,7 +140,7 @@ class BuildBookShards(ShardJob):
         assigned = docs | "AssignStages" >> beam.FlatMap(
             assign_stages, self.stages, c.stage_policy, c.min_tail_tokens
         ).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
-        shards = assigned.segments | "PackAndWrite" >> PackAndWriteShards(
+        packed = assigned.segments | "PackAndWrite" >> PackAndWriteShards(
             c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
         )
-        return finish_job(pbegin, "books", c, self.stages, read, rejects + [assigned.rejects], assigned[KEPT_EVENTS], shards)
+        return finish_job(pbegin, "books", c, self.stages, read, rejects + [assigned.rejects], assigned[KEPT_EVENTS], packed)

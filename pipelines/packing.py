@@ -15,11 +15,13 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from curation.packing import PositionMode, RowArrays, StageSegment, pack_segments, packing_group, packing_groups, rows_per_shard
+from curation.manifest import stage_key
 from curation.shards import write_shard
 from curation.stages import Stage
 from pipelines.accounting import NAMESPACE
 
 log = logging.getLogger("longctx")
+GROUP_EVENTS = "group_events"
 
 
 class AssignGroup(beam.DoFn):
@@ -41,8 +43,14 @@ class PackGroup(beam.DoFn):
 
     def process(self, keyed):
         (stage, group), segments = keyed
-        rows = pack_segments(list(segments), self.lengths[stage], self.seed, self.positions)
+        segments = list(segments)
+        rows = pack_segments(segments, self.lengths[stage], self.seed, self.positions)
         Metrics.counter(NAMESPACE, f"stage.{stage}.rows").inc(len(rows))
+        # What one worker held for this group: the evidence that packing memory is bounded.
+        group_tokens = sum(len(s.tokens) for s in segments)
+        yield beam.pvalue.TaggedOutput(
+            GROUP_EVENTS, {stage_key(stage, "packing_groups"): 1, f"max.{stage_key(stage, 'group_tokens')}": group_tokens}
+        )
         for index, row in enumerate(rows):
             yield (stage, group, index), row
 
@@ -78,7 +86,8 @@ class WriteShard(beam.DoFn):
 
 
 class PackAndWriteShards(beam.PTransform):
-    """StageSegments -> ShardInfos, one Arrow shard file per (stage, shard index)."""
+    """StageSegments -> {"shards": ShardInfos (one Arrow file per stage and shard index),
+    "events": per-group packing counts for the manifest}."""
 
     def __init__(self, output: str, stages: list[Stage], metadata: dict[str, dict], positions: PositionMode,
                  target_bytes: int, seed: int = 0, group_tokens: int = 1 << 25):
@@ -97,20 +106,22 @@ class PackAndWriteShards(beam.PTransform):
             | "SegmentTokens" >> beam.Map(lambda s: (s.stage, s.ref.length))
             | "StageTokens" >> beam.CombinePerKey(sum)
         )
-        rows = (
+        packed = (
             segments
             | "AssignGroup" >> beam.ParDo(AssignGroup(self.group_tokens), stage_tokens=beam.pvalue.AsDict(stage_tokens))
             | "GroupSegments" >> beam.GroupByKey()
-            | "Pack" >> beam.ParDo(PackGroup(self.stages, self.seed, self.positions))
+            | "Pack" >> beam.ParDo(PackGroup(self.stages, self.seed, self.positions)).with_outputs(GROUP_EVENTS, main="rows")
         )
+        rows = packed.rows
         group_rows = (
             rows
             | "RowGroup" >> beam.Map(lambda item: ((item[0][0], item[0][1]), 1))
             | "GroupRowCounts" >> beam.CombinePerKey(sum)
         )
-        return (
+        shards = (
             rows
             | "Route" >> beam.ParDo(RouteToShard(self.stages, self.target_bytes), group_rows=beam.pvalue.AsDict(group_rows))
             | "GroupByShard" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(WriteShard(self.output, self.metadata))
         )
+        return {"shards": shards, "events": packed[GROUP_EVENTS]}

@@ -168,12 +168,12 @@ class BuildQAShards(ShardJob):
             | "GroupByBook" >> beam.GroupByKey()
             | "Assemble" >> beam.ParDo(AssembleBook(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         )
-        shards = assembled.segments | "PackAndWrite" >> PackAndWriteShards(
+        packed = assembled.segments | "PackAndWrite" >> PackAndWriteShards(
             c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
         )
         kept_events = (chunked[KEPT_EVENTS], assembled[KEPT_EVENTS]) | "KeptEvents" >> beam.Flatten()
         all_rejects = rejects + [chunked.rejects, validated.rejects, assembled.rejects]
-        return finish_job(pbegin, "qa", c, self.stages, read, all_rejects, kept_events, shards)
+        return finish_job(pbegin, "qa", c, self.stages, read, all_rejects, kept_events, packed)
 
     def _handler_kwargs(self) -> dict:
         c = self.config

@@ -78,6 +78,10 @@ def test_shards_are_exact_length_rows_readable_by_datasets_and_pyarrow(run):
 
     out, manifest = run
     assert len(manifest["stages"]["4k"]["shards"]) > 3  # 64 rows of 4K per 4 MiB shard
+    # Packing groups are bounded: ~2.4M tokens of the 4k stage in groups of about 300K tokens at most.
+    stage = manifest["stages"]["4k"]
+    assert stage["packing_groups"] >= stage["tokens"] // 300_000
+    assert 0 < stage["max_group_tokens"] < 3 * 300_000
     for name, stage in manifest["stages"].items():
         assert stage["rows"] > 0, name
         total_tokens = 0
