@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,4,16", help="corpus sizes as multiples of the base corpus")
-    parser.add_argument("--base-books", type=int, default=12, help="books per block (= the 1x corpus); 12 at the default median is ~2.5M tokens, ~40% of them in the tail book; with --median-tokens 20000, 72 books is ~2M tokens with a smaller tail share")
+    parser.add_argument("--base-books", type=int, default=12, help="books per block (= the 1x corpus); 12 at the default median is ~2.5M tokens, ~40%% of them in the tail book; with --median-tokens 20000, 72 books is ~2M tokens with a smaller tail share")
     parser.add_argument("--median-tokens", type=int, default=100_000, help="median book length in tokens (log-normal)")
     parser.add_argument("--sigma", type=float, default=0.8, help="log-normal sigma of book lengths")
     parser.add_argument("--tail-factor", type=float, default=10.0, help="every block has a book of at least this x the median tokens")
@@ -435,8 +435,8 @@ def print_tables(results: list[dict[str, Any]], group_tokens: int) -> None:
               f"| {m['tokens_in'] / r['wall_s']:,.0f} | {cpu:.1f} | {m['tokens_in'] / cpu:,.0f} | {r['main_peak_rss_mib']:.0f} "
               f"| {workers} | {r['load_before']} -> {r['load_after']} |")
 
-    print("\n| size | stage | documents | tokens | packing groups | rows | shards | packing efficiency | identical shards across modes |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|---|")
+    print("\n| size | stage | documents | tokens | packing groups | largest group (tokens) | rows | shards | packing efficiency | identical shards across modes |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---|")
     by_size: dict[int, list[dict[str, Any]]] = {}
     for r in results:
         by_size.setdefault(r["size"], []).append(r)
@@ -444,7 +444,9 @@ def print_tables(results: list[dict[str, Any]], group_tokens: int) -> None:
         for name, s in runs[0]["manifest"]["stages"].items():
             hashes = {tuple(sh["sha256"] for sh in run["manifest"]["stages"][name]["shards"]) for run in runs}
             same = "yes" if len(hashes) == 1 and len(runs) > 1 else ("n/a" if len(runs) == 1 else "NO")
-            print(f"| {size}x | {name} | {s['documents']} | {s['tokens']:,} | {packing_groups(s['tokens'], group_tokens)} "
+            groups = s.get("packing_groups") or packing_groups(s["tokens"], group_tokens)
+            largest = f"{s['max_group_tokens']:,}" if "max_group_tokens" in s else "-"
+            print(f"| {size}x | {name} | {s['documents']} | {s['tokens']:,} | {groups} | {largest} "
                   f"| {s['rows']} | {len(s['shards'])} | {s['packing_efficiency']:.4f} | {same} |")
 
     print("\n| mode | growth | input tokens | wall s | wall s per token | CPU s | main peak RSS | max worker peak RSS |")
