@@ -180,25 +180,69 @@ class StageSegment:
     vision_mask: np.ndarray | None = None
 
 
-def pack_segments(
-    segments: list[StageSegment], length: int, seed: int = 0, mode: PositionMode = PositionMode.DOCUMENT
-) -> list[RowArrays]:
-    """Pack a group's segments into rows (best-fit-decreasing on their lengths), one RowArrays per
-    row, in the group's deterministic row order."""
+@dataclass(frozen=True)
+class PackedRow:
+    """One packed row as it travels between workers: its tokens and segment lengths. Segment ids
+    and positions follow from the lengths and are rebuilt when the shard is written (a quarter of
+    the bytes a full row would shuffle); the masks travel only when they say more than that."""
+
+    input_ids: np.ndarray  # int32 [L], zeros after the last segment
+    lengths: tuple[int, ...]
+    doc_ids: tuple[str, ...]
+    doc_starts: tuple[int, ...]
+    loss_mask: np.ndarray | None = None  # None: 1 on every token of every segment
+    vision_mask: np.ndarray | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.lengths)
+
+
+def pack_segments(segments: list[StageSegment], length: int, seed: int = 0) -> list[PackedRow]:
+    """Pack a group's segments into rows (best-fit-decreasing on their lengths), in the group's
+    deterministic row order."""
     by_key = {seg.ref.key: seg for seg in segments}
     if len(by_key) != len(segments):
         raise ValueError("segment keys must be unique within a packing group")
-    with_vision = any(seg.vision_mask is not None for seg in segments)
     rows = []
     for planned in plan_rows([seg.ref for seg in segments], length, seed):
-        row = RowArrays.empty(1, length, with_vision)
-        offset = 0
-        for index, ref in enumerate(planned):
-            seg = by_key[ref.key]
-            row.place(0, index, offset, seg.tokens, ref.doc_id, ref.start, mode, seg.loss_mask, seg.vision_mask)
-            offset += ref.length
-        rows.append(row.finish(mode))
+        segs = [by_key[ref.key] for ref in planned]
+        used = sum(ref.length for ref in planned)
+        ids = np.zeros(length, np.int32)
+        ids[:used] = np.concatenate([seg.tokens for seg in segs])
+
+        def mask(name: str, dtype, default: float):
+            if all(getattr(seg, name) is None for seg in segs):
+                return None
+            out = np.zeros(length, dtype)
+            parts = [getattr(seg, name) if getattr(seg, name) is not None else np.full(len(seg.tokens), default, dtype) for seg in segs]
+            out[:used] = np.concatenate(parts)
+            return out
+
+        rows.append(PackedRow(
+            ids, tuple(ref.length for ref in planned), tuple(ref.doc_id for ref in planned), tuple(ref.start for ref in planned),
+            mask("loss_mask", np.float32, 1.0), mask("vision_mask", np.int32, 0),
+        ))
     return rows
+
+
+def unpack_rows(rows: list[PackedRow], length: int, mode: PositionMode = PositionMode.DOCUMENT,
+                with_vision: bool | None = None) -> RowArrays:
+    """The full columns of packed rows, as the shard stores them."""
+    if with_vision is None:
+        with_vision = any(r.vision_mask is not None for r in rows)
+    out = RowArrays.empty(len(rows), length, with_vision)
+    for r, row in enumerate(rows):
+        offset = 0
+        for index, (n, doc_id, start) in enumerate(zip(row.lengths, row.doc_ids, row.doc_starts)):
+            end = offset + n
+            out.place(
+                r, index, offset, row.input_ids[offset:end], doc_id, start, mode,
+                None if row.loss_mask is None else row.loss_mask[offset:end],
+                None if row.vision_mask is None else row.vision_mask[offset:end],
+            )
+            offset = end
+    return out.finish(mode)
 
 
 def rows_per_shard(length: int, target_bytes: int, with_vision: bool = False) -> int:

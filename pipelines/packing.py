@@ -14,7 +14,7 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from curation.packing import PositionMode, RowArrays, StageSegment, pack_segments, packing_group, packing_groups, rows_per_shard
+from curation.packing import PositionMode, StageSegment, pack_segments, packing_group, packing_groups, rows_per_shard, unpack_rows
 from curation.manifest import stage_key
 from curation.shards import write_shard
 from curation.stages import Stage
@@ -36,15 +36,14 @@ class AssignGroup(beam.DoFn):
 class PackGroup(beam.DoFn):
     """One packing group -> its rows, numbered within the group."""
 
-    def __init__(self, stages: list[Stage], seed: int, positions: PositionMode):
+    def __init__(self, stages: list[Stage], seed: int):
         self.lengths = {s.name: s.length for s in stages}
         self.seed = seed
-        self.positions = positions
 
     def process(self, keyed):
         (stage, group), segments = keyed
         segments = list(segments)
-        rows = pack_segments(segments, self.lengths[stage], self.seed, self.positions)
+        rows = pack_segments(segments, self.lengths[stage], self.seed)
         Metrics.counter(NAMESPACE, f"stage.{stage}.rows").inc(len(rows))
         # What one worker held for this group: the evidence that packing memory is bounded.
         group_tokens = sum(len(s.tokens) for s in segments)
@@ -66,19 +65,21 @@ class RouteToShard(beam.DoFn):
         (stage, group, index), row = item
         offset = sum(n for (s, g), n in group_rows.items() if s == stage and g < group)
         total = sum(n for (s, _), n in group_rows.items() if s == stage)
-        per_shard = rows_per_shard(self.lengths[stage], self.target_bytes, row.vision_mask is not None)
+        per_shard = rows_per_shard(self.lengths[stage], self.target_bytes)  # the same for every row of a stage
         shard, row_in_shard = divmod(offset + index, per_shard)
         yield (stage, shard, -(-total // per_shard)), (row_in_shard, row)
 
 
 class WriteShard(beam.DoFn):
-    def __init__(self, output: str, metadata: dict[str, dict]):
+    def __init__(self, output: str, stages: list[Stage], metadata: dict[str, dict], positions: PositionMode):
         self.output = output
+        self.lengths = {s.name: s.length for s in stages}
         self.metadata = metadata
+        self.positions = positions
 
     def process(self, keyed):
         (stage, shard, count), rows = keyed
-        rows = RowArrays.concat([row for _, row in sorted(rows, key=lambda r: r[0])])
+        rows = unpack_rows([row for _, row in sorted(rows, key=lambda r: r[0])], self.lengths[stage], self.positions)
         info = write_shard(self.output, stage, shard, count, rows, self.metadata[stage])
         Metrics.counter(NAMESPACE, f"stage.{stage}.shards").inc()
         log.info("wrote %s (%d rows)", info.path, info.rows)
@@ -110,7 +111,7 @@ class PackAndWriteShards(beam.PTransform):
             segments
             | "AssignGroup" >> beam.ParDo(AssignGroup(self.group_tokens), stage_tokens=beam.pvalue.AsDict(stage_tokens))
             | "GroupSegments" >> beam.GroupByKey()
-            | "Pack" >> beam.ParDo(PackGroup(self.stages, self.seed, self.positions)).with_outputs(GROUP_EVENTS, main="rows")
+            | "Pack" >> beam.ParDo(PackGroup(self.stages, self.seed)).with_outputs(GROUP_EVENTS, main="rows")
         )
         rows = packed.rows
         group_rows = (
@@ -122,6 +123,6 @@ class PackAndWriteShards(beam.PTransform):
             rows
             | "Route" >> beam.ParDo(RouteToShard(self.stages, self.target_bytes), group_rows=beam.pvalue.AsDict(group_rows))
             | "GroupByShard" >> beam.GroupByKey()
-            | "Write" >> beam.ParDo(WriteShard(self.output, self.metadata))
+            | "Write" >> beam.ParDo(WriteShard(self.output, self.stages, self.metadata, self.positions))
         )
         return {"shards": shards, "events": packed[GROUP_EVENTS]}

@@ -13,6 +13,7 @@ from curation.packing import (
     StageSegment,
     best_fit_decreasing,
     pack_segments,
+    unpack_rows,
     packing_efficiency,
     packing_group,
     packing_groups,
@@ -104,8 +105,9 @@ def test_pack_segments_builds_rows_with_masks():
         for i, n in enumerate([5, 3, 8, 2])
     ]
     rows = pack_segments(segs, 8, seed=0)
-    assert sorted(r.num_rows for r in rows) == [1, 1, 1] and all(r.input_ids.shape == (1, 8) for r in rows)
-    merged = __import__("curation.packing", fromlist=["RowArrays"]).RowArrays.concat(rows)
+    assert len(rows) == 3 and all(r.input_ids.shape == (8,) for r in rows)
+    assert sorted(r.num_tokens for r in rows) == [2, 8, 8]
+    merged = unpack_rows(rows, 8)
     assert merged.num_rows == 3 and merged.vision_mask is not None
     for r in range(3):
         for k, doc in enumerate(merged.doc_ids[r], start=1):
@@ -132,3 +134,14 @@ def test_cut_windows_covers_the_document(n, length, min_tail):
     assert all(0 < w.length <= length for w in windows)
     assert [w.start for w in windows] == [i * length for i in range(len(windows))]
     assert dropped == 0 or dropped < max(min_tail, 1)
+
+
+def test_rows_without_masks_travel_without_them():
+    segs = [StageSegment("s", SegmentRef(f"d{i}@0", f"d{i}", 0, n), f"d{i}", np.arange(n, dtype=np.int32) + 1)
+            for i, n in enumerate([6, 3])]
+    [row] = pack_segments(segs, 10)
+    assert row.loss_mask is None and row.vision_mask is None and row.lengths == (6, 3)
+    full = unpack_rows([row], 10, PositionMode.DOCUMENT)
+    assert full.segment_ids.tolist() == [[1, 1, 1, 1, 1, 1, 2, 2, 2, 0]]
+    assert full.positions.tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 0]]
+    assert full.loss_mask.tolist() == [[1.0] * 9 + [0.0]] and full.vision_mask is None
