@@ -29,12 +29,12 @@ def _config(shards, tmp_path, **kw) -> TrainConfig:
 
 
 def test_toy_model_learns_from_book_shards(shards, tmp_path):
-    result = train(_config(shards, tmp_path, steps=60, lr=1e-2, warmup_steps=5, global_batch=8))
+    result = train(_config(shards, tmp_path, steps=200, lr=1e-2, warmup_steps=10, global_batch=4))
     losses = [h["loss"] for h in result["history"]]
     assert losses[0] > 9.5  # ~ln(32000) at init
     assert np.mean(losses[-5:]) < losses[0] - 3.0
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 60 and {"loss", "tokens_per_s", "mfu", "memory_bytes"} <= set(json.loads(lines[-1]))
+    assert len(lines) == 200 and {"loss", "tokens_per_s", "mfu", "memory_bytes"} <= set(json.loads(lines[-1]))
     assert ckpt.is_params_checkpoint(result["final"])
 
 
@@ -138,3 +138,28 @@ def test_chunked_loss_equals_full_logits_loss():
         np.testing.assert_allclose(got, want, rtol=1e-6)
         for g, w in zip(grads, want_grads):
             np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+
+
+def test_mixture_of_stages_keeps_its_proportions_and_resumes(shards, tmp_path):
+    import shutil
+
+    from training.data import MixtureIterator, StageData, parse_data_mix
+
+    other = tmp_path / "other" / "s128"
+    shutil.copytree(shards / "s128", other)  # a second source of the same length (say, QA shards)
+    assert parse_data_mix(f"{shards / 's128'}@3,{other}@1") == [(str(shards / "s128"), 0.75), (str(other), 0.25)]
+    a, b = StageData.open(str(shards / "s128")), StageData.open(str(other))
+    mix = MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3)
+    batches = [next(mix) for _ in range(10)]
+    assert all(x["input_ids"].shape == (8, 128) for x in batches)
+    assert mix.state()["cursors"] == [[0, 60], [0, 20]]  # 75% / 25% of 80 rows, exactly
+    resumed = MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3)
+    resumed.restore(json.loads(json.dumps(MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3).state())))
+    for _ in range(5):
+        next(resumed)
+    rest = MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3)
+    rest.restore(resumed.state())
+    assert np.array_equal(next(rest)["input_ids"], batches[5]["input_ids"])
+    # The trainer takes the same spec.
+    result = train(_config(shards, tmp_path, data=f"{shards / 's128'}@0.75,{other}@0.25", steps=2, checkpoint_every=100))
+    assert result["steps"] == 2 and np.isfinite(result["history"][-1]["loss"])

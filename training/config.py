@@ -15,7 +15,7 @@ class TrainConfig(BaseModel):
     model: str = Field("toy", description="model preset: toy, tiny, 1b, llama2-7b (see training/model.py)")
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields to override (YAML only)")
     rope_theta: float | None = Field(None, description="RoPE theta for this stage (LWM: 1e6 at 32K .. 5e7 at 1M); None keeps the preset's")
-    data: str = Field("", description="stage folder of shards, e.g. out/books/4k (local or fsspec URL)")
+    data: str = Field("", description="stage folder of shards, e.g. out/books/4k (local or fsspec URL), or a mixture out/books/32k@0.8,out/qa/32k@0.2")
     out: str = Field("", description="run folder: checkpoints/, metrics.jsonl, config.yaml")
     init_from: str | None = Field(None, description="params to start from: a run's checkpoints/final or a Hugging Face LLaMA folder")
     seq_len: int = Field(4096, description="sequence length; must equal the shards' stage length")

@@ -142,3 +142,86 @@ class BatchIterator:
 def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
     """Host-local rows -> global arrays laid out on the mesh (batch over dp x fsdp, seq over sp)."""
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def parse_data_mix(spec: str) -> list[tuple[str, float]]:
+    """`out/books/32k` or a mixture `out/books/32k@0.8,out/qa/32k@0.2` -> [(folder, weight)]."""
+    parts = [p.strip() for p in spec.split(",") if p.strip()]
+    mix = []
+    for part in parts:
+        path, _, weight = part.rpartition("@") if "@" in part else (part, "", "1")
+        mix.append((path, float(weight)))
+    if not mix or any(w <= 0 for _, w in mix):
+        raise ValueError(f"bad data spec {spec!r}: expected FOLDER or FOLDER@WEIGHT,FOLDER@WEIGHT with weights > 0")
+    total = sum(w for _, w in mix)
+    return [(p, w / total) for p, w in mix]
+
+
+class MixtureIterator:
+    """Global batches drawn from several stages' shards (e.g. books and QA of one length) in fixed
+    proportions: after t batches, source i has given round(w_i * B * t) rows, so the mix is exact
+    over time and deterministic. Each source is read in its own seeded order, epoch after epoch;
+    the state (batches taken, each source's epoch and position) is saved with the checkpoint."""
+
+    def __init__(self, sources: list[tuple[StageData, float]], global_batch: int, seed: int = 0,
+                 process_index: int | None = None, process_count: int | None = None):
+        self.sources = sources
+        self.global_batch = global_batch
+        self.seed = seed
+        self.taken = 0
+        self.cursors = [[0, 0] for _ in sources]  # (epoch, position) per source
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        if global_batch % self.process_count:
+            raise ValueError(f"global batch {global_batch} does not divide over {self.process_count} hosts")
+
+    def _quota(self, t: int) -> list[int]:
+        return [round(w * self.global_batch * t) for _, w in self.sources]
+
+    def _take(self, i: int, n: int) -> list[tuple[int, int]]:
+        data = self.sources[i][0]
+        epoch, pos = self.cursors[i]
+        out = []
+        while n:
+            order = np.random.default_rng([self.seed, i, epoch]).permutation(data.num_rows)
+            k = min(n, data.num_rows - pos)
+            out += [(i, int(r)) for r in order[pos : pos + k]]
+            n, pos = n - k, pos + k
+            if pos == data.num_rows:
+                epoch, pos = epoch + 1, 0
+        self.cursors[i] = [epoch, pos]
+        return out
+
+    def __iter__(self) -> "MixtureIterator":
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        before, after = self._quota(self.taken), self._quota(self.taken + 1)
+        counts = [a - b for a, b in zip(after, before)]
+        counts[-1] += self.global_batch - sum(counts)  # rounding never changes the batch size
+        picked = [row for i, n in enumerate(counts) for row in self._take(i, n)]
+        self.taken += 1
+        per_host = self.global_batch // self.process_count
+        mine = picked[self.process_index * per_host : (self.process_index + 1) * per_host]
+        batches = [self.sources[i][0].rows(np.array([r])) for i, r in mine]
+        return {k: np.concatenate([b[k] for b in batches]) for k in BATCH_COLUMNS}
+
+    def state(self) -> dict:
+        return {"seed": self.seed, "global_batch": self.global_batch, "taken": self.taken, "cursors": self.cursors}
+
+    def restore(self, state: dict) -> None:
+        if state["global_batch"] != self.global_batch or state["seed"] != self.seed or len(state["cursors"]) != len(self.sources):
+            raise ValueError(f"iterator state {state} was saved for another mixture, batch size or seed")
+        self.taken, self.cursors = int(state["taken"]), [list(c) for c in state["cursors"]]
+
+
+def open_batches(spec: str, global_batch: int, seed: int, seq_len: int, vocab_size: int, tokenizer_sha256: str | None):
+    """The training batches of a data spec (one stage folder, or a weighted mixture), checked
+    against the model first."""
+    mix = parse_data_mix(spec)
+    sources = [(StageData.open(path), weight) for path, weight in mix]
+    for data, _ in sources:
+        data.check_compatible(seq_len, vocab_size, tokenizer_sha256)
+    if len(sources) == 1:
+        return sources[0][0], BatchIterator(sources[0][0], global_batch, seed=seed)
+    return sources[0][0], MixtureIterator(sources, global_batch, seed=seed)

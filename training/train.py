@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from training import checkpoint as ckpt
 from training.config import StagePlan, TrainConfig
-from training.data import BatchIterator, StageData, to_global
+from training.data import open_batches, to_global
 from training.mesh import BATCH_AXES, make_mesh
 from training.model import (
     LlamaModel,
@@ -210,9 +210,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     mesh = make_mesh(config.mesh)
     model_cfg, params = _initial_params(config, mesh, model_config_for(config))
     check_fits(config, model_cfg, mesh)
-    data = StageData.open(config.data)
-    data.check_compatible(config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256)
-    batches = BatchIterator(data, config.global_batch * config.grad_accum, seed=config.seed)
+    data, batches = open_batches(
+        config.data, config.global_batch * config.grad_accum, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256
+    )
 
     model = LlamaModel(model_cfg)
     optimizer = build_optimizer(config)
