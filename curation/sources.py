@@ -28,6 +28,7 @@ class SourceConfig:
     id_field: str = "id"
     format: str = "auto"  # auto | jsonl | parquet | text
     parquet_batch_rows: int = 64
+    meta_fields: tuple[str, ...] = ()  # other JSONL fields a record must carry along (e.g. "video")
 
 
 def split_extension(url: str) -> tuple[str, str | None]:
@@ -107,10 +108,14 @@ def _iter_jsonl(fh, url: str, config: SourceConfig) -> Iterator[Document | Rejec
             yield Reject(url, fallback, Reason.MALFORMED_JSON.value, f"line {index + 1}: not a JSON object")
             continue
         record_id = _record_id(record.get(config.id_field), fallback)
-        if config.text_field not in record:
-            yield Reject(url, record_id, Reason.MISSING_FIELD.value, f"no {config.text_field!r} field")
+        missing = [f for f in (config.text_field, *config.meta_fields) if f not in record]
+        if missing:
+            yield Reject(url, record_id, Reason.MISSING_FIELD.value, f"no {missing[0]!r} field")
             continue
-        yield _document(url, index, record_id, record[config.text_field])
+        doc = _document(url, index, record_id, record[config.text_field])
+        if config.meta_fields and isinstance(doc, Document):
+            doc = doc.with_(meta={f: record[f] for f in config.meta_fields})
+        yield doc
 
 
 def _iter_parquet(fh, url: str, config: SourceConfig) -> Iterator[Document | Reject]:

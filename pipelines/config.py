@@ -102,6 +102,21 @@ class QAConfig(JobConfig):
         return data
 
 
+class VideoConfig(JobConfig):
+    """`longctx video`: video + text manifests -> VQGAN codes laid out with their text, packed per stage."""
+
+    vqgan: str = Field("", description="VQGAN: a diffusers VQModel folder (config.json + safetensors), our saved params, or a hub id")
+    video_field: str = Field("video", description="manifest field with the video's path or URL (relative paths are relative to the manifest)")
+    fps: float | None = Field(1.0, description="sample frames at this rate (uniform); None with frame_count for a fixed count")
+    frame_count: int | None = Field(None, description="sample exactly this many frames per video, uniformly (instead of fps)")
+    max_frames: int = Field(512, description="at most this many frames per video (still spanning the whole video)")
+    frame_size: int = Field(256, description="frames are resized (short side) and center-cropped to this size")
+    encode_batch: int = Field(8, description="frames decoded and encoded per batch (fixed jitted shape)")
+    text_position: Literal["auto", "before", "after"] = Field("auto", description="text before or after the vision block; auto picks per example, deterministically")
+    vision_loss_weight: float = Field(1.0, description="loss weight of vision positions")
+    text_loss_weight: float = Field(1.0, description="loss weight of text positions")
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     with open(path) as fh:
         data = yaml.safe_load(fh) or {}

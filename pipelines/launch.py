@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from curation.shards import join_url, read_manifest
 from curation.tokenize import load_tokenizer
 from pipelines.books import BuildBookShards
-from pipelines.config import BooksConfig, JobConfig, QAConfig
+from pipelines.config import BooksConfig, JobConfig, QAConfig, VideoConfig
 
 log = logging.getLogger("longctx")
 
@@ -32,12 +32,18 @@ def pipeline_options(beam_args: list[str] | PipelineOptions) -> PipelineOptions:
 def shard_metadata(config: JobConfig, kind: str) -> dict[str, dict[str, Any]]:
     """What every shard of each stage records about how it was made."""
     _, info = load_tokenizer(config.tokenizer)
+    extra = {}
+    if kind == "video":
+        from pipelines.video import vision_metadata
+
+        extra["vision"] = vision_metadata()
     return {
         stage.name: {
             "kind": kind,
             "stage": stage.name,
             "tokenizer": info.as_metadata(),
             "config_hash": config.hash(),
+            **extra,
         }
         for stage in config.resolved_stages()
     }
@@ -87,6 +93,14 @@ def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | Pipe
 
 def run_books(config: BooksConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
     return run_job("books", BuildBookShards, config, beam_args)
+
+
+def run_video(config: VideoConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
+    from pipelines.video import BuildVideoShards
+
+    if not config.vqgan:
+        raise ConfigError("missing required setting: vqgan (--vqgan PATH)")
+    return run_job("video", BuildVideoShards, config, beam_args)
 
 
 def run_qa(config: QAConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:

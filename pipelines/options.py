@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.config import BooksConfig, QAConfig, add_config_flags, config_from_args
+from pipelines.config import BooksConfig, QAConfig, VideoConfig, add_config_flags, config_from_args
 
 
 class LongctxOptions(PipelineOptions):
@@ -18,7 +18,7 @@ class LongctxOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        add_config_flags(parser, BooksConfig, QAConfig)
+        add_config_flags(parser, BooksConfig, QAConfig, VideoConfig)
 
 
 def books_config(options: PipelineOptions) -> BooksConfig:
@@ -27,3 +27,7 @@ def books_config(options: PipelineOptions) -> BooksConfig:
 
 def qa_config(options: PipelineOptions) -> QAConfig:
     return config_from_args(QAConfig, options.view_as(LongctxOptions))
+
+
+def video_config(options: PipelineOptions) -> VideoConfig:
+    return config_from_args(VideoConfig, options.view_as(LongctxOptions))

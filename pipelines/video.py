@@ -1,0 +1,135 @@
+"""The video pipeline: manifest rows (a video and its text) -> frames sampled and streamed through
+decord -> VQGAN codes -> `<vision>` codes + `<eof>`/`<eov>` `</vision>` laid out with the text ->
+the same packer, shards (with a `vision_mask` column), rejects and manifest as books.
+
+Vision codes keep their own id space (the LWM release's "separate" layout): at positions where
+`vision_mask` is 1, `input_ids` index the vision vocabulary (codes 0..8191, `<eof>` 8192,
+`<eov>` 8193); elsewhere the text vocabulary. A video longer than a stage is cut at frame
+boundaries into several examples, each with the text.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import zlib
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+
+from curation.accounting import Reason, Reject
+from curation.documents import Document
+from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.packing import SegmentRef, StageSegment
+from curation.sources import SourceConfig
+from curation.tokenize import load_tokenizer
+from curation.video import VideoError, iter_video_frames, sample_indices
+from curation.vision_layout import CODES_PER_FRAME, DEFAULT_VISION_VOCAB, layout_video
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
+from pipelines.config import VideoConfig
+from pipelines.io import ReadInputs
+from pipelines.packing import PackAndWriteShards
+
+VISION_START, VISION_END = "<vision>", "</vision>"
+
+
+def video_url(doc: Document, field: str) -> str:
+    """The video's URL; a relative path is taken relative to the manifest that names it."""
+    path = str(doc.meta[field])
+    if "://" in path or path.startswith("/"):
+        return path
+    return posixpath.join(posixpath.dirname(doc.source), path)
+
+
+def vision_metadata() -> dict:
+    v = DEFAULT_VISION_VOCAB
+    return {"layout": "separate", "eof": v.eof, "eov": v.eov, "vocab_size": v.size, "codes_per_frame": CODES_PER_FRAME,
+            "vision_start": VISION_START, "vision_end": VISION_END}
+
+
+class EncodeVideos(beam.DoFn):
+    """A manifest row -> its frames' codes (streamed in fixed batches through the VQGAN) -> one
+    example per stage-sized run of frames, or a reject with the reason."""
+
+    def __init__(self, config: VideoConfig, stages):
+        self.config = config
+        self.stages = stages
+
+    def setup(self):
+        from curation.vqgan import VQGAN
+
+        c = self.config
+        self.vqgan = VQGAN.load(c.vqgan, batch_size=c.encode_batch)
+        self.tok, info = load_tokenizer(c.tokenizer)
+        self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
+        self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
+        self.start = self.tok.encode(VISION_START, add_special_tokens=False).ids
+        self.end = self.tok.encode(VISION_END, add_special_tokens=False).ids
+        self.frames = Metrics.counter(NAMESPACE, "video.frames")
+
+    def _indices(self, num_frames: int, fps: float) -> np.ndarray:
+        c = self.config
+        if c.frame_count is not None:
+            return sample_indices(num_frames, fps, count=c.frame_count, max_frames=c.max_frames)
+        return sample_indices(num_frames, fps, target_fps=c.fps, max_frames=c.max_frames)
+
+    def process(self, doc: Document):
+        c = self.config
+        url = video_url(doc, c.video_field)
+        try:
+            codes = [frame for batch in iter_video_frames(url, self._indices, c.encode_batch, c.frame_size)
+                     for frame in self.vqgan.encode(batch)]
+        except VideoError as err:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason, f"{url}: {err.detail}"))
+            return
+        if not codes:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, "no_frames", f"{url}: no frames sampled"))
+            return
+        if codes[0].size != CODES_PER_FRAME:
+            raise ValueError(f"the VQGAN gives {codes[0].shape} codes per {c.frame_size}px frame; the layout needs 16x16")
+        self.frames.inc(len(codes))
+        text = self.tok.encode(doc.text, add_special_tokens=False).ids if doc.text.strip() else []
+        event = {KEPT: 1, TOKENS_IN: len(codes) * (CODES_PER_FRAME + 1) + len(text)}
+        placed = False
+        for stage in self.stages:
+            fixed = len(self.bos) + len(self.start) + len(self.end) + len(text) + len(self.eos)
+            per_example = (stage.length - fixed) // (CODES_PER_FRAME + 1)
+            if per_example < 1:
+                continue
+            groups = [codes[i : i + per_example] for i in range(0, len(codes), per_example)]
+            event[stage_key(stage.name, "documents")] = 1
+            event[stage_key(stage.name, "segments")] = len(groups)
+            for g, frames in enumerate(groups):
+                yield self._example(doc, stage.name, g * per_example, frames, text)
+            placed = True
+        if not placed:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, "no stage holds one frame and the text"))
+            return
+        yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)
+
+    def _example(self, doc: Document, stage: str, first_frame: int, frames: list[np.ndarray], text: list[int]) -> StageSegment:
+        c = self.config
+        before = c.text_position == "before" or (
+            c.text_position == "auto" and zlib.crc32(f"{doc.uid}@{first_frame}".encode()) % 2 == 0
+        )
+        tokens, vision, loss = layout_video(
+            frames, self.bos + (text if before else []), (text if not before else []) + self.eos, self.start, self.end,
+            loss_on_text_before=False, loss_on_vision=True, loss_on_text_after=True,
+        )
+        loss = loss * np.where(vision > 0, c.vision_loss_weight, c.text_loss_weight).astype(np.float32)
+        ref = SegmentRef(key=f"{doc.uid}@f{first_frame}", doc_id=doc.id, start=first_frame, length=len(tokens))
+        return StageSegment(stage, ref, doc.uid, tokens, loss_mask=loss, vision_mask=vision)
+
+
+class BuildVideoShards(ShardJob):
+    """Video manifests -> vision-text shards per stage + rejects + manifest.json."""
+
+    def expand(self, pbegin):
+        c = self.config
+        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, meta_fields=(c.video_field,))
+        read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
+        encoded = read.docs | "Encode" >> beam.ParDo(EncodeVideos(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
+        packed = encoded.segments | "PackAndWrite" >> PackAndWriteShards(
+            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
+        )
+        return finish_job(pbegin, "video", c, self.stages, read, [read.rejects, encoded.rejects], encoded[KEPT_EVENTS], packed)
