@@ -123,21 +123,26 @@ def _iter_parquet(fh, url: str, config: SourceConfig) -> Iterator[Document | Rej
 
     parquet = pq.ParquetFile(fh)
     names = parquet.schema_arrow.names
-    if config.text_field not in names:
-        yield Reject(url, url, Reason.MISSING_FIELD.value, f"no {config.text_field!r} column (has {names})")
+    missing = [f for f in (config.text_field, *config.meta_fields) if f not in names]
+    if missing:
+        yield Reject(url, url, Reason.MISSING_FIELD.value, f"no {missing[0]!r} column (has {names})")
         return
-    columns = [config.text_field] + ([config.id_field] if config.id_field in names else [])
+    columns = [config.text_field, *config.meta_fields] + ([config.id_field] if config.id_field in names else [])
     base = posixpath.basename(url)
     index = 0
     for batch in parquet.iter_batches(batch_size=config.parquet_batch_rows, columns=columns):
         texts = batch.column(config.text_field).to_pylist()
         ids = batch.column(config.id_field).to_pylist() if config.id_field in names else [None] * len(texts)
-        for text, raw_id in zip(texts, ids):
+        metas = [batch.column(f).to_pylist() for f in config.meta_fields]
+        for row, (text, raw_id) in enumerate(zip(texts, ids)):
             record_id = _record_id(raw_id, f"{base}:{index + 1}")
-            if text is None:
-                yield Reject(url, record_id, Reason.MISSING_FIELD.value, f"{config.text_field!r} is null")
+            meta = {f: values[row] for f, values in zip(config.meta_fields, metas)}
+            if text is None or any(v is None for v in meta.values()):
+                null = config.text_field if text is None else next(f for f, v in meta.items() if v is None)
+                yield Reject(url, record_id, Reason.MISSING_FIELD.value, f"{null!r} is null")
             else:
-                yield _document(url, index, record_id, text)
+                doc = _document(url, index, record_id, text)
+                yield doc.with_(meta=meta) if meta and isinstance(doc, Document) else doc
             index += 1
 
 

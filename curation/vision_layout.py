@@ -19,12 +19,42 @@ So `vision_mask` is 1 exactly on the frames' codes and their `<eof>` / `<eov>` t
 `loss_mask` (float32) chooses which positions are trained on: by default everything after the
 conditioning text `text_before` (the `<vision>` marker, the frames, `</vision>` and the text after
 it). Flags switch parts on or off, e.g. video->text: `loss_on_vision=False`.
+
+Two layout modes, chosen by the `vocab` object passed to `layout_video` / `layout_image`:
+
+- **separate** (`VisionVocab`, the default; the LWM release's layout): described above. Vision
+  ids live in their own id space, `<vision>` / `</vision>` are text ids the caller passes in.
+- **unified** (`UnifiedVocab(text_vocab_size=T)`, for models with one vocabulary): every id is in
+  one vocabulary of size `T + 8196`:
+
+  | ids                | meaning                                   |
+  |--------------------|-------------------------------------------|
+  | `0 .. T-1`         | text (the text tokenizer's own ids)       |
+  | `T + 0 .. T + 8191`| VQGAN code `v` is id `T + v`              |
+  | `T + 8192`         | `<eof>`                                   |
+  | `T + 8193`         | `<eov>`                                   |
+  | `T + 8194`         | `<vision>` (an added special token)       |
+  | `T + 8195`         | `</vision>` (an added special token)      |
+
+  E.g. LLaMA-2 (T = 32,000): codes 32000..40191, `<eof>` 40192, `<eov>` 40193, `<vision>` 40194,
+  `</vision>` 40195, vocabulary 40196. The delimiters are the single ids above, so
+  `vision_start_ids` / `vision_end_ids` must be empty / None (or exactly `[vocab.vision_start]` /
+  `[vocab.vision_end]`); anything else raises `ValueError`. Text ids must be `< T`.
+  `vision_mask` is still 1 exactly on the codes and `<eof>` / `<eov>` (not on the delimiters), and
+  the delimiters' loss follows `loss_on_vision`, as the markers do in separate mode.
+
+`decode_layout(tokens, vision_mask, vocab)` is the exact inverse: it turns a row back into a list
+of `Block`s, `("text", ids)` and `("vision", codes [frames, 256])`, in order. In separate mode the
+`<vision>` / `</vision>` text ids stay in the neighbouring text blocks; in unified mode the
+delimiter ids are consumed. Malformed rows raise `ValueError`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import pairwise
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,7 +77,74 @@ class VisionVocab:
             raise ValueError("eof and eov must differ")
 
 
+    # Mode interface shared with `UnifiedVocab`: vision id = offset + code.
+    @property
+    def mode(self) -> str:
+        return "separate"
+
+    @property
+    def offset(self) -> int:
+        return 0
+
+
 DEFAULT_VISION_VOCAB = VisionVocab()
+
+UNIFIED_EXTRA = 8196  # ids a unified vocabulary adds after the text ids (codes, eof, eov, delimiters)
+
+
+@dataclass(frozen=True)
+class UnifiedVocab:
+    """One vocabulary for text and vision: text ids `[0, text_vocab_size)`, then code `v` at
+    `text_vocab_size + v` (v < 8192), `<eof>` = T+8192, `<eov>` = T+8193, `<vision>` = T+8194,
+    `</vision>` = T+8195; `size` = T + 8196."""
+
+    text_vocab_size: int
+    codebook_size: int = 8192
+
+    def __post_init__(self):
+        if self.text_vocab_size <= 0 or self.codebook_size <= 0:
+            raise ValueError(f"inconsistent unified vocabulary {self}")
+        if self.size - 1 > np.iinfo(np.int32).max:
+            raise ValueError(f"unified vocabulary {self} does not fit int32")
+
+    @property
+    def mode(self) -> str:
+        return "unified"
+
+    @property
+    def offset(self) -> int:
+        return self.text_vocab_size
+
+    @property
+    def eof(self) -> int:
+        return self.text_vocab_size + self.codebook_size
+
+    @property
+    def eov(self) -> int:
+        return self.text_vocab_size + self.codebook_size + 1
+
+    @property
+    def vision_start(self) -> int:
+        return self.text_vocab_size + self.codebook_size + 2
+
+    @property
+    def vision_end(self) -> int:
+        return self.text_vocab_size + self.codebook_size + 3
+
+    @property
+    def size(self) -> int:
+        return self.text_vocab_size + self.codebook_size + 4
+
+
+Vocab = VisionVocab | UnifiedVocab
+
+
+class Block(NamedTuple):
+    """One piece of a decoded row: `("text", ids int32 [n])` or `("vision", codes int32
+    [frames, 256])` (codes in `[0, codebook_size)`, offset removed)."""
+
+    kind: str
+    data: np.ndarray
 
 
 def _ids(values: Sequence[int] | np.ndarray | None, what: str) -> np.ndarray:
@@ -59,7 +156,7 @@ def _ids(values: Sequence[int] | np.ndarray | None, what: str) -> np.ndarray:
     return arr
 
 
-def _frame(codes: np.ndarray, i: int, vocab: VisionVocab) -> np.ndarray:
+def _frame(codes: np.ndarray, i: int, vocab: Vocab) -> np.ndarray:
     arr = np.asarray(codes)
     if arr.shape not in ((16, 16), (CODES_PER_FRAME,)):
         raise ValueError(f"frame {i}: expected codes of shape (16, 16) or (256,), got {arr.shape}")
@@ -77,9 +174,9 @@ def layout_video(
     frame_codes: Sequence[np.ndarray],
     text_before_ids: Sequence[int] | np.ndarray | None,
     text_after_ids: Sequence[int] | np.ndarray | None,
-    vision_start_ids: Sequence[int] | np.ndarray,
-    vision_end_ids: Sequence[int] | np.ndarray,
-    vocab: VisionVocab = DEFAULT_VISION_VOCAB,
+    vision_start_ids: Sequence[int] | np.ndarray | None = None,
+    vision_end_ids: Sequence[int] | np.ndarray | None = None,
+    vocab: Vocab = DEFAULT_VISION_VOCAB,
     *,
     loss_on_text_before: bool = False,
     loss_on_vision: bool = True,
@@ -87,7 +184,8 @@ def layout_video(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Lay out one video (or image) with its text; returns `(tokens int32, vision_mask int32,
     loss_mask float32)`, all of the same length
-    `len(before) + len(start) + frames * 257 + len(end) + len(after)`.
+    `len(before) + len(start) + frames * 257 + len(end) + len(after)` (in unified mode `start` and
+    `end` are the single delimiter ids, see the module docstring).
 
     Each frame's codes ([16, 16] in raster order, or [256]) are followed by `<eof>`, the last
     frame's by `<eov>`. `loss_on_vision` covers the `<vision>` marker, the frames and the
@@ -99,12 +197,25 @@ def layout_video(
     after = _ids(text_after_ids, "text_after_ids")
     start = _ids(vision_start_ids, "vision_start_ids")
     end = _ids(vision_end_ids, "vision_end_ids")
+    if vocab.mode == "unified":
+        for arr, want, what in ((start, vocab.vision_start, "vision_start_ids"),
+                                (end, vocab.vision_end, "vision_end_ids")):
+            if arr.size and arr.tolist() != [want]:
+                raise ValueError(
+                    f"{what}: unified mode uses the single special id {want}; pass None / [] "
+                    f"(or [{want}]), got {arr.tolist()}")
+        start = np.asarray([vocab.vision_start], np.int64)
+        end = np.asarray([vocab.vision_end], np.int64)
+        for arr, what in ((before, "text_before_ids"), (after, "text_after_ids")):
+            if arr.size and arr.max() >= vocab.text_vocab_size:
+                raise ValueError(f"{what}: text id {arr.max()} is not below the text vocabulary "
+                                 f"size {vocab.text_vocab_size} (unified mode)")
 
     n = len(frame_codes)
     per = CODES_PER_FRAME + 1
     vision = np.empty(n * per, np.int64)
     for i, codes in enumerate(frame_codes):
-        vision[i * per:i * per + CODES_PER_FRAME] = _frame(codes, i, vocab)
+        vision[i * per:i * per + CODES_PER_FRAME] = _frame(codes, i, vocab) + vocab.offset
         vision[i * per + CODES_PER_FRAME] = vocab.eof
     vision[-1] = vocab.eov
 
@@ -123,9 +234,9 @@ def layout_video(
 def layout_image(
     codes: np.ndarray,
     caption_ids: Sequence[int] | np.ndarray,
-    vision_start_ids: Sequence[int] | np.ndarray,
-    vision_end_ids: Sequence[int] | np.ndarray,
-    vocab: VisionVocab = DEFAULT_VISION_VOCAB,
+    vision_start_ids: Sequence[int] | np.ndarray | None = None,
+    vision_end_ids: Sequence[int] | np.ndarray | None = None,
+    vocab: Vocab = DEFAULT_VISION_VOCAB,
     *,
     caption_first: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -140,3 +251,121 @@ def layout_image(
                             loss_on_text_before=False, loss_on_vision=True)
     return layout_video([codes], None, caption_ids, vision_start_ids, vision_end_ids, vocab,
                         loss_on_vision=False, loss_on_text_after=True)
+
+
+def _decode_video(seg: np.ndarray, start: int, vocab: Vocab) -> np.ndarray:
+    """Codes [frames, 256] of one video: `(256 codes, <eof>)* 256 codes, <eov>` in absolute ids."""
+    per = CODES_PER_FRAME + 1
+    if len(seg) % per:
+        raise ValueError(f"position {start}: a video of {len(seg)} vision tokens is not a whole "
+                         f"number of {per}-token frames (a frame of the wrong length)")
+    frames = seg.reshape(-1, per)
+    ends = frames[:, -1]
+    want = np.full(len(frames), vocab.eof, np.int64)
+    want[-1] = vocab.eov
+    bad = np.flatnonzero(ends != want)
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"position {start + i * per + CODES_PER_FRAME}: frame {i} ends with "
+                         f"{int(ends[i])}, expected {'<eov>' if i == len(frames) - 1 else '<eof>'} "
+                         f"({int(want[i])})")
+    codes = frames[:, :CODES_PER_FRAME] - vocab.offset
+    bad = np.flatnonzero((codes < 0) | (codes >= vocab.codebook_size))
+    if bad.size:
+        f, c = divmod(int(bad[0]), CODES_PER_FRAME)
+        raise ValueError(f"position {start + f * per + c}: token {int(frames[f, c])} in frame {f} "
+                         f"is not a vision code (a frame of the wrong length, or a stray id)")
+    return codes.astype(np.int32)
+
+
+def decode_layout(
+    tokens: Sequence[int] | np.ndarray,
+    vision_mask: Sequence[int] | np.ndarray,
+    vocab: Vocab = DEFAULT_VISION_VOCAB,
+) -> list[Block]:
+    """The inverse of `layout_video` / `layout_image` (and of rows concatenating such layouts):
+    `[Block("text", ids), Block("vision", codes [frames, 256]), ...]` in order; empty text is
+    not emitted. Separate mode: `<vision>` / `</vision>` are text ids, left in the text blocks; a
+    vision run may hold several videos back to back, each ending at `<eov>`, each its own block.
+    Unified mode: every video sits between the `<vision>` and `</vision>` ids, which are consumed.
+
+    Raises `ValueError` on a malformed row: lengths or mask values that disagree, a frame of the
+    wrong length, a missing `<eof>` / `<eov>`, a vision id where `vision_mask` is 0 (or a text id
+    where it is 1), unmatched delimiters (unified), ids outside the vocabulary.
+    """
+    tok = np.asarray(tokens)
+    mask = np.asarray(vision_mask)
+    if tok.ndim != 1 or mask.ndim != 1 or len(tok) != len(mask):
+        raise ValueError(f"tokens {tok.shape} and vision_mask {mask.shape} must be 1-D of one length")
+    if tok.size and not np.issubdtype(tok.dtype, np.integer):
+        raise ValueError(f"tokens must be integers, got {tok.dtype}")
+    tok = tok.astype(np.int64)
+    if mask.size and not np.isin(mask, (0, 1)).all():
+        raise ValueError("vision_mask must hold only 0 and 1")
+    mask = mask.astype(bool)
+    if tok.size and tok.min() < 0:
+        raise ValueError(f"position {int(np.argmin(tok))}: negative token id {tok.min()}")
+    unified = vocab.mode == "unified"
+    vis = tok[mask]
+    vis_ok = (((vis >= vocab.offset) & (vis < vocab.offset + vocab.codebook_size))
+              | (vis == vocab.eof) | (vis == vocab.eov))
+    if not vis_ok.all():
+        pos = int(np.flatnonzero(mask)[np.flatnonzero(~vis_ok)[0]])
+        raise ValueError(f"position {pos}: token {int(tok[pos])} has vision_mask 1 but is not a "
+                         f"vision id (vision_mask inconsistent)")
+    if unified:
+        txt = tok[~mask]
+        txt_ok = (txt < vocab.text_vocab_size) | (txt == vocab.vision_start) | (txt == vocab.vision_end)
+        if not txt_ok.all():
+            pos = int(np.flatnonzero(~mask)[np.flatnonzero(~txt_ok)[0]])
+            raise ValueError(f"position {pos}: token {int(tok[pos])} has vision_mask 0 but is a "
+                             f"vision id or outside the vocabulary (vision_mask inconsistent)")
+
+    # Runs of equal mask value.
+    n = len(tok)
+    cuts = np.flatnonzero(np.diff(mask.astype(np.int8))) + 1 if n else np.empty(0, np.int64)
+    bounds = [0, *cuts.tolist(), n] if n else [0]
+    blocks: list[Block] = []
+    for a, b in pairwise(bounds):
+        if mask[a]:
+            seg = tok[a:b]
+            if unified:
+                if a == 0 or tok[a - 1] != vocab.vision_start:
+                    raise ValueError(f"position {a}: vision tokens not preceded by <vision> "
+                                     f"({vocab.vision_start})")
+                if b == n or tok[b] != vocab.vision_end:
+                    raise ValueError(f"position {b}: vision tokens not followed by </vision> "
+                                     f"({vocab.vision_end})")
+                if (seg[:-1] == vocab.eov).any():
+                    raise ValueError(f"position {a}: <eov> inside a video (unified mode holds one "
+                                     f"video between <vision> and </vision>)")
+            if seg[-1] != vocab.eov:
+                raise ValueError(f"position {b - 1}: vision tokens end with {int(seg[-1])}, not "
+                                 f"<eov> ({vocab.eov}) (missing <eov>)")
+            eov_at = np.flatnonzero(seg == vocab.eov)
+            lo = 0
+            for e in eov_at.tolist():
+                blocks.append(Block("vision", _decode_video(seg[lo:e + 1], a + lo, vocab)))
+                lo = e + 1
+            continue
+        seg = tok[a:b]
+        if not unified:
+            blocks.append(Block("text", seg.astype(np.int32)))
+            continue
+        # Unified: split the text at the delimiters, which must sit right against a vision run.
+        lo = 0
+        for j in range(len(seg)):
+            t = seg[j]
+            if t != vocab.vision_start and t != vocab.vision_end:
+                continue
+            pos = a + j
+            if t == vocab.vision_start and not (pos + 1 < n and mask[pos + 1]):
+                raise ValueError(f"position {pos}: <vision> not followed by vision tokens")
+            if t == vocab.vision_end and not (pos > 0 and mask[pos - 1]):
+                raise ValueError(f"position {pos}: </vision> not preceded by vision tokens")
+            if j > lo:
+                blocks.append(Block("text", seg[lo:j].astype(np.int32)))
+            lo = j + 1
+        if len(seg) > lo:
+            blocks.append(Block("text", seg[lo:].astype(np.int32)))
+    return blocks

@@ -9,14 +9,14 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pipelines.config import BooksConfig, QAConfig, VideoConfig, add_config_flags, config_from_args
+from pipelines.config import BooksConfig, ImagesConfig, QAConfig, VideoConfig, add_config_flags, config_from_args
 
 BEAM_HELP = (
     "Any other flag goes to Apache Beam unchanged, e.g. --runner DataflowRunner --project P --region R "
     "--temp_location gs://b/tmp --setup_file ./setup.py, or --direct_num_workers 2 "
     "--direct_running_mode multi_processing on the local DirectRunner."
 )
-BEAM_COMMANDS = {"books", "qa", "video"}
+BEAM_COMMANDS = {"books", "qa", "video", "images"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         description=(VideoConfig.__doc__ or "") + " " + BEAM_HELP,
     )
     add_config_flags(video, VideoConfig)
+    images = commands.add_parser(
+        "images",
+        help="image-text pairs -> VQGAN codes laid out with their captions, packed per stage",
+        description=(ImagesConfig.__doc__ or "") + " " + BEAM_HELP,
+    )
+    add_config_flags(images, ImagesConfig)
 
     train = commands.add_parser("train", help="train a LLaMA model on one stage's shards", description=TrainConfig.__doc__)
     add_config_flags(train, TrainConfig)
@@ -101,13 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in BEAM_COMMANDS:
         from apache_beam.options.pipeline_options import PipelineOptions
 
-        from pipelines.launch import ConfigError, run_books, run_qa, run_video
-        from pipelines.options import books_config, qa_config, video_config
+        from pipelines.launch import ConfigError, run_books, run_images, run_qa, run_video
+        from pipelines.options import books_config, images_config, qa_config, video_config
         from pipelines.summary import print_summary
 
         argv = list(sys.argv[1:] if argv is None else argv)
         make_config, run = {"books": (books_config, run_books), "qa": (qa_config, run_qa),
-                            "video": (video_config, run_video)}[args.command]
+                            "video": (video_config, run_video), "images": (images_config, run_images)}[args.command]
         try:
             # One PipelineOptions holds the whole command line: our options subclass and Beam's own.
             options = PipelineOptions(argv[argv.index(args.command) + 1 :])

@@ -112,9 +112,20 @@ class VideoConfig(JobConfig):
     max_frames: int = Field(512, description="at most this many frames per video (still spanning the whole video)")
     frame_size: int = Field(256, description="frames are resized (short side) and center-cropped to this size")
     encode_batch: int = Field(8, description="frames decoded and encoded per batch (fixed jitted shape)")
+    vision_layout: Literal["separate", "unified"] = Field("separate", description="separate: vision codes in their own id space + vision_mask (the LWM release); unified: vision ids after the text vocabulary, <vision>/</vision> as single ids")
     text_position: Literal["auto", "before", "after"] = Field("auto", description="text before or after the vision block; auto picks per example, deterministically")
     vision_loss_weight: float = Field(1.0, description="loss weight of vision positions")
     text_loss_weight: float = Field(1.0, description="loss weight of text positions")
+
+
+class ImagesConfig(JobConfig):
+    """`longctx images`: image-text pairs -> one VQGAN frame each, laid out with its caption, packed per stage."""
+
+    vqgan: str = Field("", description="VQGAN: a diffusers VQModel folder (config.json + safetensors), our saved params, or a hub id")
+    image_field: str = Field("image", description="field/column with the image: bytes, or a path/URL (relative to the input file)")
+    frame_size: int = Field(256, description="images are resized (short side) and center-cropped to this size")
+    encode_batch: int = Field(8, description="images encoded per VQGAN batch (fixed jitted shape)")
+    caption_position: Literal["auto", "before", "after"] = Field("auto", description="caption before the image (generation, loss on the image) or after it (captioning, loss on the caption); auto picks per pair")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from curation.shards import join_url, read_manifest
 from curation.tokenize import load_tokenizer
 from pipelines.books import BuildBookShards
-from pipelines.config import BooksConfig, JobConfig, QAConfig, VideoConfig
+from pipelines.config import BooksConfig, ImagesConfig, JobConfig, QAConfig, VideoConfig
 
 log = logging.getLogger("longctx")
 
@@ -33,10 +33,10 @@ def shard_metadata(config: JobConfig, kind: str) -> dict[str, dict[str, Any]]:
     """What every shard of each stage records about how it was made."""
     _, info = load_tokenizer(config.tokenizer)
     extra = {}
-    if kind == "video":
+    if kind in ("video", "images"):
         from pipelines.video import vision_metadata
 
-        extra["vision"] = vision_metadata()
+        extra["vision"] = vision_metadata(getattr(config, "vision_layout", "separate"), info.vocab_size)
     return {
         stage.name: {
             "kind": kind,
@@ -101,6 +101,14 @@ def run_video(config: VideoConfig, beam_args: list[str] | PipelineOptions | None
     if not config.vqgan:
         raise ConfigError("missing required setting: vqgan (--vqgan PATH)")
     return run_job("video", BuildVideoShards, config, beam_args)
+
+
+def run_images(config: ImagesConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
+    from pipelines.images import BuildImageShards
+
+    if not config.vqgan:
+        raise ConfigError("missing required setting: vqgan (--vqgan PATH)")
+    return run_job("images", BuildImageShards, config, beam_args)
 
 
 def run_qa(config: QAConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:

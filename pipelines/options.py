@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.config import BooksConfig, QAConfig, VideoConfig, add_config_flags, config_from_args
+from pipelines.config import BooksConfig, ImagesConfig, QAConfig, VideoConfig, add_config_flags, config_from_args
 
 
 class LongctxOptions(PipelineOptions):
@@ -18,7 +18,7 @@ class LongctxOptions(PipelineOptions):
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        add_config_flags(parser, BooksConfig, QAConfig, VideoConfig)
+        add_config_flags(parser, BooksConfig, QAConfig, VideoConfig, ImagesConfig)
 
 
 def books_config(options: PipelineOptions) -> BooksConfig:
@@ -31,3 +31,7 @@ def qa_config(options: PipelineOptions) -> QAConfig:
 
 def video_config(options: PipelineOptions) -> VideoConfig:
     return config_from_args(VideoConfig, options.view_as(LongctxOptions))
+
+
+def images_config(options: PipelineOptions) -> ImagesConfig:
+    return config_from_args(ImagesConfig, options.view_as(LongctxOptions))

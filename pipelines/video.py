@@ -24,7 +24,7 @@ from curation.packing import SegmentRef, StageSegment
 from curation.sources import SourceConfig
 from curation.tokenize import load_tokenizer
 from curation.video import VideoError, iter_video_frames, sample_indices
-from curation.vision_layout import CODES_PER_FRAME, DEFAULT_VISION_VOCAB, layout_video
+from curation.vision_layout import CODES_PER_FRAME, DEFAULT_VISION_VOCAB, UnifiedVocab, Vocab, layout_video
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
 from pipelines.config import VideoConfig
 from pipelines.io import ReadInputs
@@ -41,10 +41,20 @@ def video_url(doc: Document, field: str) -> str:
     return posixpath.join(posixpath.dirname(doc.source), path)
 
 
-def vision_metadata() -> dict:
-    v = DEFAULT_VISION_VOCAB
-    return {"layout": "separate", "eof": v.eof, "eov": v.eov, "vocab_size": v.size, "codes_per_frame": CODES_PER_FRAME,
-            "vision_start": VISION_START, "vision_end": VISION_END}
+def vision_vocab(layout: str, text_vocab_size: int) -> Vocab:
+    return UnifiedVocab(text_vocab_size) if layout == "unified" else DEFAULT_VISION_VOCAB
+
+
+def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:
+    """What a vision shard says about its ids (for the trainer and for decode_layout)."""
+    v = vision_vocab(layout, text_vocab_size)
+    meta = {"layout": v.mode, "offset": v.offset, "eof": v.eof, "eov": v.eov, "vocab_size": v.size,
+            "codes_per_frame": CODES_PER_FRAME}
+    if isinstance(v, UnifiedVocab):
+        meta.update(vision_start_id=v.vision_start, vision_end_id=v.vision_end)
+    else:
+        meta.update(vision_start=VISION_START, vision_end=VISION_END)
+    return meta
 
 
 class EncodeVideos(beam.DoFn):
@@ -63,8 +73,12 @@ class EncodeVideos(beam.DoFn):
         self.tok, info = load_tokenizer(c.tokenizer)
         self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
         self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
-        self.start = self.tok.encode(VISION_START, add_special_tokens=False).ids
-        self.end = self.tok.encode(VISION_END, add_special_tokens=False).ids
+        self.vocab = vision_vocab(c.vision_layout, info.vocab_size)
+        unified = isinstance(self.vocab, UnifiedVocab)
+        # Separate layout: <vision>/</vision> are text; unified: one id each, placed by the layout.
+        self.start = [] if unified else self.tok.encode(VISION_START, add_special_tokens=False).ids
+        self.end = [] if unified else self.tok.encode(VISION_END, add_special_tokens=False).ids
+        self.markers = 2 if unified else 0
         self.frames = Metrics.counter(NAMESPACE, "video.frames")
 
     def _indices(self, num_frames: int, fps: float) -> np.ndarray:
@@ -92,7 +106,7 @@ class EncodeVideos(beam.DoFn):
         event = {KEPT: 1, TOKENS_IN: len(codes) * (CODES_PER_FRAME + 1) + len(text)}
         placed = False
         for stage in self.stages:
-            fixed = len(self.bos) + len(self.start) + len(self.end) + len(text) + len(self.eos)
+            fixed = len(self.bos) + len(self.start) + len(self.end) + self.markers + len(text) + len(self.eos)
             per_example = (stage.length - fixed) // (CODES_PER_FRAME + 1)
             if per_example < 1:
                 continue
@@ -114,7 +128,7 @@ class EncodeVideos(beam.DoFn):
         )
         tokens, vision, loss = layout_video(
             frames, self.bos + (text if before else []), (text if not before else []) + self.eos, self.start, self.end,
-            loss_on_text_before=False, loss_on_vision=True, loss_on_text_after=True,
+            self.vocab, loss_on_text_before=False, loss_on_vision=True, loss_on_text_after=True,
         )
         loss = loss * np.where(vision > 0, c.vision_loss_weight, c.text_loss_weight).astype(np.float32)
         ref = SegmentRef(key=f"{doc.uid}@f{first_frame}", doc_id=doc.id, start=first_frame, length=len(tokens))

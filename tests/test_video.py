@@ -344,3 +344,148 @@ def test_layout_image_both_directions():
     assert tokens[:4].tolist() == [11, 12, 13, 100] and tokens[-1] == 101
     assert vmask[4:4 + 257].all() and vmask.sum() == 257
     assert loss[:3].sum() == 0 and loss[3:].all() and loss.sum() == 1 + 257 + 1
+
+
+# ----------------------------------------------------------------------------- layout modes, decoder
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from curation.vision_layout import UnifiedVocab, decode_layout
+
+_SEP = VisionVocab()
+_UNI = UnifiedVocab(32000)
+_START, _END = [32001, 32002], [32003]  # separate mode: the text ids of "<vision>" / "</vision>"
+
+
+def _lay(mode: str, frames, before, after, **kw):
+    if mode == "separate":
+        return layout_video(frames, before, after, _START, _END, vocab=_SEP, **kw)
+    return layout_video(frames, before, after, None, None, vocab=_UNI, **kw)
+
+
+def _expected(mode: str, frames, before, after) -> list[tuple[str, list]]:
+    pre, post = (before + _START, _END + after) if mode == "separate" else (before, after)
+    out = [("text", pre)] if pre else []
+    out.append(("vision", np.stack([np.asarray(f).reshape(-1) for f in frames]).tolist()))
+    return out + ([("text", post)] if post else [])
+
+
+def _plain(blocks) -> list[tuple[str, list]]:
+    for b in blocks:
+        assert b.data.dtype == np.int32
+        assert b.data.ndim == (2 if b.kind == "vision" else 1)
+    return [(b.kind, b.data.tolist()) for b in blocks]
+
+
+def _frames_from(seed: int, n: int, pattern: str) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    if pattern == "edges":  # the codebook's first and last ids, next to eof/eov
+        return [rng.choice(np.array([0, 1, 8190, 8191]), (16, 16)) for _ in range(n)]
+    return [rng.integers(0, 8192, (16, 16) if i % 2 else 256) for i in range(n)]
+
+
+@settings(max_examples=60, deadline=None)
+@given(mode=st.sampled_from(["separate", "unified"]), n=st.integers(1, 5),
+       seed=st.integers(0, 2**32 - 1), pattern=st.sampled_from(["random", "edges"]),
+       before=st.lists(st.integers(0, 31999), max_size=6),
+       after=st.lists(st.integers(0, 31999), max_size=6))
+def test_decode_layout_round_trip(mode, n, seed, pattern, before, after):
+    frames = _frames_from(seed, n, pattern)
+    vocab = _SEP if mode == "separate" else _UNI
+    tokens, vmask, loss = _lay(mode, frames, before, after)
+    assert vmask.sum() == n * 257 and len(loss) == len(tokens)
+    assert _plain(decode_layout(tokens, vmask, vocab)) == _expected(mode, frames, before, after)
+    # The image layout (one frame, both directions) inverts too.
+    start, end = (_START, _END) if mode == "separate" else (None, None)
+    for caption_first in (False, True):
+        t, m, _ = layout_image(frames[0], before, start, end, vocab, caption_first=caption_first)
+        b, a = (before, []) if caption_first else ([], before)
+        assert _plain(decode_layout(t, m, vocab)) == _expected(mode, frames[:1], b, a)
+
+
+def test_unified_layout_ids_and_masks():
+    frames = _codes(2, seed=7)
+    tokens, vmask, loss = layout_video(frames, [1, 5], [7, 2], None, None, vocab=_UNI)
+    assert (_UNI.eof, _UNI.eov, _UNI.vision_start, _UNI.vision_end, _UNI.size) == (
+        40192, 40193, 40194, 40195, 40196)
+    assert tokens.dtype == np.int32 and len(tokens) == 2 + 1 + 2 * 257 + 1 + 2
+    assert tokens[:3].tolist() == [1, 5, 40194] and tokens[-3:].tolist() == [40195, 7, 2]
+    np.testing.assert_array_equal(tokens[3:3 + 256], frames[0].reshape(-1) + 32000)
+    assert tokens[3 + 256] == 40192 and tokens[3 + 2 * 257 - 1] == 40193
+    assert vmask[3:3 + 2 * 257].all() and vmask.sum() == 2 * 257  # delimiters are not vision
+    assert loss[:2].sum() == 0 and loss[2:].all()
+    # The delimiters may also be passed as their own single ids; anything else is refused.
+    same = layout_video(frames, [1, 5], [7, 2], [40194], [40195], vocab=_UNI)
+    np.testing.assert_array_equal(same[0], tokens)
+    with pytest.raises(ValueError):
+        layout_video(frames, [1], [2], [100], None, vocab=_UNI)
+    with pytest.raises(ValueError):
+        layout_video(frames, [1], [2], None, [40194, 40195], vocab=_UNI)
+    with pytest.raises(ValueError):  # text ids must lie below the text vocabulary
+        layout_video(frames, [32000], [2], None, None, vocab=_UNI)
+    # The separate default is unchanged.
+    sep = layout_video(frames, [1, 5], [7, 2], [100], [101])
+    assert sep[0][3 + 256] == 8192 and sep[0][3 + 2 * 257 - 1] == 8193
+
+
+def test_decode_layout_back_to_back_videos_separate():
+    a, b = _codes(2, seed=8), _codes(1, seed=9)
+    t1, m1, _ = layout_video(a, [3], [], None, None)
+    t2, m2, _ = layout_video(b, [], [4], None, None)
+    blocks = _plain(decode_layout(np.concatenate([t1, t2]), np.concatenate([m1, m2])))
+    assert [k for k, _ in blocks] == ["text", "vision", "vision", "text"]
+    assert np.array_equal(blocks[1][1], np.stack([f.reshape(-1) for f in a]))
+    assert np.array_equal(blocks[2][1], b[0].reshape(1, -1))
+    assert decode_layout([], []) == []
+
+
+def _corrupt(mode: str):
+    """(tokens, vision_mask) variants of a valid 2-frame row, each malformed in one way."""
+    tokens, vmask, _ = _lay(mode, _codes(2, seed=11), [1, 2], [3])
+    vocab = _SEP if mode == "separate" else _UNI
+    v0 = int(np.flatnonzero(vmask)[0])
+    eof_at, eov_at = v0 + 256, v0 + 2 * 257 - 1
+
+    def edit(pos, value=None, mask=None):
+        t, m = tokens.copy(), vmask.copy()
+        if value is not None:
+            t[pos] = value
+        if mask is not None:
+            m[pos] = mask
+        return t, m
+
+    cases = {
+        "code dropped (frame of the wrong length)": (np.delete(tokens, v0 + 5), np.delete(vmask, v0 + 5)),
+        "eof replaced by a code": edit(eof_at, vocab.offset + 5),
+        "eov replaced by eof": edit(eov_at, vocab.eof),
+        "eov replaced by a code": edit(eov_at, vocab.offset + 5),
+        "eov dropped": (np.delete(tokens, eov_at), np.delete(vmask, eov_at)),
+        "code in the reserved range": edit(v0 + 3, vocab.eov + 1 if mode == "separate" else 40195),
+        "mask off on a code": edit(v0 + 3, mask=0),
+        "mask off on eov": edit(eov_at, mask=0),
+        "mask on a text token": edit(0, mask=1),
+        "mask value 2": edit(v0, mask=2),
+        "mask too short": (tokens, vmask[:-1]),
+        "negative id": edit(0, -1),
+    }
+    if mode == "unified":  # (in separate mode this is two videos back to back, a valid row)
+        cases.update({
+            "eof replaced by eov": edit(eof_at, vocab.eov),
+            "<vision> replaced by text": edit(v0 - 1, 5),
+            "</vision> replaced by text": edit(eov_at + 1, 5),
+            "stray </vision> in the text": edit(0, _UNI.vision_end),
+            "stray <vision> at the end": edit(len(tokens) - 1, _UNI.vision_start),
+            "vision id where the mask is 0": edit(0, 32000 + 7),
+            "id beyond the vocabulary": edit(0, _UNI.size),
+        })
+    return cases
+
+
+@pytest.mark.parametrize("mode", ["separate", "unified"])
+def test_decode_layout_rejects_malformed_rows(mode):
+    vocab = _SEP if mode == "separate" else _UNI
+    for name, (t, m) in _corrupt(mode).items():
+        with pytest.raises(ValueError):
+            decode_layout(t, m, vocab)
+            pytest.fail(f"{mode}: {name} was accepted")

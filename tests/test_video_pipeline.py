@@ -88,3 +88,23 @@ def test_rows_decode_back_to_the_sampled_frames_codes(video_run):
         assert sorted(seen[name]) == list(range(len(frames)))  # every sampled frame, once, no frame split
         for i, frame in seen[name].items():
             assert np.array_equal(frame, frames[i])
+
+
+def test_unified_layout_decodes_exactly(video_run, tmp_path):
+    from curation.vision_layout import UnifiedVocab, decode_layout
+
+    folder, _, _ = video_run
+    cfg = VideoConfig.model_validate({
+        "inputs": [str(folder / "manifest.jsonl")], "output": str(tmp_path / "u"), "tokenizer": DEMO_TOKENIZER,
+        "vqgan": str(folder / "vqgan"), "stages": ["v2k=2048:0-"], "fps": 2.0, "frame_size": SIZE,
+        "vision_layout": "unified", "text_position": "before",
+    })
+    manifest = run_video(cfg, IN_MEMORY)
+    vocab = UnifiedVocab(32000)
+    view = read_shard(str(tmp_path / "u" / manifest["stages"]["v2k"]["shards"][0]["path"]))
+    assert json.loads(view.metadata["longctx.vision"])["vision_start_id"] == 32000 + 8194
+    span = view.arrays["segment_ids"][0] == 1
+    blocks = decode_layout(view.arrays["input_ids"][0][span], view.arrays["vision_mask"][0][span], vocab)
+    kinds = [b.kind for b in blocks]
+    assert kinds == ["text", "vision", "text"]  # BOS + caption, the frames, EOS
+    assert blocks[1].data.shape[1] == 256 and blocks[1].data.max() < 64  # the small codebook

@@ -1,0 +1,127 @@
+"""The image-text pipeline: pairs -> decoded, resized, center-cropped images -> VQGAN codes in
+fixed batches (BatchElements) -> one-frame vision layouts with their captions -> shards."""
+
+from __future__ import annotations
+
+import io
+import posixpath
+import zlib
+
+import apache_beam as beam
+import fsspec
+import numpy as np
+
+from curation.accounting import Reason, Reject
+from curation.documents import Document
+from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.packing import SegmentRef, StageSegment
+from curation.sources import SourceConfig
+from curation.tokenize import load_tokenizer
+from curation.video import resize_center_crop
+from curation.vision_layout import layout_image
+from pipelines.accounting import KEPT_EVENTS, REJECTS, ShardJob, finish_job
+from pipelines.config import ImagesConfig
+from pipelines.io import ReadInputs
+from pipelines.packing import PackAndWriteShards
+from pipelines.video import VISION_END, VISION_START
+
+UNREADABLE_IMAGE = "unreadable_image"
+
+
+def image_bytes(doc: Document, field: str) -> bytes:
+    value = doc.meta[field]
+    if isinstance(value, bytes):
+        return value
+    path = str(value)
+    if "://" not in path and not path.startswith("/"):
+        path = posixpath.join(posixpath.dirname(doc.source), path)
+    with fsspec.open(path, "rb") as fh:
+        return fh.read()
+
+
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Any PIL-readable image -> uint8 [size, size, 3] (short side resized, center-cropped)."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = np.asarray(img.convert("RGB"))
+    return resize_center_crop(rgb[None], size)[0]
+
+
+class DecodeImages(beam.DoFn):
+    def __init__(self, config: ImagesConfig):
+        self.config = config
+
+    def process(self, doc: Document):
+        try:
+            frame = decode_image(image_bytes(doc, self.config.image_field), self.config.frame_size)
+        except Exception as err:  # missing file, not an image, truncated data, ...
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, UNREADABLE_IMAGE, f"{type(err).__name__}: {err}"))
+            return
+        yield doc, frame
+
+
+class EncodeImages(beam.DoFn):
+    """A batch of (pair, frame) -> VQGAN codes in one fixed-shape call -> a layout per pair and stage."""
+
+    def __init__(self, config: ImagesConfig, stages):
+        self.config = config
+        self.stages = stages
+
+    def setup(self):
+        from curation.vqgan import VQGAN
+
+        c = self.config
+        self.vqgan = VQGAN.load(c.vqgan, batch_size=c.encode_batch)
+        self.tok, info = load_tokenizer(c.tokenizer)
+        self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
+        self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
+        self.start = self.tok.encode(VISION_START, add_special_tokens=False).ids
+        self.end = self.tok.encode(VISION_END, add_special_tokens=False).ids
+
+    def process(self, batch):
+        codes = self.vqgan.encode(np.stack([frame for _, frame in batch]))
+        for (doc, _), frame_codes in zip(batch, codes):
+            yield from self._pair(doc, frame_codes)
+
+    def _pair(self, doc: Document, codes: np.ndarray):
+        c = self.config
+        caption_first = c.caption_position == "before" or (
+            c.caption_position == "auto" and zlib.crc32(doc.uid.encode()) % 2 == 0
+        )
+        caption = self.tok.encode(doc.text, add_special_tokens=False).ids if doc.text.strip() else []
+        tokens, vision, loss = layout_image(codes, caption, self.start, self.end, caption_first=caption_first)
+        tokens = np.concatenate([np.asarray(self.bos, np.int32), tokens, np.asarray(self.eos, np.int32)])
+        vision = np.concatenate([np.zeros(len(self.bos), np.int32), vision, np.zeros(len(self.eos), np.int32)])
+        loss = np.concatenate([np.zeros(len(self.bos), np.float32), loss, np.full(len(self.eos), float(not caption_first), np.float32)])
+        fits = [s for s in self.stages if len(tokens) <= s.length]
+        if not fits:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{len(tokens)} tokens"))
+            return
+        event = {KEPT: 1, TOKENS_IN: len(tokens)}
+        for stage in fits:
+            event[stage_key(stage.name, "documents")] = 1
+            ref = SegmentRef(key=f"{doc.uid}@0", doc_id=doc.id, start=0, length=len(tokens))
+            yield StageSegment(stage.name, ref, doc.uid, tokens, loss_mask=loss, vision_mask=vision)
+        yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)
+
+
+class BuildImageShards(ShardJob):
+    """Image-text pairs -> vision-text shards per stage + rejects + manifest.json."""
+
+    def expand(self, pbegin):
+        c = self.config
+        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, meta_fields=(c.image_field,))
+        read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
+        decoded = read.docs | "Decode" >> beam.ParDo(DecodeImages(c)).with_outputs(REJECTS, main="frames")
+        encoded = (
+            decoded.frames
+            | "Batch" >> beam.BatchElements(min_batch_size=c.encode_batch, max_batch_size=c.encode_batch)
+            | "Encode" >> beam.ParDo(EncodeImages(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
+        )
+        packed = encoded.segments | "PackAndWrite" >> PackAndWriteShards(
+            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
+        )
+        rejects = [read.rejects, decoded.rejects, encoded.rejects]
+        return finish_job(pbegin, "images", c, self.stages, read, rejects, encoded[KEPT_EVENTS], packed)
+
