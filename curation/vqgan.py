@@ -609,3 +609,9 @@ class VQGAN:
         f = self.config.downsample_factor
         tail = (codes.shape[1] * f, codes.shape[2] * f, self.config.out_channels)
         return self._batched(self._decode, codes, tail, np.uint8)
+
+
+def load_vqgan(path: str | os.PathLike, batch_size: int = 8) -> VQGAN:
+    """A diffusers-layout `VQModel` folder (config.json + safetensors; local or hub id) or our own
+    saved VQGAN, ready to `encode(frames) -> codes` and `decode(codes) -> frames`."""
+    return VQGAN.load(path, batch_size=batch_size)

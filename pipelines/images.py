@@ -69,10 +69,10 @@ class EncodeImages(beam.DoFn):
         self.stages = stages
 
     def setup(self):
-        from curation.vqgan import VQGAN
+        from curation.vqgan import load_vqgan
 
         c = self.config
-        self.vqgan = VQGAN.load(c.vqgan, batch_size=c.encode_batch)
+        self.vqgan = load_vqgan(c.vqgan, batch_size=c.encode_batch)
         self.tok, info = load_tokenizer(c.tokenizer)
         self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
         self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []

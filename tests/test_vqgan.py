@@ -198,3 +198,21 @@ def test_amused_256_names_match_diffusers():
         theirs["/".join(path + (name,))] = shape
     ours = {k: tuple(v.shape) for k, v in _flatten(jax.eval_shape(lambda: init_params(config, image_size=256))).items()}
     assert theirs == ours
+
+
+def test_load_vqgan_reads_a_diffusers_folder(tmp_path):
+    """The public entry point: a diffusers VQModel folder -> encode/decode with the issue's shapes."""
+    import numpy as np
+    import torch
+    from diffusers import VQModel
+
+    from curation.vqgan import load_vqgan
+
+    torch.manual_seed(0)
+    cfg = VQGANConfig.tiny()
+    VQModel(**cfg.to_diffusers_config()).save_pretrained(tmp_path / "vq")
+    vq = load_vqgan(tmp_path / "vq", batch_size=2)
+    frames = np.random.default_rng(0).integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    codes = vq.encode(frames)
+    assert codes.shape == (3, 16, 16) and codes.dtype == np.int32
+    assert vq.decode(codes).shape == (3, 32, 32, 3)
