@@ -38,7 +38,7 @@ def shard_schema(length: int, metadata: dict[str, Any], with_vision: bool = Fals
         pa.field("loss_mask", pa.list_(pa.float32(), length)),
     ]
     if with_vision:
-        fields.append(pa.field("vision_mask", pa.list_(pa.int32(), length)))
+        fields.append(pa.field("vision_mask", pa.list_(pa.uint8(), length)))
     fields += [pa.field("doc_ids", pa.list_(pa.string())), pa.field("doc_starts", pa.list_(pa.int64()))]
     meta = {"longctx.schema_version": SCHEMA_VERSION, "longctx.length": str(length)}
     meta.update({f"longctx.{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
@@ -60,7 +60,7 @@ def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
         _fixed(rows.loss_mask, pa.float32()),
     ]
     if rows.vision_mask is not None:
-        columns.append(_fixed(rows.vision_mask.astype(np.int32), pa.int32()))
+        columns.append(_fixed(rows.vision_mask.astype(np.uint8), pa.uint8()))
     columns += [pa.array(rows.doc_ids, pa.list_(pa.string())), pa.array(rows.doc_starts, pa.list_(pa.int64()))]
     batch = pa.record_batch(columns, schema=schema)
     sink = io.BytesIO()

@@ -72,6 +72,7 @@ def test_rows_decode_back_to_the_sampled_frames_codes(video_run):
         path = out / shard["path"]
         ds = datasets.Dataset.from_file(str(path))
         assert "vision_mask" in ds.column_names and len(ds[0]["input_ids"]) == 2048
+        assert str(ds.data.schema.field("vision_mask").type) == "fixed_size_list<item: uint8>[2048]"
         view = read_shard(str(path))
         assert view.metadata["longctx.vision"] and json.loads(view.metadata["longctx.vision"])["eof"] == 8192
         for r in range(view.num_rows):
