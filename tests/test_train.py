@@ -46,8 +46,10 @@ def test_ring_attention_step_equals_dense_step(shards, tmp_path):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-5)
     _, p_dense = ckpt.load_params(dense["final"])
     _, p_ring = ckpt.load_params(ring["final"])
+    # Adam divides by sqrt(v): where a gradient is ~0, fp32 rounding differences between the two
+    # attention orders become visible in the update. Bound them by 1% of one lr-sized step (3e-3).
     for x, y in zip(jax.tree.leaves(p_dense), jax.tree.leaves(p_ring)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=3e-5)
 
 
 def test_resume_is_bitwise_identical(shards, tmp_path):
