@@ -25,30 +25,15 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="Build million-token training data and train on it.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every file read and shard written")
     commands = parser.add_subparsers(dest="command", required=True)
-    books = commands.add_parser(
-        "books",
-        help="clean, tokenize, length-filter and pack books into Arrow shards per context stage",
-        description=(BooksConfig.__doc__ or "") + " " + BEAM_HELP,
-    )
-    add_config_flags(books, BooksConfig)
-    qa = commands.add_parser(
-        "qa",
-        help="synthetic long-context QA: a QA pair per chunk, long chat examples per stage",
-        description=(QAConfig.__doc__ or "") + " " + BEAM_HELP,
-    )
-    add_config_flags(qa, QAConfig)
-    video = commands.add_parser(
-        "video",
-        help="video + text manifests -> VQGAN codes laid out with their text, packed per stage",
-        description=(VideoConfig.__doc__ or "") + " " + BEAM_HELP,
-    )
-    add_config_flags(video, VideoConfig)
-    images = commands.add_parser(
-        "images",
-        help="image-text pairs -> VQGAN codes laid out with their captions, packed per stage",
-        description=(ImagesConfig.__doc__ or "") + " " + BEAM_HELP,
-    )
-    add_config_flags(images, ImagesConfig)
+    data_jobs = [
+        ("books", BooksConfig, "clean, tokenize, length-filter and pack books into Arrow shards per context stage"),
+        ("qa", QAConfig, "synthetic long-context QA: a QA pair per chunk, long chat examples per stage"),
+        ("video", VideoConfig, "video + text manifests -> VQGAN codes laid out with their text, packed per stage"),
+        ("images", ImagesConfig, "image-text pairs -> VQGAN codes laid out with their captions, packed per stage"),
+    ]
+    for name, config, help_text in data_jobs:
+        job = commands.add_parser(name, help=help_text, description=(config.__doc__ or "") + " " + BEAM_HELP)
+        add_config_flags(job, config)
 
     train = commands.add_parser("train", help="train a LLaMA model on one stage's shards", description=TrainConfig.__doc__)
     add_config_flags(train, TrainConfig)

@@ -16,14 +16,13 @@ from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.packing import SegmentRef, StageSegment
 from curation.sources import SourceConfig
-from curation.tokenize import load_tokenizer
 from curation.video import resize_center_crop
 from curation.vision_layout import layout_image
 from pipelines.accounting import KEPT_EVENTS, REJECTS, ShardJob, finish_job
 from pipelines.config import ImagesConfig
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
-from pipelines.video import VISION_END, VISION_START
+from pipelines.video import VisionTextDoFn
 
 UNREADABLE_IMAGE = "unreadable_image"
 
@@ -61,23 +60,8 @@ class DecodeImages(beam.DoFn):
         yield doc, frame
 
 
-class EncodeImages(beam.DoFn):
+class EncodeImages(VisionTextDoFn):
     """A batch of (pair, frame) -> VQGAN codes in one fixed-shape call -> a layout per pair and stage."""
-
-    def __init__(self, config: ImagesConfig, stages):
-        self.config = config
-        self.stages = stages
-
-    def setup(self):
-        from curation.vqgan import load_vqgan
-
-        c = self.config
-        self.vqgan = load_vqgan(c.vqgan, batch_size=c.encode_batch)
-        self.tok, info = load_tokenizer(c.tokenizer)
-        self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
-        self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
-        self.start = self.tok.encode(VISION_START, add_special_tokens=False).ids
-        self.end = self.tok.encode(VISION_END, add_special_tokens=False).ids
 
     def process(self, batch):
         codes = self.vqgan.encode(np.stack([frame for _, frame in batch]))

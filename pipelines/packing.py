@@ -14,8 +14,8 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from curation.packing import PositionMode, StageSegment, pack_segments, packing_group, packing_groups, rows_per_shard, unpack_rows
 from curation.manifest import stage_key
+from curation.packing import PositionMode, StageSegment, pack_segments, packing_group, packing_groups, rows_per_shard, unpack_rows
 from curation.shards import write_shard
 from curation.stages import Stage
 from pipelines.accounting import NAMESPACE

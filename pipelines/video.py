@@ -26,7 +26,6 @@ from curation.tokenize import load_tokenizer
 from curation.video import VideoError, iter_video_frames, sample_indices
 from curation.vision_layout import CODES_PER_FRAME, DEFAULT_VISION_VOCAB, UnifiedVocab, Vocab, layout_video
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
-from pipelines.config import VideoConfig
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
 
@@ -57,11 +56,11 @@ def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:
     return meta
 
 
-class EncodeVideos(beam.DoFn):
-    """A manifest row -> its frames' codes (streamed in fixed batches through the VQGAN) -> one
-    example per stage-sized run of frames, or a reject with the reason."""
+class VisionTextDoFn(beam.DoFn):
+    """Loads, once per worker, what every vision pipeline needs: the VQGAN, the training tokenizer,
+    BOS/EOS, and the vision vocabulary with its `<vision>`/`</vision>` markers."""
 
-    def __init__(self, config: VideoConfig, stages):
+    def __init__(self, config, stages):
         self.config = config
         self.stages = stages
 
@@ -73,12 +72,20 @@ class EncodeVideos(beam.DoFn):
         self.tok, info = load_tokenizer(c.tokenizer)
         self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
         self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
-        self.vocab = vision_vocab(c.vision_layout, info.vocab_size)
+        self.vocab = vision_vocab(getattr(c, "vision_layout", "separate"), info.vocab_size)
         unified = isinstance(self.vocab, UnifiedVocab)
         # Separate layout: <vision>/</vision> are text; unified: one id each, placed by the layout.
         self.start = [] if unified else self.tok.encode(VISION_START, add_special_tokens=False).ids
         self.end = [] if unified else self.tok.encode(VISION_END, add_special_tokens=False).ids
         self.markers = 2 if unified else 0
+
+
+class EncodeVideos(VisionTextDoFn):
+    """A manifest row -> its frames' codes (streamed in fixed batches through the VQGAN) -> one
+    example per stage-sized run of frames, or a reject with the reason."""
+
+    def setup(self):
+        super().setup()
         self.frames = Metrics.counter(NAMESPACE, "video.frames")
 
     def _indices(self, num_frames: int, fps: float) -> np.ndarray:
