@@ -12,18 +12,35 @@ Every (size, mode) runs `run_books` in a fresh child process (`--_child`), becau
 peak RSS only grows. Mode `in_memory` is DirectRunner with 1 worker; `multi_processing` is
 DirectRunner with `--direct_num_workers 2 --direct_running_mode multi_processing`. The child
 samples the RSS (and VmHWM) of its worker subprocesses with psutil (or /proc when psutil is
-missing). It reports wall and CPU seconds, peak RSS of itself (getrusage) and of its workers,
+missing). It reports wall and CPU seconds, peak RSS of itself (VmHWM) and of its workers,
 and the manifest's stages. Stages are LWM-like but scaled to the synthetic lengths, and
 `--pack-group-tokens` is fixed, so a packing group's size does not grow with the corpus.
 
+Packing memory per key group (`--packing-memory-only` runs just this part, in a few minutes):
+DirectRunner's whole-process RSS grows with the corpus because its FnApiRunner buffers every
+GroupByKey's input in one process, so it cannot show the bound that matters on Dataflow, where
+grouped values are streamed per key and a worker holds one group at a time. For each corpus size
+the book pipeline's own `assign_stages` (stage windows) and `AssignGroup` (packing groups) run on
+the corpus's book lengths (+2 for BOS/EOS; tokenizing is skipped, packing memory depends only on
+the token counts), and then, in a fresh child process per group (`--_pack_child`), `PackGroup.process`
+(the packing DoFn, called directly) packs that one group: its values are materialized as a list of
+`StageSegment`s with random int32 tokens (as a decoded GroupByKey value list; a lazily paged
+iterable only lowers the figure), every row it yields is pickled as it would be for the next stage
+and dropped. The child reports its peak RSS (VmHWM) minus its RSS after imports, with the group's
+token count. `--packing-memory-groups K` measures the K largest groups of each (size, stage);
+groups are counted and sized from all of them.
+
     python benchmarks/scaling.py [--sizes 1,4,16] [--base-books 12] [--median-tokens 100000]
                                  [--modes in_memory,multi_processing] [--json results.json]
+    python benchmarks/scaling.py --packing-memory-only --median-tokens 20000 --base-books 72 \
+                                 --pack-group-tokens 524288 [--packing-memory-groups 3]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import zlib
 import gzip
 import json
 import logging
@@ -35,6 +52,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter, defaultdict
 from pathlib import Path
 from statistics import NormalDist
 from typing import Any
@@ -285,7 +303,10 @@ def child_main(job_path: str) -> None:
         # last reading per worker is the fallback if they were not.
         "workers_cpu_s": max(reaped_cpu, seen_cpu),
         "main_baseline_rss_mib": base_kib / 1024,
-        "main_peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        # VmHWM: ru_maxrss of an exec'd child starts at the parent's high-water mark (Linux keeps
+        # the pre-exec mm's peak in the process's rusage), so at small sizes it reads the parent's.
+        "main_peak_rss_mib": _proc_status(os.getpid()).get("VmHWM", 0) / 1024,
+        "main_ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "worker_peak_rss_mib": [kib / 1024 for kib in sorted(workers.values(), reverse=True)],
         "workers_sum_peak_rss_mib": sampler.sum_peak_kib / 1024,
         "reaped_children_maxrss_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
@@ -294,6 +315,194 @@ def child_main(job_path: str) -> None:
         "manifest": manifest,
     }
     Path(job["result"]).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------------------------------------
+# Packing memory per key group
+
+
+def block_lengths(blocks: int, books: int, median: int, sigma: float, tail_factor: float, seed: int) -> list[list[int]]:
+    """The book token lengths `make_blocks` draws (its first draw from each block's generator),
+    without writing the books: the same corpora, for the packing-memory runs that need only lengths."""
+    return [book_lengths(books, median, sigma, tail_factor, np.random.default_rng([seed, block])).tolist()
+            for block in range(blocks)]
+
+
+def packing_group_plan(lengths: list[list[int]], size: int, stages: str, group_tokens: int, files: int) -> dict[str, Any]:
+    """The packing groups of the corpus of the first `size` blocks, as the book pipeline forms them:
+    `assign_stages` cuts each document into stage windows, `AssignGroup` keys each window by
+    (stage, group). Returns the stage token totals and, per group, its segments (key, doc_id, start,
+    length, doc_uid) without tokens."""
+    import apache_beam as beam
+
+    from curation.documents import Document
+    from pipelines.books import assign_stages
+    from pipelines.config import BooksConfig
+    from pipelines.packing import AssignGroup
+
+    config = BooksConfig(stages=[s for s in stages.split(",") if s], pack_group_tokens=group_tokens)
+    resolved = config.resolved_stages()
+    extra = int(config.add_bos) + int(config.add_eos)
+    segments = []
+    for block in range(size):
+        for b, n in enumerate(lengths[block]):
+            path = f"corpus/block-{block:04d}-part-{b % files:03d}.jsonl.gz"  # where make_blocks writes book b
+            # np.zeros is not touched (calloc), and windows are views: the plan costs no token memory.
+            doc = Document(source=path, id=f"synth-{block:04d}-{b:05d}", uid=f"{path}#{b // files}", index=b // files,
+                           tokens=np.zeros(int(n) + extra, np.int32))
+            for out in assign_stages(doc, resolved, config.stage_policy, config.min_tail_tokens):
+                if not isinstance(out, beam.pvalue.TaggedOutput):
+                    segments.append(out)
+    stage_tokens: Counter[str] = Counter()
+    for seg in segments:
+        stage_tokens[seg.stage] += seg.ref.length
+    assign = AssignGroup(config.pack_group_tokens)
+    groups: dict[tuple[str, int], list[list[Any]]] = defaultdict(list)
+    for seg in segments:
+        for (stage, group), _ in assign.process(seg, stage_tokens):
+            r = seg.ref
+            groups[(stage, group)].append([r.key, r.doc_id, r.start, r.length, seg.doc_uid])
+    return {
+        "stages": [vars(s) for s in resolved],
+        "stage_tokens": dict(stage_tokens),
+        "groups": {f"{stage}/{group}": segs for (stage, group), segs in sorted(groups.items())},
+    }
+
+
+def pack_child_main(job_path: str) -> None:
+    """One packing group in a fresh process: the values the runner hands `PackGroup` (decoded into a
+    list), then `PackGroup.process` with every output pickled and dropped, as the SDK harness
+    encodes each output for the next stage. Peak RSS minus the RSS after imports."""
+    job = json.loads(Path(job_path).read_text())
+    import pickle
+
+    import apache_beam as beam
+
+    from curation.packing import SegmentRef, StageSegment
+    from curation.stages import Stage
+    from pipelines.packing import PackGroup
+
+    dofn = PackGroup([Stage(**s) for s in job["stages"]], job["seed"])
+    dofn.setup()
+    stage, group = job["stage"], job["group"]
+    spec = job["segments"]
+    base = _proc_status(os.getpid())
+    start = time.perf_counter()
+    values = []
+    for key, doc_id, begin, length, uid in spec:
+        tokens = np.random.default_rng(zlib.crc32(key.encode())).integers(3, 32000, length, dtype=np.int32)
+        values.append(StageSegment(stage, SegmentRef(key, doc_id, begin, length), uid, tokens))
+    held = _proc_status(os.getpid())
+    rows = out_bytes = 0
+    event: dict[str, int] = {}
+    t_pack = time.perf_counter()
+    for out in dofn.process(((stage, group), values)):
+        if isinstance(out, beam.pvalue.TaggedOutput):
+            event = out.value
+            continue
+        out_bytes += len(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
+        rows += 1
+    pack_s = time.perf_counter() - t_pack
+    # VmHWM, not ru_maxrss: an exec'd child's ru_maxrss starts at its parent's high-water mark
+    # (Linux carries the pre-exec mm's peak into the process's rusage), VmHWM is this image's own.
+    peak_kib = _proc_status(os.getpid()).get("VmHWM", 0)
+    result = {
+        "stage": stage,
+        "group": group,
+        "segments": len(spec),
+        "group_tokens": sum(s[3] for s in spec),
+        "event_group_tokens": next((v for k, v in event.items() if k.startswith("max.")), None),
+        "rows": rows,
+        "rows_pickled_bytes": out_bytes,
+        "baseline_rss_kib": base.get("VmRSS", 0),
+        "baseline_hwm_kib": base.get("VmHWM", 0),
+        "values_rss_kib": held.get("VmRSS", 0),
+        "peak_rss_kib": peak_kib,
+        "ru_maxrss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "build_s": t_pack - start,
+        "pack_s": pack_s,
+    }
+    Path(job["result"]).write_text(json.dumps(result))
+
+
+def run_pack_child(job: dict[str, Any], workdir: Path, timeout: int) -> dict[str, Any]:
+    tag = f"{job['size']}x-{job['stage']}-{job['group']}"
+    job_path = workdir / f"pack-job-{tag}.json"
+    job["result"] = str(workdir / f"pack-result-{tag}.json")
+    job_path.write_text(json.dumps(job))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--_pack_child", str(job_path)],
+                          check=False, capture_output=True, text=True, env=env, timeout=timeout, cwd=str(REPO))
+    if proc.returncode != 0:
+        raise RuntimeError(f"packing child {tag} failed (rc {proc.returncode}):\n{(proc.stdout + proc.stderr)[-3000:]}")
+    return json.loads(Path(job["result"]).read_text())
+
+
+def measure_packing_memory(lengths: list[list[int]], sizes: list[int], stages: str, group_tokens: int, files: int,
+                           per_stage: int, seed: int, workdir: Path, timeout: int) -> list[dict[str, Any]]:
+    """Per corpus size: every group's token count, and the packing peak RSS of the `per_stage`
+    largest groups of each stage (0 = all), each packed in a fresh child process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = []
+    for size in sizes:
+        t0 = time.perf_counter()
+        plan = packing_group_plan(lengths, size, stages, group_tokens, files)
+        by_stage: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for name, segs in plan["groups"].items():
+            stage, group = name.rsplit("/", 1)
+            by_stage[stage].append((sum(s[3] for s in segs), group))
+        measured = []
+        before = loadavg()
+        for stage, groups in by_stage.items():
+            groups.sort(key=lambda g: (-g[0], int(g[1])))
+            for tokens, group in groups[: per_stage or None]:
+                job = {"size": size, "stage": stage, "group": int(group), "seed": seed, "stages": plan["stages"],
+                       "segments": plan["groups"][f"{stage}/{group}"]}
+                r = run_pack_child(job, workdir, timeout)
+                measured.append(r)
+                delta = (r["peak_rss_kib"] - r["baseline_rss_kib"]) * 1024
+                print(f"  {size}x {stage} group {group}: {r['group_tokens']:,} tokens in {r['segments']} segments -> {r['rows']} rows; "
+                      f"peak {r['peak_rss_kib'] / 1024:.0f} MiB - baseline {r['baseline_rss_kib'] / 1024:.0f} MiB = "
+                      f"{delta / 2**20:.1f} MiB ({delta / r['group_tokens']:.1f} B/token)", flush=True)
+        out.append({
+            "size": size,
+            "blocks_tokens": int(sum(sum(lengths[b]) for b in range(size))),
+            "stage_tokens": plan["stage_tokens"],
+            "groups": {stage: sorted((t for t, _ in g), reverse=True) for stage, g in by_stage.items()},
+            "measured": measured,
+            "load_before": before,
+            "load_after": loadavg(),
+            "seconds": time.perf_counter() - t0,
+        })
+    return out
+
+
+def print_packing_memory(pm: list[dict[str, Any]], group_tokens: int, results: list[dict[str, Any]] | None = None) -> None:
+    mib = lambda kib: kib / 1024  # noqa: E731
+    print(f"\nPacking memory per key group (pack_group_tokens {group_tokens:,}): RSS of a fresh child packing one group, "
+          "minus its RSS after imports; 'values' = after materializing the group's segments, 'peak' = VmHWM after PackGroup.process")
+    print("\n| size | stage | stage tokens | packing groups | largest group tokens | measured (largest) groups | values held MiB, max | peak packing RSS MiB, max | largest group: peak bytes / token |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for p in pm:
+        for stage, groups in p["groups"].items():
+            ms = [m for m in p["measured"] if m["stage"] == stage]
+            held = max((mib(m["values_rss_kib"] - m["baseline_rss_kib"]) for m in ms), default=0)
+            peak = max((mib(m["peak_rss_kib"] - m["baseline_rss_kib"]) for m in ms), default=0)
+            top = max(ms, key=lambda m: m["group_tokens"], default=None)
+            per_token = f"{(top['peak_rss_kib'] - top['baseline_rss_kib']) * 1024 / top['group_tokens']:.2f}" if top else "-"
+            print(f"| {p['size']}x | {stage} | {p['stage_tokens'][stage]:,} | {len(groups)} | {groups[0]:,} | {len(ms)} "
+                  f"| {held:.1f} | {peak:.1f} | {per_token} |")
+    main_rss = {r["size"]: r["main_peak_rss_mib"] for r in results or [] if r["mode"] == "in_memory"}
+    print("\n| size | corpus tokens (sampled lengths) | packing groups per stage | largest group tokens | peak packing RSS per group MiB (max) | child RSS after imports MiB | DirectRunner in_memory main peak RSS MiB | load 1/5/15 before -> after |")
+    print("|---|---:|---|---:|---:|---:|---:|---|")
+    for p in pm:
+        per_stage = " / ".join(f"{s} {len(g)}" for s, g in p["groups"].items())
+        largest = max(g[0] for g in p["groups"].values())
+        peak = max(mib(m["peak_rss_kib"] - m["baseline_rss_kib"]) for m in p["measured"])
+        base = max(mib(m["baseline_rss_kib"]) for m in p["measured"])
+        whole = f"{main_rss[p['size']]:.0f}" if p["size"] in main_rss else "-"
+        print(f"| {p['size']}x | {p['blocks_tokens']:,} | {per_stage} | {largest:,} | {peak:.1f} | {base:.0f} | {whole} "
+              f"| {p['load_before']} -> {p['load_after']} |")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,6 +537,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--_child":
         child_main(sys.argv[2])
         return
+    if argv is None and len(sys.argv) == 3 and sys.argv[1] == "--_pack_child":
+        pack_child_main(sys.argv[2])
+        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1,4,16", help="corpus sizes as multiples of the base corpus")
     parser.add_argument("--base-books", type=int, default=12, help="books per block (= the 1x corpus); 12 at the default median is ~2.5M tokens, ~40%% of them in the tail book; with --median-tokens 20000, 72 books is ~2M tokens with a smaller tail share")
@@ -345,14 +557,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", type=Path, help="keep corpora and outputs here (default: a temp dir, removed)")
     parser.add_argument("--json", type=Path, help="write all results here as JSON")
     parser.add_argument("--report", type=Path, help="only print the tables of a saved --json file")
+    parser.add_argument("--packing-memory-only", action="store_true",
+                        help="only measure the packing step's peak RSS per key group (no pipeline runs, no corpus files written)")
+    parser.add_argument("--packing-memory-groups", type=int, default=3,
+                        help="measure the K largest packing groups of each stage and size (0: all), one child process each")
+    parser.add_argument("--no-packing-memory", action="store_true", help="skip the per-group packing memory measurement")
     parser.add_argument("--_child", help=argparse.SUPPRESS)
+    parser.add_argument("--_pack_child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._child:
         child_main(args._child)
         return
+    if args._pack_child:
+        pack_child_main(args._pack_child)
+        return
     if args.report:
         saved = json.loads(args.report.read_text())
-        print_tables(saved["results"], int(saved["args"]["pack_group_tokens"]))
+        if saved.get("results"):
+            print_tables(saved["results"], int(saved["args"]["pack_group_tokens"]))
+        if saved.get("packing_memory"):
+            print_packing_memory(saved["packing_memory"], int(saved["args"]["pack_group_tokens"]), saved.get("results"))
         return
     logging.basicConfig(level=logging.WARNING)
 
@@ -374,6 +598,15 @@ def main(argv: list[str] | None = None) -> None:
         tmp = tempfile.TemporaryDirectory(prefix="scaling-")
         workdir = Path(tmp.name)
     try:
+        if args.packing_memory_only:
+            lengths = block_lengths(max(sizes), args.base_books, args.median_tokens, args.sigma, args.tail_factor, args.seed)
+            pm = measure_packing_memory(lengths, sizes, stages, args.pack_group_tokens, args.files_per_x,
+                                        args.packing_memory_groups, args.seed, workdir / "packing", args.timeout)
+            if args.json:
+                args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "stages": stages,
+                                                 "results": [], "packing_memory": pm}, indent=1))
+            print_packing_memory(pm, args.pack_group_tokens)
+            return
         t0 = time.perf_counter()
         paragraphs, counts = paragraph_pool(args.tokenizer)
         print(f"paragraph pool: {len(paragraphs):,} paragraphs, {int(counts.sum()):,} tokens from {SAMPLE.name} ({time.perf_counter() - t0:.1f}s)")
@@ -413,10 +646,17 @@ def main(argv: list[str] | None = None) -> None:
                       f"CPU {r['self_cpu_s'] + r['workers_cpu_s']:.1f}s; main peak {r['main_peak_rss_mib']:.0f} MiB"
                       + (f", workers peak {', '.join(f'{w:.0f}' for w in workers)} MiB" if workers else "")
                       + f"; load {before} -> {after}", flush=True)
+        pm = []
+        if not args.no_packing_memory:
+            print("packing memory per key group:", flush=True)
+            pm = measure_packing_memory([b["lengths"] for b in blocks], sizes, stages, args.pack_group_tokens, args.files_per_x,
+                                        args.packing_memory_groups, args.seed, workdir / "packing", args.timeout)
         if args.json:
             args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "stages": stages,
-                                             "results": results}, indent=1))
+                                             "results": results, "packing_memory": pm}, indent=1))
         print_tables(results, args.pack_group_tokens)
+        if pm:
+            print_packing_memory(pm, args.pack_group_tokens, results)
     finally:
         if tmp:
             tmp.cleanup()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from enum import Enum
 
@@ -198,32 +199,55 @@ class PackedRow:
         return sum(self.lengths)
 
 
-def pack_segments(segments: list[StageSegment], length: int, seed: int = 0) -> list[PackedRow]:
-    """Pack a group's segments into rows (best-fit-decreasing on their lengths), in the group's
-    deterministic row order."""
-    by_key = {seg.ref.key: seg for seg in segments}
-    if len(by_key) != len(segments):
-        raise ValueError("segment keys must be unique within a packing group")
-    rows = []
-    for planned in plan_rows([seg.ref for seg in segments], length, seed):
-        segs = [by_key[ref.key] for ref in planned]
-        used = sum(ref.length for ref in planned)
-        ids = np.zeros(length, np.int32)
-        ids[:used] = np.concatenate([seg.tokens for seg in segs])
+def iter_packed_rows(segments: Iterable[StageSegment], length: int, seed: int = 0) -> Iterator[PackedRow]:
+    """Pack a group's segments into rows (best-fit-decreasing on their lengths) and yield them one
+    at a time, in the group's deterministic row order.
 
-        def mask(name: str, dtype, default: float):
-            if all(getattr(seg, name) is None for seg in segs):
-                return None
-            out = np.zeros(length, dtype)
-            parts = [getattr(seg, name) if getattr(seg, name) is not None else np.full(len(seg.tokens), default, dtype) for seg in segs]
-            out[:used] = np.concatenate(parts)
-            return out
+    Memory: `segments` (a GroupByKey's values) is read once, into one dict of references; the
+    plan needs only lengths; each row is built when it is yielded, and its segments are dropped
+    from the dict as they land in it. So this holds the group's tokens once, plus one row -
+    never the group's rows all at once next to its segments."""
+    by_key: dict[str, StageSegment] = {}
+    for seg in segments:
+        if seg.ref.key in by_key:
+            raise ValueError("segment keys must be unique within a packing group")
+        by_key[seg.ref.key] = seg
+    plan = plan_rows([seg.ref for seg in by_key.values()], length, seed)
+    for planned in plan:
+        segs = [by_key.pop(ref.key) for ref in planned]
+        yield _packed_row(segs, length)
 
-        rows.append(PackedRow(
-            ids, tuple(ref.length for ref in planned), tuple(ref.doc_id for ref in planned), tuple(ref.start for ref in planned),
-            mask("loss_mask", np.float32, 1.0), mask("vision_mask", np.int32, 0),
-        ))
-    return rows
+
+def _packed_row(segs: list[StageSegment], length: int) -> PackedRow:
+    """One row of `length` tokens from its segments in slot order, zero after the last."""
+    ids = np.zeros(length, np.int32)
+    offset = 0
+    for seg in segs:
+        if len(seg.tokens) != seg.ref.length:
+            raise ValueError(f"segment {seg.ref.key} has {len(seg.tokens)} tokens, its ref says {seg.ref.length}")
+        ids[offset : offset + seg.ref.length] = seg.tokens
+        offset += seg.ref.length
+
+    def mask(name: str, dtype, default: float):
+        if all(getattr(seg, name) is None for seg in segs):
+            return None
+        out = np.zeros(length, dtype)
+        at = 0
+        for seg in segs:
+            value = getattr(seg, name)
+            out[at : at + seg.ref.length] = default if value is None else value
+            at += seg.ref.length
+        return out
+
+    return PackedRow(
+        ids, tuple(seg.ref.length for seg in segs), tuple(seg.ref.doc_id for seg in segs), tuple(seg.ref.start for seg in segs),
+        mask("loss_mask", np.float32, 1.0), mask("vision_mask", np.int32, 0),
+    )
+
+
+def pack_segments(segments: Iterable[StageSegment], length: int, seed: int = 0) -> list[PackedRow]:
+    """All rows of a group at once (`iter_packed_rows`, collected); the pipeline streams them."""
+    return list(iter_packed_rows(segments, length, seed))
 
 
 def unpack_rows(rows: list[PackedRow], length: int, mode: PositionMode = PositionMode.DOCUMENT,

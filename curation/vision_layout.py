@@ -138,6 +138,16 @@ class UnifiedVocab:
 
 Vocab = VisionVocab | UnifiedVocab
 
+# The strings a separate-layout row spells its delimiters with (as text, in the text tokenizer).
+VISION_START, VISION_END = "<vision>", "</vision>"
+
+
+def vision_vocab(layout: str, text_vocab_size: int) -> Vocab:
+    """The vocabulary of a layout mode: "separate" (LWM's own 8448 ids) or "unified" (after T text ids)."""
+    if layout not in ("separate", "unified"):
+        raise ValueError(f"vision layout must be 'separate' or 'unified', got {layout!r}")
+    return UnifiedVocab(text_vocab_size) if layout == "unified" else DEFAULT_VISION_VOCAB
+
 
 class Block(NamedTuple):
     """One piece of a decoded row: `("text", ids int32 [n])` or `("vision", codes int32

@@ -21,6 +21,7 @@ BEAM_COMMANDS = {"books", "qa", "video", "images"}
 
 def _parser() -> argparse.ArgumentParser:
     from training.config import TrainConfig
+    from training.generate_cli import add_generate_parser
 
     parser = argparse.ArgumentParser(prog="longctx", description="Build million-token training data and train on it.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every file read and shard written")
@@ -49,15 +50,17 @@ def _parser() -> argparse.ArgumentParser:
     convert.add_argument("--out", required=True, help="where to write the converted checkpoint")
     convert.add_argument("--dtype", default="float32", help="dtype of the written weights")
 
-    generate = commands.add_parser("generate", help="decode from a params checkpoint")
-    generate.add_argument("--checkpoint", required=True, help="longctx params checkpoint or HF LLaMA folder")
-    prompt = generate.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="prompt text (needs --tokenizer)")
-    prompt.add_argument("--prompt-ids", help="comma-separated prompt token ids")
-    generate.add_argument("--tokenizer", help="tokenizer spec, as for `longctx books`; decodes the output")
-    generate.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate")
-    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    generate.add_argument("--no-bos", action="store_true", help="do not prepend BOS to a text prompt")
+    add_generate_parser(commands)
+
+    from pipelines.inspect_cli import add_inspect_parser
+
+    add_inspect_parser(commands)
+
+    from training.niah_cli import add_niah_arguments
+
+    evaluate = commands.add_parser("eval", help="evaluate a model (needle in a haystack)")
+    evals = evaluate.add_subparsers(dest="eval_command", required=True)
+    add_niah_arguments(evals.add_parser("niah", help="needle in a haystack over context lengths x depths, as in LWM"))
     return parser
 
 
@@ -69,16 +72,6 @@ def _setup_logging(verbose: bool) -> None:
     )
     logging.getLogger("longctx").setLevel(logging.INFO)
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
-
-
-def _load_any_params(path: str):
-    from training import checkpoint as ckpt
-
-    if ckpt.is_params_checkpoint(path):
-        return ckpt.load_params(path)
-    from training.hf import load_hf_llama
-
-    return load_hf_llama(path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,23 +132,20 @@ def main(argv: list[str] | None = None) -> int:
             path = export_hf_llama(config, params, args.out, args.dtype)
         console.print(f"wrote {path}")
     elif args.command == "generate":
-        from curation.tokenize import load_tokenizer
-        from training.generate import generate
+        from training.generate_cli import run_generate
 
-        config, params = _load_any_params(args.checkpoint)
-        tok = info = None
-        if args.tokenizer:
-            tok, info = load_tokenizer(args.tokenizer)
-        if args.prompt is not None:
-            if tok is None:
-                parser.error("--prompt needs --tokenizer (or give --prompt-ids)")
-            ids = ([] if args.no_bos or info.bos_id is None else [info.bos_id]) + tok.encode(args.prompt, add_special_tokens=False).ids
-        else:
-            ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
-        new = generate(config, params, ids, args.max_new_tokens, args.temperature, eos_id=info.eos_id if info else None)
-        console.print(f"new token ids: {','.join(map(str, new))}")
-        if tok is not None:
-            console.print(tok.decode(new))
+        return run_generate(args, console, parser)
+    elif args.command == "inspect":
+        from pipelines.inspect_cli import run_inspect
+
+        return run_inspect(args, console)
+    elif args.command == "eval":
+        from training.niah_cli import run_niah
+
+        try:
+            return run_niah(args, console)
+        except (ValueError, FileNotFoundError) as err:
+            parser.error(str(err))
     return 0
 
 

@@ -3,7 +3,6 @@ fixed batches (BatchElements) -> one-frame vision layouts with their captions ->
 
 from __future__ import annotations
 
-import io
 import posixpath
 import zlib
 
@@ -16,7 +15,7 @@ from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.packing import SegmentRef, StageSegment
 from curation.sources import SourceConfig
-from curation.video import resize_center_crop
+from curation.vision_encode import decode_image
 from curation.vision_layout import layout_image
 from pipelines.accounting import KEPT_EVENTS, REJECTS, ShardJob, finish_job
 from pipelines.config import ImagesConfig
@@ -36,15 +35,6 @@ def image_bytes(doc: Document, field: str) -> bytes:
         path = posixpath.join(posixpath.dirname(doc.source), path)
     with fsspec.open(path, "rb") as fh:
         return fh.read()
-
-
-def decode_image(data: bytes, size: int) -> np.ndarray:
-    """Any PIL-readable image -> uint8 [size, size, 3] (short side resized, center-cropped)."""
-    from PIL import Image
-
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = np.asarray(img.convert("RGB"))
-    return resize_center_crop(rgb[None], size)[0]
 
 
 class DecodeImages(beam.DoFn):

@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from curation.manifest import stage_key
-from curation.packing import PositionMode, StageSegment, pack_segments, packing_group, packing_groups, rows_per_shard, unpack_rows
+from curation.packing import PositionMode, StageSegment, iter_packed_rows, packing_group, packing_groups, rows_per_shard, unpack_rows
 from curation.shards import write_shard
 from curation.stages import Stage
 from pipelines.accounting import NAMESPACE
@@ -34,7 +34,11 @@ class AssignGroup(beam.DoFn):
 
 
 class PackGroup(beam.DoFn):
-    """One packing group -> its rows, numbered within the group."""
+    """One packing group -> its rows, numbered within the group.
+
+    The group's values are read once and each row is yielded as soon as it is built, so a worker
+    holds one group's tokens once (plus one row), whatever the size of the corpus or the number
+    of groups (measured per group: `benchmarks/scaling.py --packing-memory-only`)."""
 
     def __init__(self, stages: list[Stage], seed: int):
         self.lengths = {s.name: s.length for s in stages}
@@ -42,16 +46,16 @@ class PackGroup(beam.DoFn):
 
     def process(self, keyed):
         (stage, group), segments = keyed
-        segments = list(segments)
-        rows = pack_segments(segments, self.lengths[stage], self.seed)
-        Metrics.counter(NAMESPACE, f"stage.{stage}.rows").inc(len(rows))
+        rows = group_tokens = 0
+        for index, row in enumerate(iter_packed_rows(segments, self.lengths[stage], self.seed)):
+            rows += 1
+            group_tokens += row.num_tokens
+            yield (stage, group, index), row
+        Metrics.counter(NAMESPACE, f"stage.{stage}.rows").inc(rows)
         # What one worker held for this group: the evidence that packing memory is bounded.
-        group_tokens = sum(len(s.tokens) for s in segments)
         yield beam.pvalue.TaggedOutput(
             GROUP_EVENTS, {stage_key(stage, "packing_groups"): 1, f"max.{stage_key(stage, 'group_tokens')}": group_tokens}
         )
-        for index, row in enumerate(rows):
-            yield (stage, group, index), row
 
 
 class RouteToShard(beam.DoFn):

@@ -23,13 +23,13 @@ from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.packing import SegmentRef, StageSegment
 from curation.sources import SourceConfig
 from curation.tokenize import load_tokenizer
-from curation.video import VideoError, iter_video_frames, sample_indices
-from curation.vision_layout import CODES_PER_FRAME, DEFAULT_VISION_VOCAB, UnifiedVocab, Vocab, layout_video
+from curation.video import VideoError
+from curation.vision_encode import video_codes
+from curation.vision_layout import CODES_PER_FRAME, VISION_END, VISION_START, UnifiedVocab, layout_video, vision_vocab
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
 
-VISION_START, VISION_END = "<vision>", "</vision>"
 
 
 def video_url(doc: Document, field: str) -> str:
@@ -38,10 +38,6 @@ def video_url(doc: Document, field: str) -> str:
     if "://" in path or path.startswith("/"):
         return path
     return posixpath.join(posixpath.dirname(doc.source), path)
-
-
-def vision_vocab(layout: str, text_vocab_size: int) -> Vocab:
-    return UnifiedVocab(text_vocab_size) if layout == "unified" else DEFAULT_VISION_VOCAB
 
 
 def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:
@@ -88,18 +84,11 @@ class EncodeVideos(VisionTextDoFn):
         super().setup()
         self.frames = Metrics.counter(NAMESPACE, "video.frames")
 
-    def _indices(self, num_frames: int, fps: float) -> np.ndarray:
-        c = self.config
-        if c.frame_count is not None:
-            return sample_indices(num_frames, fps, count=c.frame_count, max_frames=c.max_frames)
-        return sample_indices(num_frames, fps, target_fps=c.fps, max_frames=c.max_frames)
-
     def process(self, doc: Document):
         c = self.config
         url = video_url(doc, c.video_field)
         try:
-            codes = [frame for batch in iter_video_frames(url, self._indices, c.encode_batch, c.frame_size)
-                     for frame in self.vqgan.encode(batch)]
+            codes = video_codes(url, self.vqgan, c.fps, c.frame_count, c.max_frames, c.frame_size, c.encode_batch)
         except VideoError as err:
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason, f"{url}: {err.detail}"))
             return

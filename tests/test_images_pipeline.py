@@ -15,7 +15,7 @@ from curation.shards import read_shard
 from curation.tokenize import load_tokenizer
 from curation.vqgan import VQGAN, VQGANConfig, init_params, save_params
 from pipelines.config import ImagesConfig
-from pipelines.images import decode_image
+from curation.vision_encode import decode_image
 from pipelines.launch import run_images
 from tests.conftest import DEMO_TOKENIZER
 

@@ -127,7 +127,7 @@ def test_chunked_loss_equals_full_logits_loss():
 
     def full(hidden, kernel):
         logits = hidden @ kernel
-        targets, weight = next_token_targets(batch)
+        targets, weight, _ = next_token_targets(batch)
         nll = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, targets[..., None], -1)[..., 0]
         return (nll * weight).sum() / weight.sum()
 

@@ -63,3 +63,12 @@ def load_params(path: str | Path, shardings: Any = None) -> tuple[ModelConfig, A
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(path / "params", abstract)
     return config, params
+
+
+def load_any_params(path: str) -> tuple[ModelConfig, Any]:
+    """(ModelConfig, params) of a longctx params checkpoint or a Hugging Face LLaMA folder / hub id."""
+    if is_params_checkpoint(path):
+        return load_params(path)
+    from training.hf import load_hf_llama
+
+    return load_hf_llama(path)

@@ -18,6 +18,13 @@ class TrainConfig(BaseModel):
     data: str = Field("", description="stage folder of shards, e.g. out/books/4k (local or fsspec URL), or a mixture out/books/32k@0.8,out/qa/32k@0.2")
     out: str = Field("", description="run folder: checkpoints/, metrics.jsonl, config.yaml")
     init_from: str | None = Field(None, description="params to start from: a run's checkpoints/final or a Hugging Face LLaMA folder")
+    vision_layout: Literal["separate", "unified"] | None = Field(
+        None, description="vision vocabulary: separate (own 8448-id table + head, LWM) or unified (8196 ids after the text ones); "
+        "None keeps init_from's (text-only for a fresh model). A text checkpoint grows the new tables")
+    vision_init: Literal["normal", "text_mean"] = Field(
+        "normal", description="new vision rows of a text checkpoint: normal(0, initializer_range) or the mean text row plus that noise")
+    text_loss_weight: float | None = Field(None, description="loss = text_w x text CE + vision_w x vision CE, each averaged over its own positions; None: 0.5 with vision (LWM), 1.0 text-only")
+    vision_loss_weight: float | None = Field(None, description="see text_loss_weight; None: 0.5 with a vision vocabulary")
     seq_len: int = Field(4096, description="sequence length; must equal the shards' stage length")
     global_batch: int = Field(8, description="rows per optimiser step (across all hosts), before accumulation")
     grad_accum: int = Field(1, description="micro-batches accumulated per optimiser step")

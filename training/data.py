@@ -15,8 +15,9 @@ import jax
 import numpy as np
 
 from curation.shards import Shard, join_url, read_shard
+from training.vision import vision_problems
 
-BATCH_COLUMNS = ("input_ids", "segment_ids", "positions", "loss_mask")
+BATCH_COLUMNS = ("input_ids", "segment_ids", "positions", "loss_mask", "vision_mask")
 
 
 class DataMismatchError(ValueError):
@@ -69,17 +70,27 @@ class StageData:
         return self.shards[0].metadata
 
     def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Gather rows by global index (copies only the rows asked for)."""
+        """Gather rows by global index (copies only the rows asked for). Text shards have no
+        vision_mask column: their rows get zeros, so text and vision stages mix in one batch."""
         which = np.searchsorted(self.offsets, indices, side="right") - 1
         out = {}
         for name in BATCH_COLUMNS:
-            out[name] = np.stack([self.shards[s].arrays[name][i - self.offsets[s]] for s, i in zip(which, indices)])
+            out[name] = np.stack([self._column(self.shards[s], name)[i - self.offsets[s]] for s, i in zip(which, indices)])
         return out
 
-    def check_compatible(self, seq_len: int, vocab_size: int, tokenizer_sha256: str | None = None) -> None:
-        """Refuse shards that do not fit the model, naming what differs."""
+    @staticmethod
+    def _column(shard: Shard, name: str) -> np.ndarray:
+        if name == "vision_mask" and name not in shard.arrays:
+            return np.broadcast_to(np.zeros((), np.uint8), shard.arrays["input_ids"].shape)
+        return shard.arrays[name]
+
+    def check_compatible(self, seq_len: int, vocab_size: int, tokenizer_sha256: str | None = None,
+                         vision: dict | None = None) -> None:
+        """Refuse shards that do not fit the model, naming what differs. `vision` is the vision
+        layout the model reads (`training.vision.expected_vision_metadata`; None: text only)."""
         problems = []
         for shard in self.shards:
+            problems += vision_problems(shard.metadata, vision)
             if shard.length != seq_len:
                 problems.append(f"stage length {shard.length} != model sequence length {seq_len}")
             tok = json.loads(shard.metadata.get("longctx.tokenizer", "{}"))
@@ -215,13 +226,17 @@ class MixtureIterator:
         self.taken, self.cursors = int(state["taken"]), [list(c) for c in state["cursors"]]
 
 
-def open_batches(spec: str, global_batch: int, seed: int, seq_len: int, vocab_size: int, tokenizer_sha256: str | None):
+def open_batches(spec: str, global_batch: int, seed: int, seq_len: int, vocab_size: int, tokenizer_sha256: str | None,
+                 vision: dict | None = None):
     """The training batches of a data spec (one stage folder, or a weighted mixture), checked
-    against the model first."""
+    against the model first (every source: a mixture never pairs shards the model cannot read)."""
     mix = parse_data_mix(spec)
     sources = [(StageData.open(path), weight) for path, weight in mix]
-    for data, _ in sources:
-        data.check_compatible(seq_len, vocab_size, tokenizer_sha256)
+    for (data, _), (path, _) in zip(sources, mix):
+        try:
+            data.check_compatible(seq_len, vocab_size, tokenizer_sha256, vision)
+        except DataMismatchError as err:
+            raise DataMismatchError(f"{path}: {err}") from None
     if len(sources) == 1:
         return sources[0][0], BatchIterator(sources[0][0], global_batch, seed=seed)
     return sources[0][0], MixtureIterator(sources, global_batch, seed=seed)

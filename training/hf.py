@@ -180,8 +180,12 @@ def export_hf_llama(config: ModelConfig, params: Any, out_dir: str | Path, dtype
                     extra_config: Mapping[str, Any] | None = None) -> Path:
     """Write config.json + model.safetensors loadable by transformers' AutoModelForCausalLM.
 
-    Single host: params are gathered to host memory (jax.device_get) one tensor at a time.
+    Single host: params are gathered to host memory (jax.device_get) one tensor at a time. A
+    unified vision vocabulary exports as a larger vocabulary; a separate one has no HF counterpart.
     """
+    if config.has_vision_head:
+        raise ValueError("a separate vision embedding/head has no place in LlamaForCausalLM; "
+                         "train with vision_layout=unified to export a vision-language model")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     np_dtype = jnp.dtype(dtype)

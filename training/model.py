@@ -7,6 +7,11 @@ Two things differ from a plain language model because of long-context training:
 - positions are explicit ([batch, seq] int32) so packed rows can restart positions per document;
 - attention is pluggable: `attention_fn(q, k, v, segment_ids)` (the trainer passes Blockwise
   RingAttention); the default `dense_attention` is causal and never attends across segments.
+
+Vision-language models (LWM) read rows whose `vision_mask` marks VQGAN codes (see
+`curation/vision_layout.py`). With `vision_layout="separate"` the model has a second embedding
+table and output head of `vision_vocab_size` ids, chosen per position by `vision_mask`; with
+`"unified"` the vision ids are simply the last `vision_vocab_size` ids of one larger vocabulary.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ import numpy as np
 from flax.core import FrozenDict
 from jax.sharding import PartitionSpec as P
 
+from training.ring_attention import attention_reference
+
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, "jax.Array | None"], jax.Array]
 
 REMAT_POLICIES = {
@@ -32,6 +39,7 @@ REMAT_POLICIES = {
     "dots_saveable": jax.checkpoint_policies.dots_saveable,  # keep matmul outputs, recompute the rest
 }
 ROPE_TYPES = ("linear", "llama3")
+VISION_LAYOUTS = ("none", "separate", "unified")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +98,10 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     logits_fp32: bool = True
     remat: str = "none"  # "none" | "full" | "dots_saveable"
+    # "none": text only. "separate": own vision embedding + head of vision_vocab_size ids (LWM's 8448).
+    # "unified": the last vision_vocab_size ids of vocab_size are vision (8196 after the text ids).
+    vision_layout: str = "none"
+    vision_vocab_size: int = 0
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
@@ -105,6 +117,16 @@ class ModelConfig:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
+        if self.vision_layout not in VISION_LAYOUTS:
+            raise ValueError(f"vision_layout must be one of {VISION_LAYOUTS}, got {self.vision_layout!r}")
+        if (self.vision_layout == "none") != (self.vision_vocab_size == 0):
+            raise ValueError(f"vision_layout {self.vision_layout!r} with vision_vocab_size {self.vision_vocab_size}")
+        if self.vision_layout == "unified" and self.vision_vocab_size >= self.vocab_size:
+            raise ValueError(f"unified vocabulary {self.vocab_size} must hold more than its {self.vision_vocab_size} vision ids")
+
+    @property
+    def has_vision_head(self) -> bool:
+        return self.vision_layout == "separate"
 
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -228,8 +250,34 @@ class Attention(nn.Module):
         v = _dense(c, c.num_kv_heads * c.head_dim, "v_proj")(x).reshape(b, s, c.num_kv_heads, c.head_dim)
         inv_freq = rope_inv_freq(c)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
-        out = (self.attention_fn or dense_attention)(q, k, v, segment_ids)
+        if self.is_mutable_collection("cache") and not self.is_initializing():
+            out = self._cached_attention(q, k, v, positions, segment_ids)
+        else:
+            out = (self.attention_fn or dense_attention)(q, k, v, segment_ids)
         return _dense(c, c.hidden_size, "o_proj")(out.reshape(b, s, c.num_heads * c.head_dim))
+
+    def _cached_attention(self, q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array,
+                          segment_ids: jax.Array | None) -> jax.Array:
+        """The KV cache of generation (training/generate.py), in the mutable "cache" collection.
+
+        One slot per position: generation decodes one document whose positions count from 0. The
+        first call (the prefill, over the whole buffer: prompt plus room for new tokens) stores its
+        keys/values and attends as training does, so a long prompt goes through ring attention.
+        Each later call writes its keys/values at its positions and attends to every slot up to its
+        own position; slots past it (the prefill's padding) stay invisible until overwritten.
+        """
+        if not self.has_variable("cache", "k"):
+            self.put_variable("cache", "k", k)
+            self.put_variable("cache", "v", v)
+            return (self.attention_fn or dense_attention)(q, k, v, segment_ids)
+        start = (0, positions[0, 0], 0, 0)  # every batch row decodes at the same positions
+        k_all = jax.lax.dynamic_update_slice(self.get_variable("cache", "k"), k, start)
+        v_all = jax.lax.dynamic_update_slice(self.get_variable("cache", "v"), v, start)
+        self.put_variable("cache", "k", k_all)
+        self.put_variable("cache", "v", v_all)
+        slots = jnp.arange(k_all.shape[1], dtype=jnp.int32)
+        out = attention_reference(q, k_all, v_all, q_positions=positions[0], kv_positions=slots)
+        return out.astype(v.dtype)
 
 
 class MLP(nn.Module):
@@ -260,10 +308,14 @@ class LlamaModel(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None, *,
-                 attention_fn: AttentionFn | None = None, deterministic: bool = True,
-                 return_hidden: bool = False) -> jax.Array:
-        """input_ids, positions, segment_ids: [batch, seq] int32 -> logits [batch, seq, vocab].
+    def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None,
+                 vision_mask: jax.Array | None = None, *, attention_fn: AttentionFn | None = None,
+                 deterministic: bool = True, return_hidden: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """input_ids, positions, segment_ids, vision_mask: [batch, seq] int -> logits [batch, seq, vocab].
+
+        With a separate vision vocabulary, `vision_mask` picks the embedding table per position and
+        the result is `(text_logits, vision_logits)`: both heads at every position (the caller
+        knows which modality comes next).
 
         With `return_hidden`, the final normed hidden states [batch, seq, hidden] instead: the trainer
         then applies the output layer a chunk at a time (`output_kernel`), so [seq, vocab] logits of
@@ -272,9 +324,18 @@ class LlamaModel(nn.Module):
         """
         del deterministic
         c = self.config
-        embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
-                         embedding_init=nn.initializers.normal(c.initializer_range), name="embed_tokens")
-        x = embed(input_ids)
+        embedding = lambda n, name: nn.Embed(  # noqa: E731
+            n, c.hidden_size, dtype=c.dtype, param_dtype=c.param_dtype,
+            embedding_init=nn.initializers.normal(c.initializer_range), name=name)
+        embed = embedding(c.vocab_size, "embed_tokens")
+        if c.has_vision_head:
+            is_vision = jnp.zeros(input_ids.shape, bool) if vision_mask is None else vision_mask > 0
+            # Each table only ever sees ids of its own vocabulary (0 stands in at the other positions).
+            text_x = embed(jnp.where(is_vision, 0, input_ids))
+            vision_x = embedding(c.vision_vocab_size, "vision_embed")(jnp.where(is_vision, input_ids, 0))
+            x = jnp.where(is_vision[..., None], vision_x, text_x)
+        else:
+            x = embed(input_ids)
         # attention_fn is a module attribute, not a call argument, so nn.remat needs no static_argnums.
         layer_cls = DecoderLayer
         if c.remat != "none":
@@ -286,13 +347,17 @@ class LlamaModel(nn.Module):
             return x
 
         out_type = jnp.float32 if c.logits_fp32 else jnp.dtype(c.dtype)
-        if c.tie_embeddings:
-            return jnp.einsum("bsh,vh->bsv", x, embed.embedding.astype(c.dtype), preferred_element_type=out_type)
         # bf16 inputs with fp32 accumulation/output: a stable loss without an fp32 copy of the head.
         dot = functools.partial(jax.lax.dot_general, preferred_element_type=out_type)
-        head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype, dot_general=dot,
-                        kernel_init=nn.initializers.normal(c.initializer_range), name="lm_head")
-        return head(x)
+        head = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, param_dtype=c.param_dtype, dot_general=dot,  # noqa: E731
+                                        kernel_init=nn.initializers.normal(c.initializer_range), name=name)
+        if c.tie_embeddings:
+            logits = jnp.einsum("bsh,vh->bsv", x, embed.embedding.astype(c.dtype), preferred_element_type=out_type)
+        else:
+            logits = head(c.vocab_size, "lm_head")(x)
+        if c.has_vision_head:
+            return logits, head(c.vision_vocab_size, "vision_head")(x)
+        return logits
 
 
 # ----------------------------------------------------------------------------------------------
@@ -305,6 +370,11 @@ def output_kernel(config: ModelConfig, params: Any) -> jax.Array:
     if config.tie_embeddings:
         return params["embed_tokens"]["embedding"].T
     return params["lm_head"]["kernel"]
+
+
+def vision_output_kernel(config: ModelConfig, params: Any) -> jax.Array | None:
+    """The vision head [hidden, vision_vocab] of a separate-vocabulary model, else None."""
+    return params["vision_head"]["kernel"] if config.has_vision_head else None
 
 
 def init_params(config: ModelConfig, rng: jax.Array, out_shardings: Any = None) -> dict[str, Any]:
@@ -333,7 +403,8 @@ def flops_per_token(config: ModelConfig, seq_len: int, causal: bool = True) -> f
     c = config
     attn = c.hidden_size * c.head_dim * (2 * c.num_heads + 2 * c.num_kv_heads)
     mlp = 3 * c.hidden_size * c.intermediate_size
-    n = c.num_layers * (attn + mlp) + c.hidden_size * c.vocab_size
+    # Both output heads run at every position (the modality of the next token picks the loss).
+    n = c.num_layers * (attn + mlp) + c.hidden_size * (c.vocab_size + (c.vision_vocab_size if c.has_vision_head else 0))
     attention = 12 * c.num_layers * c.num_heads * c.head_dim * seq_len
     return 6.0 * n + (attention / 2 if causal else attention)
 
@@ -342,6 +413,8 @@ def flops_per_token(config: ModelConfig, seq_len: int, causal: bool = True) -> f
 _LOGICAL_AXES = {
     ("embed_tokens", "embedding"): ("vocab", "embed"),
     ("lm_head", "kernel"): ("embed", "vocab"),
+    ("vision_embed", "embedding"): ("vocab", "embed"),
+    ("vision_head", "kernel"): ("embed", "vocab"),
     ("q_proj", "kernel"): ("embed", "heads"),  # column-parallel
     ("k_proj", "kernel"): ("embed", "heads"),
     ("v_proj", "kernel"): ("embed", "heads"),

@@ -28,8 +28,10 @@ from training.model import (
     init_params,
     output_kernel,
     param_partition_specs,
+    vision_output_kernel,
 )
 from training.ring_attention import ring_attention_sharded
+from training.vision import expected_vision_metadata, grow_vision_params, with_vision
 
 log = logging.getLogger("longctx")
 
@@ -47,7 +49,13 @@ def model_config_for(config: TrainConfig, base: ModelConfig | None = None) -> Mo
     if config.rope_theta is not None:
         changes["rope_theta"] = config.rope_theta
     changes["max_position_embeddings"] = max(config.seq_len, changes.get("max_position_embeddings", 0))
-    return model.with_(**changes)
+    model = model.with_(**changes)
+    if config.vision_layout is not None:
+        try:
+            model = with_vision(model, config.vision_layout)
+        except ValueError as err:
+            raise ConfigMismatch(str(err)) from None
+    return model
 
 
 def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh) -> None:
@@ -87,23 +95,30 @@ def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     )
 
 
-def next_token_targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-    """(targets, weights): predict token t+1 at t, only inside one packed document and where the
-    target's loss_mask is on."""
+def next_token_targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(targets, weights, is_vision): predict token t+1 at t, only inside one packed document and
+    where the target's loss_mask is on; is_vision says the target is a vision token (its vision_mask)."""
     ids, seg = batch["input_ids"], batch["segment_ids"]
     same_doc = (jnp.roll(seg, -1, axis=1) == seg) & (seg > 0)
     weight = jnp.roll(batch["loss_mask"], -1, axis=1) * same_doc
-    return jnp.roll(ids, -1, axis=1), weight.at[:, -1].set(0.0)
+    vision = batch.get("vision_mask")
+    is_vision = jnp.zeros(ids.shape, bool) if vision is None else jnp.roll(vision, -1, axis=1) > 0
+    return jnp.roll(ids, -1, axis=1), weight.at[:, -1].set(0.0), is_vision
 
 
-def next_token_loss(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.Array], chunk: int, sp: int = 1) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy over the scored positions, and their count.
+def next_token_nll(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.Array], chunk: int, sp: int = 1,
+                   vision_kernel: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Summed weighted cross-entropy and summed weights, per modality of the predicted token:
+    two arrays [2] = (text, vision).
 
-    The output layer runs `chunk` positions (per sequence shard) at a time under `jax.checkpoint`,
-    so only one chunk's fp32 logits exist in the forward or backward pass: at 1M tokens, full
-    logits would be 128 GiB. The sequence is split as [sp, local] so each step stays on its shard.
+    A vision target is scored by `vision_kernel` (the separate vision head) and a text target by
+    `kernel`; with a unified vocabulary (no vision_kernel) one head scores both and vision_mask only
+    splits the sums. The output layer runs `chunk` positions (per sequence shard) at a time under
+    `jax.checkpoint`, so only one chunk's fp32 logits exist in the forward or backward pass: at 1M
+    tokens, full logits would be 128 GiB. The sequence is split as [sp, local] so each step stays
+    on its shard.
     """
-    targets, weight = next_token_targets(batch)
+    targets, weight, is_vision = next_token_targets(batch)
     b, t, h = hidden.shape
     local = t // sp
     chunk = min(chunk, local)
@@ -112,14 +127,53 @@ def next_token_loss(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.A
     def split(x):  # [b, t, ...] -> [n, b, sp, chunk, ...]
         return jnp.moveaxis(x.reshape(b, sp, n, chunk, *x.shape[2:]), 2, 0)
 
-    @jax.checkpoint
-    def chunk_nll(h_c, t_c):
-        logits = jnp.einsum("bsch,hv->bscv", h_c, kernel.astype(h_c.dtype), preferred_element_type=jnp.float32)
+    def nll(h_c, head, t_c):
+        logits = jnp.einsum("bsch,hv->bscv", h_c, head.astype(h_c.dtype), preferred_element_type=jnp.float32)
         return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
 
-    nll = jax.lax.map(lambda xs: chunk_nll(*xs), (split(hidden), split(targets)))
-    count = weight.sum()
-    return (nll * split(weight)).sum() / jnp.maximum(count, 1.0), count
+    def head_nll(head, h_c, t_c, needed):
+        # A chunk with no scored target of this head's modality (most chunks of a video row for the
+        # 32K-wide text head) skips its matmul: lax.map runs chunks one by one, so cond really branches.
+        return jax.lax.cond(needed, lambda: nll(h_c, head, t_c), lambda: jnp.zeros(t_c.shape, jnp.float32))
+
+    @jax.checkpoint
+    def chunk_nll(h_c, t_c, v_c, w_c):
+        if vision_kernel is None:
+            return nll(h_c, kernel, t_c)
+        # Each head only sees ids of its own vocabulary; the other positions' values are discarded.
+        scored = w_c > 0
+        text = head_nll(kernel, h_c, jnp.where(v_c, 0, t_c), jnp.any(scored & ~v_c))
+        vision = head_nll(vision_kernel, h_c, jnp.where(v_c, t_c, 0), jnp.any(scored & v_c))
+        return jnp.where(v_c, vision, text)
+
+    w, v = split(weight), split(is_vision)
+    per_token = jax.lax.map(lambda xs: chunk_nll(*xs), (split(hidden), split(targets), v, w))
+    sums = jnp.stack([(per_token * w * ~v).sum(), (per_token * w * v).sum()])
+    counts = jnp.stack([(w * ~v).sum(), (w * v).sum()])
+    return sums, counts
+
+
+def next_token_loss(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.Array], chunk: int, sp: int = 1) -> tuple[jax.Array, jax.Array]:
+    """Mean cross-entropy over all scored positions of a text model, and their count."""
+    sums, counts = next_token_nll(hidden, kernel, batch, chunk, sp)
+    return sums.sum() / jnp.maximum(counts.sum(), 1.0), counts.sum()
+
+
+def combine_losses(sums: jax.Array, counts: jax.Array, weights: tuple[float, float] | None) -> dict[str, jax.Array]:
+    """The training loss from per-modality sums: a text model's mean over every scored position
+    (weights None), or `w_text * text + w_vision * vision` with each term averaged over its own
+    positions (LWM: 0.5 / 0.5; a term without positions in the batch contributes 0)."""
+    means = sums / jnp.maximum(counts, 1.0)
+    loss = sums.sum() / jnp.maximum(counts.sum(), 1.0) if weights is None else weights[0] * means[0] + weights[1] * means[1]
+    return {"loss": loss, "text_loss": means[0], "vision_loss": means[1], "scored_tokens": counts.sum(), "vision_tokens": counts[1]}
+
+
+def loss_weights(config: TrainConfig, model: ModelConfig) -> tuple[float, float] | None:
+    if model.vision_layout == "none":
+        return None
+    text = 0.5 if config.text_loss_weight is None else config.text_loss_weight
+    vision = 0.5 if config.vision_loss_weight is None else config.vision_loss_weight
+    return (text, vision)
 
 
 def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh):
@@ -132,23 +186,31 @@ def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh):
     )
 
 
-def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int, loss_chunk: int = 1024, sp: int = 1):
+def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int, loss_chunk: int = 1024, sp: int = 1,
+                    weights: tuple[float, float] | None = None):
+    """One optimiser step over `accum` micro-batches. `weights`: (text, vision) loss weights of a
+    vision-language model (see combine_losses); None for a text model."""
+
     def loss_fn(params, micro):
         hidden = model.apply({"params": params}, micro["input_ids"], micro["positions"], micro["segment_ids"],
-                             attention_fn=attention_fn, return_hidden=True)
-        return next_token_loss(hidden, output_kernel(model.config, params), micro, loss_chunk, sp)
+                             micro.get("vision_mask"), attention_fn=attention_fn, return_hidden=True)
+        sums, counts = next_token_nll(hidden, output_kernel(model.config, params), micro, loss_chunk, sp,
+                                      vision_output_kernel(model.config, params))
+        parts = combine_losses(sums, counts, weights)
+        return parts["loss"], parts
 
     def step(state, batch):
         def micro_step(grads, micro):
-            (loss, count), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], micro)
-            return jax.tree.map(jnp.add, grads, g), (loss, count)
+            (_, parts), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], micro)
+            return jax.tree.map(jnp.add, grads, g), parts
 
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        grads, (losses, counts) = jax.lax.scan(micro_step, zeros, batch)
+        grads, parts = jax.lax.scan(micro_step, zeros, batch)
         grads = jax.tree.map(lambda g: g / accum, grads)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {"loss": losses.mean(), "scored_tokens": counts.sum(), "grad_norm": optax.tree.norm(grads)}
+        metrics = {k: v.sum() if k.endswith("tokens") else v.mean() for k, v in parts.items()}
+        metrics["grad_norm"] = optax.tree.norm(grads)
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return step
@@ -167,22 +229,25 @@ def _memory_bytes() -> int:
 
 
 def _initial_params(config: TrainConfig, mesh, abstract_model: ModelConfig):
-    """(ModelConfig, params) from init_from (our params checkpoint or a HF LLaMA folder) or random."""
-    if config.init_from and ckpt.is_params_checkpoint(config.init_from):
+    """(ModelConfig, params) from init_from (our params checkpoint or a HF LLaMA folder) or random.
+    A text checkpoint under a vision_layout grows the vision tables (training.vision)."""
+    if not config.init_from:
+        shardings = _param_shardings(abstract_model, mesh)
+        return abstract_model, init_params(abstract_model, jax.random.key(config.seed), out_shardings=shardings)
+    if ckpt.is_params_checkpoint(config.init_from):
         base = ModelConfig.from_dict(json.loads((Path(config.init_from) / "model.json").read_text()))
-        model = model_config_for(config, base)
-        shardings = _param_shardings(model, mesh)
-        _, params = ckpt.load_params(config.init_from, shardings)
-        return model, params
-    if config.init_from:
+        _, params = ckpt.load_params(config.init_from, _param_shardings(base, mesh))
+    else:
         from training.hf import load_hf_llama
 
         base, host_params = load_hf_llama(config.init_from)
-        model = model_config_for(config, base)
-        shardings = _param_shardings(model, mesh)
-        return model, jax.tree.map(jax.device_put, host_params, shardings)
-    shardings = _param_shardings(abstract_model, mesh)
-    return abstract_model, init_params(abstract_model, jax.random.key(config.seed), out_shardings=shardings)
+        params = jax.tree.map(jax.device_put, host_params, _param_shardings(base, mesh))
+    model = model_config_for(config, base)
+    if model.vision_layout != base.vision_layout:
+        log.info("growing a %s vision vocabulary (%s init) on %s", model.vision_layout, config.vision_init, config.init_from)
+        grow = lambda p, key: grow_vision_params(p, base, model, key, config.vision_init)  # noqa: E731
+        params = jax.jit(grow, out_shardings=_param_shardings(model, mesh))(params, jax.random.key(config.seed))
+    return model, params
 
 
 def _init_opt_state(optimizer, params, replicated: NamedSharding):
@@ -211,7 +276,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     model_cfg, params = _initial_params(config, mesh, model_config_for(config))
     check_fits(config, model_cfg, mesh)
     data, batches = open_batches(
-        config.data, config.global_batch * config.grad_accum, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256
+        config.data, config.global_batch * config.grad_accum, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256,
+        expected_vision_metadata(model_cfg),
     )
 
     model = LlamaModel(model_cfg)
@@ -234,7 +300,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # Fixed in/out shardings: the state keeps its layout step after step, so one compile serves all.
     state_shardings = jax.tree.map(lambda x: x.sharding, state)
     step_fn = jax.jit(
-        make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum, config.loss_chunk, mesh.shape["sp"]),
+        make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum, config.loss_chunk, mesh.shape["sp"],
+                        loss_weights(config, model_cfg)),
         in_shardings=(state_shardings, batch_sharding),
         out_shardings=(state_shardings, None),
         donate_argnums=0,
@@ -259,6 +326,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "step": step + 1,
                 "loss": float(metrics["loss"]),
                 "grad_norm": float(metrics["grad_norm"]),
+                **({"text_loss": float(metrics["text_loss"]), "vision_loss": float(metrics["vision_loss"]),
+                    "vision_tokens": int(metrics["vision_tokens"])} if model_cfg.vision_layout != "none" else {}),
                 "tokens_per_s": tokens_per_step / seconds,
                 "mfu": (flops / seconds / (peak * jax.device_count())) if peak else None,
                 "memory_bytes": _memory_bytes(),

@@ -1,0 +1,253 @@
+"""`longctx inspect DIR`: what a book, QA, video or images job wrote, as tables and pictures.
+
+Reads DIR's manifest.json, shards and rejects (curation.inspect_output), prints per-stage and
+per-reason tables, writes PNG plots (curation.plots) and, with `--row N`, one row decoded with
+its loss-masked spans highlighted.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import fsspec
+from rich.console import Console, Group
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from curation.inspect_output import OutputSummary, RowView, Span, describe_row, find_vision_row, summarize_output
+from curation.shards import join_url
+from pipelines.summary import _short
+
+LOSS_STYLE = "bold green"  # trained on (loss_mask > 0)
+CONDITIONING_STYLE = "dim"  # in the context, not trained on
+VISION_STYLE = "bold magenta"
+
+
+def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """The `inspect` subcommand and its flags."""
+    parser = subparsers.add_parser(
+        "inspect",
+        help="summarize an output folder (tables + PNG plots) and decode rows",
+        description="Read DIR/manifest.json, the shards and rejects of a books, qa, video or images job; print rows, "
+        "tokens, packing efficiency, documents per row, loss-mask share and rejects by reason per stage, and write "
+        "PNG plots (document lengths with the stage windows, tokens per stage, documents per row, loss-mask share; "
+        "for vision shards decoded frames with --vqgan).",
+    )
+    parser.add_argument("dir", metavar="DIR", help="the job's output folder (local path or fsspec URL)")
+    parser.add_argument("--plots", metavar="DIR", help="where to write the PNGs (default: DIR/inspect/)")
+    parser.add_argument("--no-plots", action="store_true", help="print the tables only")
+    parser.add_argument("--row", type=int, metavar="N", help="print row N of --stage decoded: segments, text, vision blocks, loss spans")
+    parser.add_argument("--stage", metavar="S", help="stage for --row and the frame grid (default: the first stage)")
+    parser.add_argument("--vqgan", metavar="PATH", help="the VQGAN that encoded the frames, to draw a row's decoded frames (vision shards)")
+    parser.add_argument("--tokenizer", metavar="SPEC", help="decode with this tokenizer instead of the one the shards record")
+    parser.add_argument("--full", action="store_true", help="with --row, print every token (default: long text runs keep head and tail)")
+    return parser
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _stage_table(summary: OutputSummary) -> Table:
+    vision = summary.has_vision
+    table = Table(title=f"{summary.kind}: stages (counted from the shards)", header_style="bold")
+    columns = ["stage", "length", "window", "shards", "rows", "tokens", "padding", "packing", "docs/row", "loss"]
+    columns += ["vision"] if vision else []
+    columns += ["manifest"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("stage", "window", "docs/row", "manifest") else "right")
+    for s in summary.stages:
+        ks = sorted(s.docs_per_row)
+        spread = f"{s.mean_docs_per_row:.2f}" + (f" ({ks[0]}-{ks[-1]})" if ks else "")
+        window = f"{_short(s.min_tokens)}-{_short(s.max_tokens)}"
+        check = "[green]agrees[/green]" if not s.mismatches else "[red]" + "; ".join(s.mismatches) + "[/red]"
+        cells = [s.name, f"{s.length:,}", window, str(s.shards), f"{s.rows:,}", f"{s.tokens:,}", f"{s.padding:,}",
+                 f"{100 * s.packing_efficiency:.2f}%", spread, _pct(s.loss_share)]
+        cells += [_pct(s.vision_share)] if vision else []
+        table.add_row(*cells, check)
+    return table
+
+
+def _records_line(summary: OutputSummary) -> str:
+    m = summary.manifest
+    line = (f"read {m.get('read', 0):,} = kept {m.get('kept', 0):,} + rejected {m.get('rejected_total', 0):,}; "
+            f"tokens in {m.get('tokens_in', 0):,}, out {m.get('tokens_out', 0):,}, dropped tails {m.get('dropped_tail_tokens', 0):,}")
+    chunks = m.get("chunks")
+    if chunks:
+        line += f"; chunks read {chunks['read']:,}, accepted {chunks['accepted']:,}"
+    return line
+
+
+def _documents_table(summary: OutputSummary) -> Table | None:
+    docs = summary.documents
+    if not docs.kept and not docs.rejected:
+        return None
+    table = Table(title=f"{docs.unit} lengths (tokens)", header_style="bold")
+    for col in (f"{docs.unit}s", "count", "min", "median", "max"):
+        table.add_column(col, justify="right" if col in ("count", "min", "median", "max") else "left")
+    if docs.kept:
+        table.add_row("kept", f"{docs.kept_count:,}", *(f"{n:,}" for n in docs.kept_quantiles((0.0, 0.5, 1.0))))
+    for reason, values in docs.rejected.items():
+        if values:
+            ordered = sorted(values)
+            table.add_row(Text(f"rejected: {reason}"), f"{len(ordered):,}", f"{ordered[0]:,}", f"{ordered[(len(ordered) - 1) // 2]:,}", f"{ordered[-1]:,}")
+    return table
+
+
+def _rejects_table(summary: OutputSummary) -> Table | None:
+    rejects = summary.rejects
+    if not rejects.groups:
+        return None
+    table = Table(title=f"rejects by reason ({rejects.total:,} in {len(rejects.files)} file(s))", header_style="bold", show_lines=True)
+    table.add_column("unit")
+    table.add_column("reason", style="bold")
+    table.add_column("count", justify="right")
+    table.add_column("examples (id: detail)", overflow="fold")
+    for group in rejects.groups:
+        examples = "\n".join(f"{e.id}: {e.detail}" if e.detail else e.id for e in group.examples)
+        # Ids and details are the input's own text: Text objects, never parsed as rich markup.
+        table.add_row(Text(group.unit), Text(group.reason), f"{group.count:,}", Text(examples))
+    return table
+
+
+def print_output_summary(summary: OutputSummary, console: Console) -> None:
+    """The tables of `longctx inspect`."""
+    console.print(f"[bold]{escape(summary.output)}[/bold]: a [bold]{escape(summary.kind)}[/bold] job, "
+                  f"config {escape(str(summary.manifest.get('config_hash', '?')))}")
+    console.print(_records_line(summary))
+    console.print(_stage_table(summary))
+    documents = _documents_table(summary)
+    if documents is not None:
+        console.print(documents)
+    rejects = _rejects_table(summary)
+    if rejects is not None:
+        console.print(rejects)
+    else:
+        console.print("no rejects")
+    for problem in summary.rejects.mismatches:
+        console.print(f"[red]rejects files and manifest disagree: {escape(problem)}[/red]")
+
+
+def _span_text(span: Span, kind: str) -> Text:
+    style = LOSS_STYLE if span.trained else CONDITIONING_STYLE
+    if span.kind == "vision":
+        what = "image" if kind == "images" else "video"
+        frames = f"{span.frames} frame{'s' if span.frames != 1 else ''}"
+        return Text(f"[{what}: {frames} x {span.codes.shape[1]} codes]", style=VISION_STYLE)
+    if span.kind == "marker":
+        return Text(span.text, style=VISION_STYLE)
+    out = Text(span.text, style=style)
+    if span.elided:
+        out.append(f" … {span.elided:,} tokens not shown (--full) …", style="italic yellow")
+        out.append(span.tail, style=style)
+    return out
+
+
+def _loss_label(span: Span) -> Text:
+    if span.loss_share >= 1:
+        return Text("trained", style=LOSS_STYLE)
+    if span.loss_share <= 0:
+        return Text("no loss", style=CONDITIONING_STYLE)
+    return Text(f"trained on {100 * span.loss_share:.0f}%", style=LOSS_STYLE)
+
+
+def print_row(view: RowView, console: Console) -> None:
+    """One row: a panel per segment, a line per run of text (or vision block) with its loss."""
+    console.print(
+        f"[bold]row {view.row:,} of stage {escape(view.stage)}[/bold] ({escape(view.url)}, row {view.row_in_shard:,} in the shard): "
+        f"{view.tokens:,} tokens in {len(view.segments)} segment(s), {view.padding:,} padding; tokenizer {escape(view.tokenizer)}"
+    )
+    legend = Text("legend: ")
+    legend.append("trained (loss > 0)", style=LOSS_STYLE)
+    legend.append("  ")
+    legend.append("conditioning (no loss)", style=CONDITIONING_STYLE)
+    legend.append("  ")
+    legend.append("[vision block]", style=VISION_STYLE)
+    console.print(legend)
+    for warning in view.warnings:
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]")
+    for seg in view.segments:
+        table = Table(show_header=True, header_style="bold", box=None, expand=True, padding=(0, 1))
+        table.add_column("positions", justify="right", no_wrap=True)
+        table.add_column("loss", no_wrap=True)
+        table.add_column("content", ratio=1, overflow="fold")
+        for span in seg.spans:
+            table.add_row(f"{span.start:,}-{span.end:,}", _loss_label(span), _span_text(span, view.kind))
+        title = (f"segment {seg.index}: {seg.doc_id} from {seg.doc_start:,}, {seg.length:,} tokens at {seg.offset:,}, "
+                 f"loss on {seg.loss_tokens:,}")
+        console.print(Panel(Group(table), title=Text(title), title_align="left", border_style="cyan"))
+
+
+def _plots_folder(args: argparse.Namespace) -> Path:
+    if args.plots:
+        return Path(args.plots)
+    if "://" in args.dir and not args.dir.startswith("file://"):
+        # A remote output: plots go next to where the command runs, not into the bucket.
+        return Path("inspect") / Path(args.dir.rstrip("/")).name
+    return Path(args.dir.removeprefix("file://")) / "inspect"
+
+
+def _frame_grid(args: argparse.Namespace, summary: OutputSummary, stage: str, folder: Path, console: Console) -> Path | None:
+    if not args.vqgan:
+        console.print("[yellow]frame grid skipped: these shards hold VQGAN codes; pass --vqgan PATH (the VQGAN that "
+                      "encoded them) to draw a row's decoded frames[/yellow]")
+        return None
+    row = args.row if args.row is not None else find_vision_row(summary.output, stage)
+    if row is None:
+        console.print(f"[yellow]frame grid skipped: no row of stage {stage} holds vision tokens[/yellow]")
+        return None
+    from curation.plots import plot_frame_grid
+    from curation.vqgan import load_vqgan
+
+    view = describe_row(summary.output, stage, row, args.tokenizer, manifest=summary.manifest)
+    if not view.vision_spans:
+        console.print(f"[yellow]frame grid skipped: row {row} of stage {stage} holds no vision tokens[/yellow]")
+        return None
+    grid = plot_frame_grid(view, load_vqgan(args.vqgan), folder / f"frames_{stage}_row{row}.png")
+    console.print(f"frame grid: row {row} of stage {escape(stage)}, {sum(grid.frames)} of {sum(grid.total_frames)} frames decoded "
+                  f"from {len(grid.frames)} of {grid.blocks_in_row} vision block(s)")
+    return grid.path
+
+
+def run_inspect(args: argparse.Namespace, console: Console) -> int:
+    """`longctx inspect`: 0 on success, 2 when DIR or a flag does not fit the output."""
+    fs, manifest_path = fsspec.core.url_to_fs(join_url(args.dir, "manifest.json"))
+    if not fs.exists(manifest_path):
+        console.print(f"[red]{escape(args.dir)} has no manifest.json: not a finished longctx job's output[/red]")
+        return 2
+    summary = summarize_output(args.dir)
+    stages = [s.name for s in summary.stages]
+    if args.stage is not None and args.stage not in stages:
+        console.print(f"[red]no stage {escape(repr(args.stage))} in {escape(args.dir)}; stages are {escape(', '.join(stages))}[/red]")
+        return 2
+    stage = args.stage or (stages[0] if stages else None)
+    if args.row is not None:
+        rows = summary.stage(stage).rows if stage else 0
+        if not 0 <= args.row < rows:
+            console.print(f"[red]--row {args.row}: stage {stage} has {rows:,} rows[/red]")
+            return 2
+
+    print_output_summary(summary, console)
+
+    if args.row is not None:
+        view = describe_row(args.dir, stage, args.row, args.tokenizer, None if args.full else 400, summary.manifest)
+        print_row(view, console)
+
+    if args.no_plots:
+        return 0
+    from curation.plots import write_summary_plots  # matplotlib loads only when plots are asked for
+
+    folder = _plots_folder(args)
+    written = [str(p) for p in write_summary_plots(summary, folder)]
+    if summary.has_vision:
+        vision_stage = args.stage or next(s.name for s in summary.stages if s.vision_tokens is not None)
+        grid = _frame_grid(args, summary, vision_stage, folder, console)
+        if grid is not None:
+            written.append(str(grid))
+    console.print(f"plots written to [bold]{escape(str(folder))}[/bold]:")
+    for path in written:
+        console.print(Text(f"  {path}"))
+    return 0

@@ -1,0 +1,310 @@
+"""Vision-language training: the vision vocabulary and heads, the loss split, masks and segments,
+init from a text checkpoint, data checks, and a toy model learning from shards of real clips."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from curation.packing import SegmentRef, StageSegment, pack_segments, unpack_rows
+from curation.vision_layout import DEFAULT_VISION_VOCAB, UnifiedVocab, layout_video
+from training import checkpoint as ckpt
+from training.config import TrainConfig
+from training.data import DataMismatchError, StageData, open_batches
+from training.model import LlamaModel, ModelConfig, init_params, output_kernel, vision_output_kernel
+from training.train import combine_losses, next_token_nll, train
+from training.vision import expected_vision_metadata, grow_vision_params, with_vision
+
+pytest.importorskip("decord")
+
+TOY = ModelConfig.preset("toy", vocab_size=512)
+ONE_DEVICE = "dp=1,fsdp=1,tp=1,sp=1"
+SIZE = 32  # the small VQGAN turns 32x32 frames into 16x16 codes, as the real one does 256x256
+
+
+def _video_row(rng, frames: int = 2, text_vocab: int = 512):
+    """One laid-out video example in the separate layout: text, <vision> frames </vision>, text."""
+    codes = [rng.integers(0, 8192, (16, 16)) for _ in range(frames)]
+    return layout_video(codes, rng.integers(3, text_vocab, 5), rng.integers(3, text_vocab, 6), [7], [8])
+
+
+def _batch(tokens, vision, loss, segments=None):
+    t = len(tokens)
+    seg = np.ones(t, np.int32) if segments is None else segments
+    return {"input_ids": jnp.asarray(tokens[None], jnp.int32), "positions": jnp.arange(t, dtype=jnp.int32)[None],
+            "segment_ids": jnp.asarray(seg[None]), "loss_mask": jnp.asarray(loss[None], jnp.float32),
+            "vision_mask": jnp.asarray(vision[None], jnp.uint8)}
+
+
+def test_each_head_is_scored_only_where_its_modality_comes_next():
+    model = with_vision(TOY, "separate")
+    params = init_params(model, jax.random.key(0))
+    tokens, vision, loss = _video_row(np.random.default_rng(0))
+    batch = _batch(tokens, vision, np.ones_like(loss))
+    hidden = LlamaModel(model).apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"],
+                                     batch["vision_mask"], return_hidden=True)
+    text_k, vision_k = output_kernel(model, params), vision_output_kernel(model, params)
+    n = len(tokens)  # one loss chunk: the row length is not a round number
+    sums, counts = next_token_nll(hidden, text_k, batch, chunk=n, sp=1, vision_kernel=vision_k)
+    # Next-token targets: every vision token but the first one is predicted from the previous position.
+    assert int(counts[1]) == int(vision.sum()) and int(counts[0]) == len(tokens) - 1 - int(vision.sum())
+
+    # Changing the vision head moves only the vision sum; the text head only the text sum.
+    sums_v, _ = next_token_nll(hidden, text_k, batch, n, 1, vision_k * 3.0)
+    sums_t, _ = next_token_nll(hidden, text_k * 3.0, batch, n, 1, vision_k)
+    assert sums_v[0] == sums[0] and sums_v[1] != sums[1]
+    assert sums_t[1] == sums[1] and sums_t[0] != sums[0]
+
+    # The sums are the full-logits cross-entropies, each head over its own targets.
+    text_logits, vision_logits = LlamaModel(model).apply({"params": params}, batch["input_ids"], batch["positions"],
+                                                         batch["segment_ids"], batch["vision_mask"])
+    targets, next_is_vision = tokens[1:], vision[1:] > 0
+    nll = lambda logits, t: jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(logits, t[:, None], -1)[:, 0]  # noqa: E731
+    want_text = nll(text_logits[0, :-1][~next_is_vision], targets[~next_is_vision]).sum()
+    want_vision = nll(vision_logits[0, :-1][next_is_vision], targets[next_is_vision]).sum()
+    np.testing.assert_allclose(sums, [want_text, want_vision], rtol=1e-5)
+
+    parts = combine_losses(sums, counts, (0.5, 0.5))
+    np.testing.assert_allclose(parts["loss"], 0.5 * sums[0] / counts[0] + 0.5 * sums[1] / counts[1], rtol=1e-6)
+
+
+def test_unified_vocabulary_splits_the_loss_by_vision_mask():
+    model = with_vision(TOY, "unified")
+    vocab = UnifiedVocab(text_vocab_size=TOY.vocab_size)
+    assert model.vocab_size == vocab.size and expected_vision_metadata(model)["eof"] == vocab.eof
+    rng = np.random.default_rng(1)
+    tokens, vision, loss = layout_video([rng.integers(0, 8192, 256)], rng.integers(3, 512, 4), rng.integers(3, 512, 4),
+                                        vocab=vocab)
+    params = init_params(model, jax.random.key(1))
+    batch = _batch(tokens, vision, np.ones_like(loss))
+    logits = LlamaModel(model).apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"])
+    hidden = LlamaModel(model).apply({"params": params}, batch["input_ids"], batch["positions"], batch["segment_ids"],
+                                     return_hidden=True)
+    sums, counts = next_token_nll(hidden, output_kernel(model, params), batch, chunk=len(tokens))
+    per = jax.nn.logsumexp(logits[0, :-1], -1) - jnp.take_along_axis(logits[0, :-1], jnp.asarray(tokens[1:, None]), -1)[:, 0]
+    v = vision[1:] > 0
+    np.testing.assert_allclose(sums, [per[~v].sum(), per[v].sum()], rtol=1e-5)
+    assert int(counts[1]) == 257
+
+
+@pytest.mark.parametrize("layout,init", [("separate", "normal"), ("separate", "text_mean"), ("unified", "normal")])
+def test_text_checkpoint_grows_vision_tables_without_changing_text_logits(layout, init):
+    text_params = init_params(TOY, jax.random.key(2))
+    model = with_vision(TOY, layout)
+    params = grow_vision_params(text_params, TOY, model, jax.random.key(3), init)
+    shapes = jax.tree.map(lambda x: x.shape, init_params(model, jax.random.key(0)))
+    assert jax.tree.map(lambda x: x.shape, params) == shapes
+    ids = jnp.asarray(np.random.default_rng(2).integers(0, 512, (2, 40)), jnp.int32)
+    pos = jnp.broadcast_to(jnp.arange(40, dtype=jnp.int32), (2, 40))
+    want = LlamaModel(TOY).apply({"params": text_params}, ids, pos)
+    got = LlamaModel(model).apply({"params": params}, ids, pos, None, jnp.zeros_like(ids))
+    got_text = got[0] if layout == "separate" else got[..., : TOY.vocab_size]
+    np.testing.assert_allclose(got_text, want, rtol=1e-6, atol=1e-6)
+    if init == "text_mean":
+        np.testing.assert_allclose(params["vision_embed"]["embedding"].mean(0),
+                                   text_params["embed_tokens"]["embedding"].mean(0), atol=0.02)
+
+
+@pytest.mark.parametrize("attention", ["dense", "ring"])
+def test_a_video_packed_beside_a_book_never_sees_it(attention):
+    """One packed row: a video example, then a text document. The video's logits equal those of
+    the video alone; changing the book changes nothing in the video's span."""
+    from training.ring_attention import ring_attention_sharded
+    from training.mesh import make_mesh
+
+    model = with_vision(TOY, "separate")
+    params = init_params(model, jax.random.key(4))
+    rng = np.random.default_rng(4)
+    tokens, vision, loss = _video_row(rng, frames=1)
+    length = 320
+
+    def row(book):
+        segments = [StageSegment("s", SegmentRef("v", "v", 0, len(tokens)), "v", tokens, loss, vision),
+                    StageSegment("s", SegmentRef("b", "b", 0, len(book)), "b", book)]
+        arrays = unpack_rows(pack_segments(segments, length), length)
+        return {k: jnp.asarray(getattr(arrays, k)) for k in ("input_ids", "positions", "segment_ids", "vision_mask")}
+
+    attention_fn = None
+    if attention == "ring":
+        mesh = make_mesh("dp=1,fsdp=1,tp=1,sp=4")
+        attention_fn = lambda q, k, v, s: ring_attention_sharded(q, k, v, mesh, segment_ids=s, q_chunk=80, kv_chunk=80)  # noqa: E731
+
+    def logits(r):
+        return LlamaModel(model).apply({"params": params}, r["input_ids"], r["positions"], r["segment_ids"], r["vision_mask"],
+                                       attention_fn=attention_fn)
+
+    a, b = row(rng.integers(3, 512, 40)), row(rng.integers(3, 512, 40))
+    span = np.asarray(a["segment_ids"][0]) == np.asarray(a["segment_ids"][0])[np.asarray(a["vision_mask"][0]) > 0][0]
+    assert span.sum() == len(tokens) and (np.asarray(a["vision_mask"][0])[span] == vision).all()
+    alone = LlamaModel(model).apply({"params": params}, jnp.asarray(tokens[None]), jnp.arange(len(tokens))[None], None,
+                                    jnp.asarray(vision[None]))
+    for la, lb in zip(logits(a), logits(b)):  # text and vision logits
+        np.testing.assert_allclose(la[0][span], lb[0][span], rtol=1e-5, atol=1e-5)
+    for la, lw in zip(logits(a), alone):
+        np.testing.assert_allclose(la[0][span], lw[0], rtol=1e-4, atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------------------
+# Real shards from the sample clips
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def clip_shards(tmp_path_factory):
+    """The video pipeline on Big Buck Bunny and bikes (4 fps, one frame an example, then a one-word
+    caption naming the clip) with a small random VQGAN, in the separate layout: 61 rows of 320."""
+    from curation.vqgan import VQGANConfig, init_params as vqgan_params, save_params
+    from pipelines.config import VideoConfig
+    from pipelines.launch import run_video
+    from tests.conftest import DEMO_TOKENIZER, REPO
+
+    folder = tmp_path_factory.mktemp("clips")
+    videos = REPO / "data" / "sample" / "videos"
+    captions = {"bigbuckbunny": "Rabbit.", "bikes": "Cyclists."}
+    (folder / "clips.jsonl").write_text("".join(json.dumps({"id": k, "video": str(videos / f"{k}.mp4"), "text": v}) + "\n"
+                                                for k, v in captions.items()))
+    config = VQGANConfig.tiny()
+    save_params(folder / "vqgan", config, vqgan_params(config, seed=1, image_size=SIZE))
+    cfg = VideoConfig.model_validate({
+        "inputs": [str(folder / "clips.jsonl")], "output": str(folder / "out"),
+        "tokenizer": DEMO_TOKENIZER, "vqgan": str(folder / "vqgan"), "stages": ["v320=320:0-"], "fps": 4.0,
+        "frame_size": SIZE, "text_position": "after",
+    })
+    manifest = run_video(cfg, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    assert manifest["kept"] == 2
+    return folder / "out"
+
+
+@pytest.fixture(scope="module")
+def book_320_shards(tmp_path_factory, sample_books):
+    """Book text at the video stage's length: two excerpts of the sample novels, 320-token rows."""
+    from pipelines.config import BooksConfig
+    from pipelines.launch import run_books
+    from tests.conftest import DEMO_TOKENIZER
+
+    folder = tmp_path_factory.mktemp("books-320")
+    rows = [{"id": b["id"], "text": b["text"][:40_000]} for b in sample_books[:2]]
+    (folder / "books.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = BooksConfig.model_validate({"inputs": [str(folder / "books.jsonl")], "output": str(folder / "out"),
+                                         "tokenizer": DEMO_TOKENIZER, "stages": ["b320=320:300-"]})
+    assert run_books(config, ["--direct_running_mode=in_memory"])["kept"] == 2
+    return folder / "out"
+
+
+def test_data_checks_refuse_other_layouts_and_mix_with_text(clip_shards, book_320_shards, tmp_path):
+    text_model, separate = ModelConfig.preset("toy"), with_vision(ModelConfig.preset("toy"), "separate")
+    data = StageData.open(str(clip_shards / "v320"))
+    with pytest.raises(DataMismatchError, match="text-only"):
+        data.check_compatible(320, text_model.vocab_size, vision=expected_vision_metadata(text_model))
+    unified = with_vision(ModelConfig.preset("toy"), "unified")
+    with pytest.raises(DataMismatchError, match="layout 'separate' != model's 'unified'"):
+        data.check_compatible(320, unified.vocab_size, vision=expected_vision_metadata(unified))
+    data.check_compatible(320, separate.vocab_size, vision=expected_vision_metadata(separate))
+
+    # Video rows and book rows mixed by ratio: book rows carry an all-zero vision mask.
+    mix = f"{clip_shards / 'v320'}@0.5,{book_320_shards / 'b320'}@0.5"
+    _, batches = open_batches(mix, 4, 0, 320, separate.vocab_size, None, expected_vision_metadata(separate))
+    batch = next(batches)
+    assert [bool(v.any()) for v in batch["vision_mask"]] == [True, True, False, False]
+    with pytest.raises(DataMismatchError, match="v320: .*text-only"):  # every source is checked, and named
+        open_batches(mix, 4, 0, 320, text_model.vocab_size, None, None)
+
+    # The trainer runs on the mixture: text-only batches' vision term is zero, not NaN.
+    config = TrainConfig(data=mix, out=str(tmp_path / "mix"), vision_layout="separate", seq_len=320, global_batch=4,
+                         steps=2, mesh=ONE_DEVICE, attention="dense", progress=False, checkpoint_every=2)
+    history = train(config)["history"]
+    assert all(np.isfinite(h["loss"]) and h["vision_tokens"] > 0 for h in history)
+
+
+def _text_checkpoint(tmp_path):
+    """A (random) text model's params checkpoint, standing in for a trained text stage."""
+    config = ModelConfig.preset("toy", max_position_embeddings=320)
+    return str(ckpt.save_params(tmp_path / "text" / "final", config, init_params(config, jax.random.key(7))))
+
+
+def test_toy_vision_language_model_learns_which_clip_a_row_shows(clip_shards, tmp_path, capsys):
+    """Rows hold a frame of one clip and then its caption, "Rabbit." or "Cyclists.": only the frame
+    can tell which comes (40 bikes rows, 21 bunny rows: always answering "Cyclists" is 66% right).
+    Both losses fall, and the model names the clip of at least 80% of the rows (52 to 61 of 61
+    over repeated runs: CPU reductions are not bitwise deterministic and the toy model is small)."""
+    config = TrainConfig(
+        data=str(clip_shards / "v320"), out=str(tmp_path / "run"), init_from=_text_checkpoint(tmp_path),
+        vision_layout="separate", seq_len=320, global_batch=8, steps=150, lr=2e-2, warmup_steps=5, loss_chunk=64,
+        mesh=ONE_DEVICE, attention="dense", progress=False, checkpoint_every=150, seed=0,
+    )
+    result = train(config)
+    history = result["history"]
+    first, last = history[0], history[-5:]
+    assert first["vision_loss"] > 8.5 and first["text_loss"] > 9.5  # ~ln(8448) and ~ln(32000) at init
+    assert np.mean([h["vision_loss"] for h in last]) < first["vision_loss"] - 3.0
+    assert np.mean([h["text_loss"] for h in last]) < first["text_loss"] - 6.0
+    assert all(h["loss"] == pytest.approx(0.5 * h["text_loss"] + 0.5 * h["vision_loss"], rel=1e-5) for h in history)
+    metrics = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert {"text_loss", "vision_loss", "vision_tokens"} <= set(metrics)
+
+    # Which clip: at the position before each caption's first token, the text head's argmax.
+    model, params = ckpt.load_params(result["final"])
+    assert model.vision_layout == "separate" and model.vision_vocab_size == DEFAULT_VISION_VOCAB.size
+    data = StageData.open(str(clip_shards / "v320"))
+    rows = data.rows(np.arange(data.num_rows))
+    text_logits, _ = LlamaModel(model).apply({"params": params}, jnp.asarray(rows["input_ids"]), jnp.asarray(rows["positions"]),
+                                             jnp.asarray(rows["segment_ids"]), jnp.asarray(rows["vision_mask"]))
+    end_marker = len(_marker_ids())  # the `</vision>` text ids that follow <eov>
+    right = 0
+    for r in range(data.num_rows):
+        caption = np.flatnonzero(rows["vision_mask"][r])[-1] + 1 + end_marker
+        right += int(np.argmax(text_logits[r, caption - 1]) == rows["input_ids"][r][caption])
+    assert right >= 0.8 * data.num_rows
+
+    # `longctx generate` on the real clips: decoded, encoded and laid out by the pipeline's code.
+    from pipelines.cli import main
+    from tests.conftest import DEMO_TOKENIZER, REPO
+
+    common = ["generate", "--checkpoint", result["final"], "--tokenizer", DEMO_TOKENIZER, "--vqgan",
+              str(clip_shards.parent / "vqgan"), "--frame-size", str(SIZE), "--prompt", ""]
+    for clip in ("bikes", "bigbuckbunny"):
+        capsys.readouterr()
+        assert main([*common, "--video", str(REPO / "data" / "sample" / "videos" / f"{clip}.mp4"), "--frames", "1"]) == 0
+        out = capsys.readouterr().out
+        # The model captions a frame of the real clip with one of the captions it learned.
+        # BOS, <vision> (3 text ids), 257 vision tokens, </vision> (3 text ids)
+        assert "prompt: 1 frame(s), 264 tokens (257 vision)" in out and ("Cyclists." in out or "Rabbit." in out)
+
+    from PIL import Image
+
+    gif = tmp_path / "frames.gif"
+    assert main([*common, "--generate-vision", "2", "--vision-out", str(gif)]) == 0
+    with Image.open(gif) as img:
+        assert img.n_frames == 2 and img.size == (SIZE, SIZE)
+
+
+def _marker_ids() -> list[int]:
+    from curation.tokenize import load_tokenizer
+    from tests.conftest import DEMO_TOKENIZER
+
+    tok, _ = load_tokenizer(DEMO_TOKENIZER)
+    return tok.encode("</vision>", add_special_tokens=False).ids
+
+
+def test_vision_stage_configs_validate():
+    """The shipped vision configs load into typed configs whose models read the separate layout."""
+    import yaml
+
+    from tests.conftest import REPO
+    from training.data import parse_data_mix
+    from training.train import load_stage_plan, model_config_for
+
+    plan = load_stage_plan(str(REPO / "configs" / "train" / "lwm-vision.yaml"))
+    stages = plan.stage_configs()
+    assert [c.seq_len for _, c in stages] == [1024, 8192, 32768, 131072, 1048576]
+    for name, config in stages:
+        model = model_config_for(config)
+        assert model.vision_layout == "separate" and model.vision_vocab_size == DEFAULT_VISION_VOCAB.size, name
+        assert abs(sum(w for _, w in parse_data_mix(config.data)) - 1.0) < 1e-9
+    assert stages[1][1].init_from == f"{plan.out}/1k/checkpoints/final"
+    single = TrainConfig.model_validate(yaml.safe_load((REPO / "configs" / "train" / "vision-1k.yaml").read_text()))
+    assert model_config_for(single).has_vision_head

@@ -1,0 +1,79 @@
+"""`longctx generate`: text (or frames) from a params checkpoint, with an optional video or image
+in the prompt, laid out as the vision-language shards are."""
+
+from __future__ import annotations
+
+import argparse
+
+from rich.console import Console
+
+
+def add_generate_parser(commands) -> argparse.ArgumentParser:
+    generate = commands.add_parser("generate", help="decode from a params checkpoint (text, or frames with --generate-vision)")
+    generate.add_argument("--checkpoint", required=True, help="longctx params checkpoint or HF LLaMA folder")
+    prompt = generate.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text (needs --tokenizer)")
+    prompt.add_argument("--prompt-ids", help="comma-separated prompt token ids")
+    generate.add_argument("--tokenizer", help="tokenizer spec, as for `longctx books`; decodes the output")
+    generate.add_argument("--max-new-tokens", type=int, default=32, help="tokens to generate")
+    generate.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    generate.add_argument("--seed", type=int, default=0, help="sampling seed (temperature > 0)")
+    generate.add_argument("--no-bos", action="store_true", help="do not prepend BOS to a text prompt")
+    media = generate.add_mutually_exclusive_group()
+    media.add_argument("--video", help="a video (local path or fsspec URL) placed before the prompt text, as in training")
+    media.add_argument("--image", help="an image placed before the prompt text")
+    generate.add_argument("--vqgan", help="VQGAN (diffusers VQModel folder or longctx safetensors) for --video/--image/--generate-vision")
+    generate.add_argument("--fps", type=float, default=1.0, help="sample the video at this many frames a second")
+    generate.add_argument("--frames", type=int, help="sample exactly this many frames (instead of --fps)")
+    generate.add_argument("--max-frames", type=int, default=64, help="at most this many frames")
+    generate.add_argument("--frame-size", type=int, default=256, help="frames are resized/cropped to this square (the VQGAN's input)")
+    generate.add_argument("--generate-vision", type=int, metavar="FRAMES",
+                          help="write FRAMES frames after the prompt instead of text, decoded by the VQGAN into --vision-out")
+    generate.add_argument("--vision-out", default="generated.gif", help="PNG (one frame) or GIF for --generate-vision")
+    return generate
+
+
+def run_generate(args: argparse.Namespace, console: Console, parser: argparse.ArgumentParser) -> int:
+    from curation.tokenize import load_tokenizer
+    from training.checkpoint import load_any_params
+    from training.generate import generate, generate_frames
+
+    vision = args.video or args.image or args.generate_vision
+    if vision and not (args.vqgan and args.tokenizer and args.prompt is not None):
+        parser.error("--video/--image/--generate-vision need --vqgan, --tokenizer and --prompt")
+    config, params = load_any_params(args.checkpoint)
+    tok = info = None
+    if args.tokenizer:
+        tok, info = load_tokenizer(args.tokenizer)
+    if args.prompt is not None and tok is None:
+        parser.error("--prompt needs --tokenizer (or give --prompt-ids)")
+    bos = None if (info is None or args.no_bos) else info.bos_id
+    vision_mask = None
+    if vision:
+        from curation.vqgan import load_vqgan
+        from training.vision_prompt import load_media_codes, save_frames, vision_start_prompt, vision_text_prompt
+
+        vqgan = load_vqgan(args.vqgan)
+        try:
+            if args.generate_vision:
+                ids = vision_start_prompt(config, tok, bos, args.prompt)
+                frames = generate_frames(config, params, ids, args.generate_vision, args.temperature, args.seed)
+                path = save_frames(vqgan.decode(frames), args.vision_out)
+                console.print(f"wrote {len(frames)} generated frame(s) to {path}")
+                return 0
+            codes = load_media_codes(vqgan, args.video, args.image, fps=None if args.frames else args.fps,
+                                     frame_count=args.frames, max_frames=args.max_frames, frame_size=args.frame_size)
+            ids, vision_mask = vision_text_prompt(config, tok, bos, codes, args.prompt)
+        except ValueError as err:
+            parser.error(str(err))
+        console.print(f"prompt: {len(codes)} frame(s), {len(ids)} tokens ({sum(vision_mask):,} vision)")
+    elif args.prompt is not None:
+        ids = ([] if bos is None else [bos]) + tok.encode(args.prompt, add_special_tokens=False).ids
+    else:
+        ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
+    new = generate(config, params, ids, args.max_new_tokens, args.temperature, args.seed,
+                   eos_id=info.eos_id if info else None, prompt_vision_mask=vision_mask)
+    console.print(f"new token ids: {','.join(map(str, new))}")
+    if tok is not None:
+        console.print(tok.decode(new))
+    return 0

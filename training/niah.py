@@ -1,0 +1,518 @@
+"""Needle in a haystack, as in the Large World Model paper (arXiv 2402.08268, after G. Kamradt's test).
+
+A haystack of real book text, a needle sentence with a random fact ("The special magic number for
+Lisbon is: 4083721.") placed at a chosen depth, and the model asked for the fact. Multi-needle: N
+needles in one haystack, R of them asked in one question.
+
+Everything is built in token space, so where a needle lands is exact, not approximate:
+
+    prompt = frame_head + haystack[:p_0] + needle_0 + haystack[p_0:p_1] + needle_1 + ... + frame_tail
+
+- `length` is the whole prompt in tokens (frame and needles included), as a context length is.
+- The haystack budget is H = length - len(head) - len(tail) - sum(len(needle_i)) tokens of book text.
+- A needle at depth d% has exactly p = floor(d / 100 * H + 1/2) haystack tokens before it
+  (`insertion_point`): d=0 puts it right after the head, d=100 right before the question. It goes
+  in at that token, not at a sentence boundary, so the depth is exact whatever the text.
+- Multi-needle: needle i of N sits at depth d + i * (100 - d) / N, the first at the grid depth and
+  the rest spread evenly over the remaining haystack; R of them (seeded choice) are asked.
+
+The haystack is the book text tokenized once and read from a seeded offset, cycling back to its
+start when a context is longer than the text. Facts (city, 7-digit number) are seeded per cell.
+Scoring: `contains` is the fraction of asked numbers found in the answer; `exact` is 1 when the
+answer, stripped of surrounding whitespace and closing punctuation, is exactly the asked numbers
+(separated by commas, spaces or "and", in any order) and 0 otherwise.
+
+Models plug in through `Generator` (prompt ids -> answer ids): our Flax checkpoints (KV-cache
+decoding, sequence-parallel prefill; training/generate.py) and any transformers causal LM.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from curation.tokenize import encode_long, load_tokenizer
+from qa_synth.assemble import ChatFormat
+
+SCORINGS = ("contains", "exact")
+NEEDLE = "The special magic number for {city} is: {value}."
+QUESTION_ONE = ("What is the special magic number for {cities} mentioned in the provided text? "
+                "Answer with the number only.")
+QUESTION_MANY = ("What are the special magic numbers for {cities} mentioned in the provided text? "
+                 "Answer with the numbers only, separated by commas.")
+CITIES = (
+    "Lisbon", "Nairobi", "Osaka", "Quito", "Reykjavik", "Tbilisi", "Hanoi", "Montevideo", "Krakow", "Dakar",
+    "Valparaiso", "Bergen", "Marrakesh", "Busan", "Halifax", "Cusco", "Tallinn", "Zanzibar", "Adelaide", "Porto",
+    "Ljubljana", "Medellin", "Tashkent", "Kyoto", "Antwerp", "Windhoek", "Cebu", "Seville", "Tromso", "Bamako",
+    "Ushuaia", "Lhasa", "Trieste", "Asmara", "Galway", "Hobart", "Almaty", "Cartagena", "Gdansk", "Mombasa",
+)
+# Sentinels that no chat template writes: the template is rendered around them, then split there.
+_CONTEXT, _QUESTION = "\ue000C\ue001", "\ue000Q\ue001"
+
+
+# ----------------------------------------------------------------------------------------------
+# Tokenizer and prompt frame
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NiahTokenizer:
+    """What the harness needs of a tokenizer: encode/decode, BOS, end-of-answer ids, and the
+    model's chat template when it has one (a transformers tokenizer, used only to render it)."""
+
+    tok: Tokenizer
+    name: str
+    sha256: str
+    bos_id: int | None
+    eos_ids: tuple[int, ...]
+    chat: Any | None = field(default=None, compare=False)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=True)
+
+
+def load_niah_tokenizer(spec: str) -> NiahTokenizer:
+    """A tokenizer spec as for `longctx books`; a model folder with a chat template also gets it."""
+    tok, info = load_tokenizer(spec)
+    chat, eos = None, [info.eos_id] if info.eos_id is not None else []
+    folder = Path(spec).expanduser()
+    if folder.is_dir() and (folder / "tokenizer_config.json").is_file():
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
+        if getattr(hf, "chat_template", None):
+            chat = hf
+            if hf.eos_token_id is not None:  # the end-of-turn token (<|im_end|> for ChatML)
+                eos.append(hf.eos_token_id)
+    return NiahTokenizer(tok, info.name, info.sha256, info.bos_id, tuple(dict.fromkeys(eos)), chat)
+
+
+@dataclass(frozen=True)
+class PromptFrame:
+    """The token ids around the haystack: `head` before it, and `middle` + question + `tail` after."""
+
+    head: tuple[int, ...]
+    middle: str
+    tail: str
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: NiahTokenizer) -> PromptFrame:
+        """The model's chat template when the tokenizer has one; otherwise LWM's plain layout,
+        the one our QA data trains on (qa_synth/assemble.py): `<s>SYSTEM USER: {context}\\n\\n{question} ASSISTANT:`."""
+        if tokenizer.chat is not None:
+            content = f"{_CONTEXT}\n\n{_QUESTION}"
+            rendered = tokenizer.chat.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                          add_generation_prompt=True)
+            head, rest = rendered.split(_CONTEXT)
+            middle, tail = rest.split(_QUESTION)
+            return cls(tuple(tokenizer.encode(head)), middle, tail)
+        fmt = ChatFormat()
+        bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
+        return cls(tuple(bos + tokenizer.encode(f"{fmt.system} {fmt.user}")), fmt.context_separator, f" {fmt.assistant}")
+
+    def tail_ids(self, tokenizer: NiahTokenizer, question: str) -> list[int]:
+        return tokenizer.encode(self.middle + question + self.tail)
+
+
+# ----------------------------------------------------------------------------------------------
+# Haystack
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Haystack:
+    """Book text as one token stream, read cyclically."""
+
+    tokens: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.tokens) == 0:
+            raise ValueError("the haystack has no tokens")
+
+    @classmethod
+    def from_texts(cls, texts: Iterable[str], tokenizer: NiahTokenizer, max_tokens: int | None = None) -> Haystack:
+        """Texts tokenized once, in order (a blank line between them), stopping at `max_tokens`."""
+        parts, total = [], 0
+        separator = np.asarray(tokenizer.encode("\n\n"), np.int32)
+        for text in texts:
+            ids = encode_long(tokenizer.tok, text)
+            parts += [ids, separator]
+            total += len(ids) + len(separator)
+            if max_tokens is not None and total >= max_tokens:
+                break
+        return cls(np.concatenate(parts) if parts else np.zeros(0, np.int32))
+
+    def window(self, offset: int, n: int) -> np.ndarray:
+        """n tokens from `offset`, wrapping around to the start as often as needed."""
+        index = (offset + np.arange(n)) % len(self.tokens)
+        return self.tokens[index]
+
+
+def read_texts(source: str) -> Iterator[str]:
+    """Book texts of a JSONL / Parquet / txt file, folder or glob (compressed or not), as
+    `longctx books` reads them; unreadable records are skipped."""
+    from curation.documents import Document
+    from curation.sources import SourceConfig, expand_pattern, iter_file_records
+
+    urls = expand_pattern(source)
+    if not urls:
+        raise FileNotFoundError(f"no haystack files match {source!r}")
+    for url in urls:
+        for record in iter_file_records(url, SourceConfig()):
+            if isinstance(record, Document) and record.text:
+                yield record.text
+
+
+def haystack_from_shards(stage: str, tokenizer: NiahTokenizer, max_tokens: int | None = None) -> Haystack:
+    """The documents of a stage's shards (`OUT/books/32k`), BOS/EOS dropped, in row order. The shards
+    must come from the same tokenizer as the model's."""
+    from training.data import StageData
+
+    data = StageData.open(stage)
+    made_with = json.loads(data.metadata.get("longctx.tokenizer", "{}"))
+    if made_with.get("sha256") not in (None, tokenizer.sha256):
+        raise ValueError(f"shards under {stage} were tokenized with {made_with.get('name')!r}, not {tokenizer.name!r}: "
+                         "pass that --tokenizer or a books file as --haystack")
+    drop = [t for t in (tokenizer.bos_id, *tokenizer.eos_ids) if t is not None]
+    parts, total = [], 0
+    for shard in data.shards:
+        ids, seg = shard.arrays["input_ids"], shard.arrays["segment_ids"]
+        for row in range(shard.num_rows):
+            tokens = ids[row][(seg[row] > 0) & ~np.isin(ids[row], drop)]
+            parts.append(tokens)
+            total += len(tokens)
+            if max_tokens is not None and total >= max_tokens:
+                return Haystack(np.concatenate(parts))
+    return Haystack(np.concatenate(parts) if parts else np.zeros(0, np.int32))
+
+
+def load_haystack(source: str, tokenizer: NiahTokenizer, max_tokens: int | None = None) -> Haystack:
+    """A stage folder of shards, or book files (see `read_texts`)."""
+    from training.data import stage_shard_urls
+
+    if Path(source).is_dir() and stage_shard_urls(source):
+        return haystack_from_shards(source, tokenizer, max_tokens)
+    return Haystack.from_texts(read_texts(source), tokenizer, max_tokens)
+
+
+# ----------------------------------------------------------------------------------------------
+# Needles and prompts
+# ----------------------------------------------------------------------------------------------
+
+
+def insertion_point(depth: float, haystack_tokens: int) -> int:
+    """Haystack tokens before a needle at `depth` percent: floor(depth / 100 * H + 1/2), exactly."""
+    if not 0 <= depth <= 100:
+        raise ValueError(f"depth must be within 0..100 percent, got {depth}")
+    return math.floor(Fraction(depth) * haystack_tokens / 100 + Fraction(1, 2))
+
+
+def needle_depths(depth: float, needles: int) -> list[float]:
+    """The first needle at `depth`, the others evenly over the rest of the haystack."""
+    return [depth + i * (100 - depth) / needles for i in range(needles)]
+
+
+@dataclass(frozen=True)
+class Needle:
+    city: str
+    value: str
+    depth: float
+    ids: tuple[int, ...]
+
+    @property
+    def text(self) -> str:
+        return NEEDLE.format(city=self.city, value=self.value)
+
+
+@dataclass(frozen=True)
+class NiahCase:
+    """One prompt: its ids, its needles (in haystack order) with the prompt index of each one's
+    first token, and which needles the question asks for."""
+
+    length: int
+    depth: float
+    sample: int
+    prompt_ids: list[int]
+    needles: list[Needle]
+    positions: list[int]
+    asked: list[int]
+    question: str
+    haystack_offset: int  # where in the haystack's token stream this prompt's text starts
+    haystack_tokens: int  # H, the haystack budget the depths are measured in
+
+    @property
+    def expected(self) -> list[str]:
+        return [self.needles[i].value for i in self.asked]
+
+
+def _question(cities: Sequence[str]) -> str:
+    names = cities[0] if len(cities) == 1 else ", ".join(cities[:-1]) + " and " + cities[-1]
+    return (QUESTION_ONE if len(cities) == 1 else QUESTION_MANY).format(cities=names)
+
+
+def build_case(tokenizer: NiahTokenizer, frame: PromptFrame, haystack: Haystack, length: int, depth: float, *,
+               needles: int = 1, ask: int = 1, sample: int = 0, seed: int = 0) -> NiahCase:
+    """The prompt of one grid cell, exactly `length` tokens (see module docstring for the layout)."""
+    if not 1 <= ask <= needles <= len(CITIES):
+        raise ValueError(f"need 1 <= ask ({ask}) <= needles ({needles}) <= {len(CITIES)}")
+    # The haystack text depends on the sample only, so cells of one sample differ only in length and depth.
+    offset = int(np.random.default_rng([seed, sample]).integers(len(haystack.tokens)))
+    rng = np.random.default_rng([seed, sample, length, round(depth * 1000)])
+    cities = [CITIES[i] for i in rng.choice(len(CITIES), needles, replace=False)]
+    values = [str(1_000_000 + v) for v in rng.choice(9_000_000, needles, replace=False)]  # 7 digits, distinct
+    asked = sorted(int(i) for i in rng.choice(needles, ask, replace=False))
+    # A leading space: the needle starts a word for SentencePiece and byte-level BPE alike.
+    placed = [Needle(c, v, d, tuple(tokenizer.encode(" " + NEEDLE.format(city=c, value=v))))
+              for c, v, d in zip(cities, values, needle_depths(depth, needles))]
+    question = _question([cities[i] for i in asked])
+    tail = frame.tail_ids(tokenizer, question)
+    budget = length - len(frame.head) - len(tail) - sum(len(n.ids) for n in placed)
+    if budget < 0:
+        raise ValueError(f"context length {length} is shorter than the prompt frame, question and needles "
+                         f"({length - budget} tokens)")
+    hay = haystack.window(offset, budget)
+    ids, positions, start = list(frame.head), [], 0
+    for needle in placed:
+        point = insertion_point(needle.depth, budget)
+        ids += hay[start:point].tolist()
+        positions.append(len(ids))
+        ids += needle.ids
+        start = point
+    ids += hay[start:].tolist() + tail
+    assert len(ids) == length, (len(ids), length)
+    return NiahCase(length, depth, sample, ids, placed, positions, asked, question, offset, budget)
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring
+# ----------------------------------------------------------------------------------------------
+
+
+def score_answer(answer: str, expected: Sequence[str], scoring: str = "contains") -> float:
+    """`contains`: fraction of expected values in the answer; `exact`: 1.0 iff the answer is
+    exactly those values (any order; separated by commas, spaces or "and"; closing punctuation ok)."""
+    if scoring == "contains":
+        return sum(v in answer for v in expected) / len(expected)
+    if scoring == "exact":
+        parts = [p for p in re.split(r"[\s,;]+|\band\b", answer.strip().rstrip(".!?")) if p]
+        return float(sorted(parts) == sorted(expected))
+    raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------
+
+
+class Generator(Protocol):
+    """A model under test: prompt token ids -> answer token ids (greedy)."""
+
+    name: str
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]: ...
+
+
+@dataclass
+class FlaxGenerator:
+    """Our LLaMA (a params checkpoint, or HF LLaMA weights converted on load) with KV-cache decoding.
+    `sp` > 0 builds a mesh whose sp axis shards the prefill (ring attention) and the cache; sp = 1
+    still prefills blockwise, so memory stays linear in the context length."""
+
+    config: Any
+    params: Any
+    eos_ids: tuple[int, ...] = ()
+    sp: int = 1
+    name: str = "flax"
+    q_chunk: int = 512
+    kv_chunk: int = 512
+
+    def __post_init__(self) -> None:
+        from training.generate import place_params
+        from training.mesh import make_mesh
+
+        self.mesh = make_mesh(f"sp={self.sp}")
+        self.params = place_params(self.params, self.mesh)
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        from training.generate import generate
+
+        return generate(self.config, self.params, list(prompt_ids), max_new_tokens, eos_id=self.eos_ids or None,
+                        mesh=self.mesh, q_chunk=self.q_chunk, kv_chunk=self.kv_chunk)
+
+
+@dataclass
+class HFGenerator:
+    """Any local transformers causal LM (a folder, or `package:DIST/model.gguf` as for the QA
+    pipeline), greedy, on CPU unless `device` says otherwise; remote code is never run."""
+
+    path: str
+    device: str = "cpu"
+    dtype: str = "float32"
+    eos_ids: tuple[int, ...] = ()
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM
+
+        from qa_synth.generator_model import resolve_generator
+
+        self.folder, gguf = resolve_generator(self.path)
+        kwargs = {"gguf_file": gguf} if gguf else {}
+        self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=getattr(torch, self.dtype),
+                                                          trust_remote_code=False, **kwargs).to(self.device).eval()
+        self.name = self.name or Path(self.path).name
+        if not self.eos_ids:
+            eos = self.model.generation_config.eos_token_id
+            self.eos_ids = tuple(eos if isinstance(eos, list) else [] if eos is None else [eos])
+
+    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
+        import torch
+
+        ids = torch.tensor([list(prompt_ids)], device=self.device)
+        with torch.no_grad():
+            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, eos_token_id=list(self.eos_ids) or None,
+                                      pad_token_id=self.eos_ids[0] if self.eos_ids else 0)
+        return out[0, ids.shape[1]:].tolist()
+
+
+# ----------------------------------------------------------------------------------------------
+# The grid and its outputs
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NiahRecord:
+    model: str
+    length: int
+    depth: float
+    sample: int
+    needles: int
+    ask: int
+    scoring: str
+    score: float
+    expected: list[str]
+    answer: str
+    positions: list[int]
+    seconds: float
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def run_grid(generator: Generator, tokenizer: NiahTokenizer, haystack: Haystack, lengths: Sequence[int],
+             depths: Sequence[float], *, needles: int = 1, ask: int = 1, samples: int = 1, seed: int = 0,
+             scoring: str = "contains", max_new_tokens: int | None = None,
+             frame: PromptFrame | None = None) -> Iterator[NiahRecord]:
+    """One record per (length, depth, sample), lengths outermost (so a model compiles each length once)."""
+    if scoring not in SCORINGS:
+        raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    frame = frame or PromptFrame.for_tokenizer(tokenizer)
+    max_new_tokens = max_new_tokens or 16 + 12 * ask  # 7 digits (a token each here) and a few words per value
+    for length in lengths:
+        for depth in depths:
+            for sample in range(samples):
+                case = build_case(tokenizer, frame, haystack, length, depth, needles=needles, ask=ask,
+                                  sample=sample, seed=seed)
+                start = time.perf_counter()
+                answer_ids = generator.generate(case.prompt_ids, max_new_tokens)
+                seconds = time.perf_counter() - start
+                answer = tokenizer.decode(answer_ids).strip()
+                yield NiahRecord(generator.name, length, depth, sample, needles, ask, scoring,
+                                 score_answer(answer, case.expected, scoring), case.expected, answer, case.positions,
+                                 round(seconds, 3))
+
+
+CSV_COLUMNS = ("model", "length", "depth", "sample", "needles", "ask", "scoring", "score", "expected", "answer", "seconds")
+
+
+def write_csv(records: Iterable[NiahRecord], path: str | Path) -> Path:
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(CSV_COLUMNS)
+        for r in records:
+            row = r.as_json()
+            row["expected"] = " ".join(r.expected)
+            writer.writerow([row[c] for c in CSV_COLUMNS])
+    return path
+
+
+def write_jsonl(records: Iterable[NiahRecord], path: str | Path) -> Path:
+    path = Path(path)
+    with open(path, "w", encoding="utf-8") as fh:
+        for r in records:
+            fh.write(json.dumps(r.as_json(), ensure_ascii=False) + "\n")
+            fh.flush()  # records of a long grid reach the disk as they come
+    return path
+
+
+def score_grid(records: Sequence[NiahRecord]) -> tuple[list[int], list[float], np.ndarray]:
+    """(lengths, depths, mean score [depth, length]) over samples; NaN where a cell has none."""
+    lengths = sorted({r.length for r in records})
+    depths = sorted({r.depth for r in records})
+    total = np.zeros((len(depths), len(lengths)))
+    count = np.zeros_like(total)
+    for r in records:
+        i, j = depths.index(r.depth), lengths.index(r.length)
+        total[i, j] += r.score
+        count[i, j] += 1
+    with np.errstate(invalid="ignore"):
+        return lengths, depths, total / count
+
+
+# ----------------------------------------------------------------------------------------------
+# Grid specs from the command line
+# ----------------------------------------------------------------------------------------------
+
+
+def parse_length(text: str) -> int:
+    """`4096`, `4k` (= 4096), `1m` (= 1048576)."""
+    text = text.strip().lower()
+    scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:], 1)
+    number = text[:-1] if scale > 1 else text
+    value = float(number) * scale
+    if value < 1 or value != int(value):
+        raise ValueError(f"bad context length {text!r}")
+    return int(value)
+
+
+def parse_lengths(spec: str) -> list[int]:
+    """`1k,2k,4k`, or `1k..32k:8` for 8 lengths log-spaced from 1K to 32K (both ends included)."""
+    if ".." in spec:
+        span, _, count = spec.partition(":")
+        low, _, high = span.partition("..")
+        lo, hi, n = parse_length(low), parse_length(high), int(count or 2)
+        if n < 2 or lo >= hi:
+            raise ValueError(f"bad length range {spec!r}: want LOW..HIGH:N with LOW < HIGH and N >= 2")
+        return sorted({round(v) for v in np.geomspace(lo, hi, n)})
+    return sorted({parse_length(p) for p in spec.split(",") if p.strip()})
+
+
+def parse_depths(spec: str) -> list[float]:
+    """`11`: 11 depths evenly from 0 to 100 %; `0,25,50` or `50%`: those percents."""
+    spec = spec.strip()
+    if "," not in spec and not spec.endswith("%"):
+        n = int(spec)
+        if n < 1:
+            raise ValueError("the number of depths must be at least 1")
+        return [50.0] if n == 1 else [float(round(d, 4)) for d in np.linspace(0, 100, n)]
+    depths = sorted({float(p.strip().rstrip("%")) for p in spec.split(",") if p.strip()})
+    if not all(0 <= d <= 100 for d in depths):
+        raise ValueError(f"depths must be percents within 0..100, got {spec!r}")
+    return depths

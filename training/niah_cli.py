@@ -1,0 +1,124 @@
+"""`longctx eval niah`: the needle-in-a-haystack grid from the command line (pipelines/cli.py wires it).
+
+Writes OUT/results.jsonl (one record per prompt, as it runs), OUT/results.csv and OUT/heatmap.png,
+and prints the score grid. Heavy imports (JAX, torch) wait until a model is actually loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
+
+
+def add_niah_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="longctx params checkpoint (RUN/checkpoints/final) or HF LLaMA folder, "
+                                            "run with our JAX model (KV cache, sequence-parallel prefill)")
+    model.add_argument("--hf-model", help="any local transformers causal LM folder, or package:DIST/model.gguf, "
+                                          "run through transformers for comparison")
+    parser.add_argument("--tokenizer", help="tokenizer spec as for `longctx books` (default for --hf-model: the model's own)")
+    parser.add_argument("--haystack", default=str(SAMPLE_BOOKS),
+                        help="book text: a JSONL/Parquet/txt file, folder or glob, or a stage folder of shards "
+                             "(default: the sample books)")
+    parser.add_argument("--lengths", default="1k,2k,4k",
+                        help="context lengths in tokens: 1k,2k,4k or 1k..32k:8 (8 log-spaced lengths)")
+    parser.add_argument("--depths", default="5", help="needle depths: a count (evenly 0..100 %%) or percents 0,25,50")
+    parser.add_argument("--needles", type=int, default=1, help="needles inserted per prompt (N)")
+    parser.add_argument("--ask", type=int, default=1, help="needles asked for per prompt (R <= N)")
+    parser.add_argument("--scoring", choices=("contains", "exact"), default="contains",
+                        help="contains: fraction of asked numbers in the answer; exact: the answer is exactly them")
+    parser.add_argument("--samples", type=int, default=1, help="prompts per (length, depth) cell")
+    parser.add_argument("--seed", type=int, default=0, help="seeds the facts and the haystack offsets")
+    parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for the prefill and the KV cache (--checkpoint)")
+    parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (--checkpoint)")
+    parser.add_argument("--max-new-tokens", type=int, help="answer length limit (default 16 + 12 per asked needle)")
+    parser.add_argument("--device", default="cpu", help="torch device for --hf-model")
+    parser.add_argument("--name", help="model name in the outputs (default: from the path)")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    if args.name:
+        return args.name
+    path = Path(args.checkpoint or args.hf_model)
+    # RUN/checkpoints/final names the run, not the folder.
+    if path.name == "final" and path.parent.name == "checkpoints":
+        return path.parents[1].name
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def run_niah(args: argparse.Namespace, console: Console) -> int:
+    from training import niah
+    from training.niah_plot import length_label, plot_heatmap
+
+    lengths, depths = niah.parse_lengths(args.lengths), niah.parse_depths(args.depths)
+    name = _model_name(args)
+    if args.hf_model:
+        from qa_synth.generator_model import resolve_generator
+
+        folder, _ = resolve_generator(args.hf_model)
+        tokenizer = niah.load_niah_tokenizer(args.tokenizer or folder)
+        generator = niah.HFGenerator(args.hf_model, device=args.device, name=name)
+        generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
+    else:
+        if not args.tokenizer:
+            raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with)")
+        from training.checkpoint import load_any_params
+
+        tokenizer = niah.load_niah_tokenizer(args.tokenizer)
+        config, params = load_any_params(args.checkpoint)
+        if max(lengths) > config.max_position_embeddings:
+            console.print(f"[yellow]note: lengths up to {max(lengths)} exceed the model's max_position_embeddings "
+                          f"({config.max_position_embeddings})[/]")
+        generator = niah.FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name,
+                                       q_chunk=args.chunk, kv_chunk=args.chunk)
+    # Twice the longest context: room for the seeded offsets to pick different text per sample.
+    haystack = niah.load_haystack(args.haystack, tokenizer, max_tokens=2 * max(lengths))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+
+    def progress():
+        for record in niah.run_grid(generator, tokenizer, haystack, lengths, depths, needles=args.needles,
+                                    ask=args.ask, samples=args.samples, seed=args.seed, scoring=args.scoring,
+                                    max_new_tokens=args.max_new_tokens):
+            records.append(record)
+            console.print(f"{length_label(record.length):>6} depth {record.depth:5.1f}% sample {record.sample}: "
+                          f"score {record.score:.2f} ({record.seconds:.1f} s) expected {' '.join(record.expected)}, "
+                          f"answer {record.answer[:60]!r}", highlight=False)
+            yield record
+
+    niah.write_jsonl(progress(), out / "results.jsonl")  # written as the grid runs
+    niah.write_csv(records, out / "results.csv")
+    grid_lengths, grid_depths, scores = niah.score_grid(records)
+    variant = "" if args.needles == 1 else f", {args.needles} needles, {args.ask} asked"
+    plot_heatmap(grid_lengths, grid_depths, scores, out / "heatmap.png", model=f"{name}{variant} ({args.scoring})")
+    console.print(score_table(grid_lengths, grid_depths, scores))
+    console.print(f"{name}: mean score {float(np.nanmean(scores)):.2f} over {len(records)} prompts", highlight=False)
+    console.print(f"wrote {out / 'results.csv'}, {out / 'results.jsonl'} and {out / 'heatmap.png'}")
+    return 0
+
+
+def score_table(lengths: list[int], depths: list[float], scores: np.ndarray) -> Table:
+    """The grid as a rich table: depths down, lengths across, as in the heatmap."""
+    from training.niah_plot import length_label
+
+    table = Table(title="mean score")
+    table.add_column("depth %", justify="right")
+    for length in lengths:
+        table.add_column(length_label(length), justify="right")
+    for depth, row in zip(depths, scores):
+        cells = []
+        for s in row:
+            color = "green" if s >= 0.8 else "yellow" if s >= 0.4 else "red"
+            cells.append("-" if math.isnan(s) else f"[{color}]{s:.2f}[/]")
+        table.add_row(f"{depth:g}", *cells)
+    return table

@@ -1,0 +1,77 @@
+"""Vision-language prompts for generation, laid out exactly as the video pipeline lays out its
+training rows (curation.vision_layout), and generated frames written as pictures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.vision_layout import VISION_END, VISION_START, layout_video
+from training.model import ModelConfig
+from training.vision import model_vision_vocab
+
+
+def _vocab(config: ModelConfig):
+    vocab = model_vision_vocab(config)
+    if vocab is None:
+        raise ValueError("this checkpoint is a text-only model: train a vision stage (vision_layout) to use --video/--image")
+    return vocab
+
+
+def _markers(config: ModelConfig, tokenizer) -> tuple[list[int], list[int]]:
+    """`<vision>` / `</vision>` as the layout takes them: text ids (separate) or none (unified: the
+    layout places its single delimiter ids itself)."""
+    if _vocab(config).mode == "unified":
+        return [], []
+    encode = lambda s: tokenizer.encode(s, add_special_tokens=False).ids  # noqa: E731
+    return encode(VISION_START), encode(VISION_END)
+
+
+def vision_text_prompt(config: ModelConfig, tokenizer, bos_id: int | None, frame_codes: list[np.ndarray],
+                       text: str) -> tuple[list[int], list[int]]:
+    """(ids, vision_mask) of `[BOS] <vision> frames </vision> text`: the training layout of a
+    video or image followed by its text, which the model continues in text."""
+    start, end = _markers(config, tokenizer)
+    after = tokenizer.encode(text, add_special_tokens=False).ids if text else []
+    tokens, vision, _ = layout_video(frame_codes, [] if bos_id is None else [bos_id], after, start, end, _vocab(config))
+    return tokens.tolist(), vision.tolist()
+
+
+def vision_start_prompt(config: ModelConfig, tokenizer, bos_id: int | None, text: str) -> list[int]:
+    """`[BOS] text <vision>`: a prompt after which the model writes frames (--generate-vision)."""
+    vocab = _vocab(config)
+    start, _ = _markers(config, tokenizer)
+    if vocab.mode == "unified":
+        start = [vocab.vision_start]
+    ids = tokenizer.encode(text, add_special_tokens=False).ids if text else []
+    return ([] if bos_id is None else [bos_id]) + ids + start
+
+
+def save_frames(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
+    """uint8 frames [n, h, w, 3] -> a PNG (one frame) or an animated GIF."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
+    if len(images) == 1 and path.suffix.lower() != ".gif":
+        images[0].save(path)
+    else:
+        images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    return path
+
+
+def load_media_codes(vqgan: Any, video: str | None = None, image: str | None = None, *, fps: float | None = 1.0,
+                     frame_count: int | None = None, max_frames: int = 64, frame_size: int = 256) -> list[np.ndarray]:
+    """A video's sampled frames or one image, VQGAN-encoded with the pipelines' own code."""
+    from curation.vision_encode import decode_image, video_codes
+
+    if video is not None:
+        return video_codes(video, vqgan, fps, frame_count, max_frames, frame_size)
+    import fsspec
+
+    with fsspec.open(image, "rb") as fh:
+        frame = decode_image(fh.read(), frame_size)
+    return list(vqgan.encode(frame[None]))
