@@ -149,6 +149,18 @@ def vision_vocab(layout: str, text_vocab_size: int) -> Vocab:
     return UnifiedVocab(text_vocab_size) if layout == "unified" else DEFAULT_VISION_VOCAB
 
 
+def vocab_metadata(vocab: Vocab) -> dict:
+    """What a vision shard says about its ids (`longctx.vision`): written by the vision pipelines,
+    read by decode_layout users, and compared key by key by the trainer before it reads a shard."""
+    meta = {"layout": vocab.mode, "offset": vocab.offset, "eof": vocab.eof, "eov": vocab.eov, "vocab_size": vocab.size,
+            "codes_per_frame": CODES_PER_FRAME}
+    if isinstance(vocab, UnifiedVocab):
+        meta.update(vision_start_id=vocab.vision_start, vision_end_id=vocab.vision_end)
+    else:
+        meta.update(vision_start=VISION_START, vision_end=VISION_END)
+    return meta
+
+
 class Block(NamedTuple):
     """One piece of a decoded row: `("text", ids int32 [n])` or `("vision", codes int32
     [frames, 256])` (codes in `[0, codebook_size)`, offset removed)."""

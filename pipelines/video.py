@@ -25,7 +25,7 @@ from curation.sources import SourceConfig
 from curation.tokenize import load_tokenizer
 from curation.video import VideoError
 from curation.vision_encode import video_codes
-from curation.vision_layout import CODES_PER_FRAME, VISION_END, VISION_START, UnifiedVocab, layout_video, vision_vocab
+from curation.vision_layout import CODES_PER_FRAME, VISION_END, VISION_START, UnifiedVocab, layout_video, vision_vocab, vocab_metadata
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
@@ -41,15 +41,8 @@ def video_url(doc: Document, field: str) -> str:
 
 
 def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:
-    """What a vision shard says about its ids (for the trainer and for decode_layout)."""
-    v = vision_vocab(layout, text_vocab_size)
-    meta = {"layout": v.mode, "offset": v.offset, "eof": v.eof, "eov": v.eov, "vocab_size": v.size,
-            "codes_per_frame": CODES_PER_FRAME}
-    if isinstance(v, UnifiedVocab):
-        meta.update(vision_start_id=v.vision_start, vision_end_id=v.vision_end)
-    else:
-        meta.update(vision_start=VISION_START, vision_end=VISION_END)
-    return meta
+    """What a vision shard of this layout says about its ids (curation.vision_layout.vocab_metadata)."""
+    return vocab_metadata(vision_vocab(layout, text_vocab_size))
 
 
 class VisionTextDoFn(beam.DoFn):

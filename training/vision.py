@@ -15,7 +15,7 @@ from typing import Any, Literal
 import jax
 import jax.numpy as jnp
 
-from curation.vision_layout import CODES_PER_FRAME, DEFAULT_VISION_VOCAB, UNIFIED_EXTRA, Vocab, vision_vocab
+from curation.vision_layout import DEFAULT_VISION_VOCAB, UNIFIED_EXTRA, Vocab, vision_vocab, vocab_metadata
 from training.model import ModelConfig
 
 VisionInit = Literal["normal", "text_mean"]
@@ -43,12 +43,10 @@ def model_vision_vocab(model: ModelConfig) -> Vocab | None:
 
 
 def expected_vision_metadata(model: ModelConfig) -> dict[str, Any] | None:
-    """The `longctx.vision` shard metadata (see `pipelines.video.vision_metadata`) the model accepts."""
+    """The `longctx.vision` shard metadata the model accepts: what the vision pipelines write for
+    the model's vocabulary (`curation.vision_layout.vocab_metadata`)."""
     v = model_vision_vocab(model)
-    if v is None:
-        return None
-    return {"layout": v.mode, "offset": v.offset, "eof": v.eof, "eov": v.eov, "vocab_size": v.size,
-            "codes_per_frame": CODES_PER_FRAME}
+    return None if v is None else vocab_metadata(v)
 
 
 def vision_problems(shard_metadata: Mapping[str, str], expected: Mapping[str, Any] | None) -> list[str]:
