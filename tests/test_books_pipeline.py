@@ -78,10 +78,15 @@ def test_shards_are_exact_length_rows_readable_by_datasets_and_pyarrow(run):
 
     out, manifest = run
     assert len(manifest["stages"]["4k"]["shards"]) > 3  # 64 rows of 4K per 4 MiB shard
-    # Packing groups are bounded: ~2.4M tokens of the 4k stage in groups of about 300K tokens at most.
+    # The 4k stage (~1.4M tokens) is planned as ceil(tokens / 300K) packing groups. Which of them
+    # a book lands in is a hash of its id (which holds this test's temporary path), so only bounds
+    # that hold for any assignment are asserted: never more groups than planned, and the largest
+    # group holds at least its share (pigeonhole) and at most the stage.
     stage = manifest["stages"]["4k"]
-    assert stage["packing_groups"] >= stage["tokens"] // 300_000
-    assert 0 < stage["max_group_tokens"] < 3 * 300_000
+    planned = -(-stage["tokens"] // 300_000)
+    assert planned >= 4
+    assert 1 <= stage["packing_groups"] <= planned
+    assert stage["tokens"] / stage["packing_groups"] <= stage["max_group_tokens"] <= stage["tokens"]
     for name, stage in manifest["stages"].items():
         assert stage["rows"] > 0, name
         total_tokens = 0
