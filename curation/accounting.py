@@ -15,6 +15,7 @@ class Reason(str, Enum):
     MISSING_FIELD = "missing_field"
     WRONG_TYPE = "wrong_type"
     INVALID_UTF8 = "invalid_utf8"
+    INVALID_UNICODE = "invalid_unicode"  # decoded text holds a lone surrogate (a JSON "\\udXXX" escape)
     BINARY = "binary"
     EMPTY = "empty"
     TOO_SHORT = "too_short"
@@ -23,20 +24,40 @@ class Reason(str, Enum):
     NO_STAGE = "no_stage"
 
 
+def printable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (from a JSON `\\udXXX` escape or a file name that is
+    not UTF-8) becomes a `\\udcXX` escape. Deterministic, and the identity on ordinary text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @dataclass(frozen=True)
 class Reject:
-    """A record that reached no output, and why. `detail` is short, human-readable context."""
+    """What reached no output, and why. `detail` is short, human-readable context. `records` is
+    how many input records the reject stands for: 1, or more for a part of a file that could not
+    be read when its record count is known (e.g. a corrupt Parquet row group)."""
 
     source: str
     id: str
     reason: str
     detail: str = ""
     unit: str = "record"  # what was rejected: an input record, or a part of one (e.g. a QA "chunk")
+    records: int = 1
 
-    def as_json(self) -> dict[str, str]:
-        out = {"source": self.source, "id": self.id, "reason": str(self.reason), "detail": self.detail}
+    def as_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "source": printable(self.source),
+            "id": printable(self.id),
+            "reason": str(self.reason),
+            "detail": printable(self.detail),
+        }
         if self.unit != "record":
             out["unit"] = self.unit
+        if self.records != 1:
+            out["records"] = self.records
         return out
 
     @property

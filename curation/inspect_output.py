@@ -241,7 +241,7 @@ def read_rejects(
                 rec = json.loads(line)
                 unit, reason = rec.get("unit", RECORD), str(rec.get("reason", ""))
                 group = groups.setdefault((unit, reason), RejectGroup(unit, reason))
-                group.count += 1
+                group.count += int(rec.get("records", 1))
                 detail = str(rec.get("detail", ""))
                 if len(group.examples) < examples:
                     group.examples.append(RejectExample(

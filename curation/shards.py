@@ -19,6 +19,7 @@ import fsspec
 import numpy as np
 import pyarrow as pa
 
+from curation.accounting import printable
 from curation.packing import RowArrays
 
 SCHEMA_VERSION = "1"
@@ -41,7 +42,8 @@ def shard_schema(length: int, metadata: dict[str, Any], with_vision: bool = Fals
         fields.append(pa.field("vision_mask", pa.list_(pa.uint8(), length)))
     fields += [pa.field("doc_ids", pa.list_(pa.string())), pa.field("doc_starts", pa.list_(pa.int64()))]
     meta = {"longctx.schema_version": SCHEMA_VERSION, "longctx.length": str(length)}
-    meta.update({f"longctx.{k}": v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
+    # json.dumps escapes lone surrogates (ensure_ascii); plain strings are escaped here.
+    meta.update({f"longctx.{k}": printable(v) if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in metadata.items()})
     return pa.schema(fields, metadata=meta)
 
 
@@ -61,7 +63,8 @@ def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
     ]
     if rows.vision_mask is not None:
         columns.append(_fixed(rows.vision_mask.astype(np.uint8), pa.uint8()))
-    columns += [pa.array(rows.doc_ids, pa.list_(pa.string())), pa.array(rows.doc_starts, pa.list_(pa.int64()))]
+    doc_ids = [[printable(d) for d in ids] for ids in rows.doc_ids]  # Arrow strings must be valid UTF-8
+    columns += [pa.array(doc_ids, pa.list_(pa.string())), pa.array(rows.doc_starts, pa.list_(pa.int64()))]
     batch = pa.record_batch(columns, schema=schema)
     sink = io.BytesIO()
     with pa.ipc.new_stream(sink, schema) as writer:

@@ -7,6 +7,23 @@ from dataclasses import dataclass
 from enum import Enum
 
 
+# A stage name is a folder under the job's output: no path separators, no leading dot ("..").
+_STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Folders the job itself writes beside the stages.
+RESERVED_STAGE_NAMES = frozenset({"rejects"})
+
+
+def check_stage_name(name: object) -> None:
+    """Raise ValueError unless `name` is safe as a folder name under the output."""
+    if not isinstance(name, str) or not _STAGE_NAME.match(name) or len(name) > 100:
+        raise ValueError(
+            f"stage name {name!r} is not allowed: use letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (at most 100 characters)"
+        )
+    if name in RESERVED_STAGE_NAMES:
+        raise ValueError(f"stage name {name!r} is reserved (the job writes its own {name}/ folder)")
+
+
 @dataclass(frozen=True)
 class Stage:
     """A context stage: rows of exactly `length` tokens, fed by documents whose token count is
@@ -18,6 +35,7 @@ class Stage:
     max_tokens: int | None = None
 
     def __post_init__(self) -> None:
+        check_stage_name(self.name)
         if self.length <= 0:
             raise ValueError(f"stage {self.name!r}: length must be positive, got {self.length}")
         if self.max_tokens is not None and self.max_tokens <= self.min_tokens:
@@ -39,7 +57,9 @@ LWM_STAGES: dict[str, Stage] = {
     )
 }
 
-_INLINE = re.compile(r"^(?P<name>[\w.-]+)=(?P<length>\d+[kKmM]?):(?P<min>\d+[kKmM]?)-(?P<max>\d+[kKmM]?)?$")
+# The name is checked by Stage itself (check_stage_name); any name is matched here so that a bad one
+# gets that message rather than "unknown stage".
+_INLINE = re.compile(r"^(?P<name>[^=]*)=(?P<length>\d+[kKmM]?):(?P<min>\d+[kKmM]?)-(?P<max>\d+[kKmM]?)?$")
 
 
 def parse_count(text: str) -> int:

@@ -58,9 +58,11 @@ class SumCounts(beam.CombineFn):
 
 
 class CountRejects(beam.DoFn):
+    """A reject counts as the records it stands for (more than one for a corrupt Parquet row group)."""
+
     def process(self, reject: Reject):
-        Metrics.counter(NAMESPACE, reject.counter).inc()
-        yield {reject.counter: 1}
+        Metrics.counter(NAMESPACE, reject.counter).inc(reject.records)
+        yield {reject.counter: reject.records}
 
 
 def reject_file_name(index: int, count: int) -> str:
@@ -74,6 +76,7 @@ class WriteRejectFile(beam.DoFn):
 
     def process(self, keyed):
         index, rejects = keyed
+        # as_json escapes lone surrogates, so every line is valid UTF-8.
         lines = [json.dumps(r.as_json(), ensure_ascii=False) for r in sorted(rejects, key=lambda r: r.sort_key)]
         rel = reject_file_name(index, self.count)
         write_bytes_atomic(join_url(self.output, rel), ("\n".join(lines) + "\n").encode())
@@ -91,7 +94,7 @@ class WriteRejects(beam.PTransform):
     def expand(self, rejects):
         files = (
             rejects
-            | "ByFile" >> beam.Map(lambda r: (zlib.crc32(f"{r.source}\0{r.id}".encode()) % self.files, r))
+            | "ByFile" >> beam.Map(lambda r: (zlib.crc32(f"{r.source}\0{r.id}".encode("utf-8", "backslashreplace")) % self.files, r))
             | "GroupByFile" >> beam.GroupByKey()
             | "Write" >> beam.ParDo(WriteRejectFile(self.output, self.files))
         )
@@ -100,7 +103,8 @@ class WriteRejects(beam.PTransform):
 
 
 class WriteManifest(beam.DoFn):
-    """Runs once, after everything else: checks read == kept + rejected and writes manifest.json."""
+    """Runs once, after everything else: checks read == kept + rejected and writes manifest.json
+    (yielding its text)."""
 
     def __init__(self, kind: str, output: str, stages: list[Stage], config: dict, extra: dict | None = None):
         self.kind = kind
@@ -111,13 +115,21 @@ class WriteManifest(beam.DoFn):
 
     def process(self, _, counters, shards, reject_files):
         manifest = build_manifest(self.kind, counters, self.stages, shards, self.config, reject_files, self.extra)
-        write_bytes_atomic(join_url(self.output, "manifest.json"), json.dumps(manifest, indent=2).encode())
-        yield manifest
+        # JSON text (ASCII: a lone surrogate in the config, e.g. an input path that is not UTF-8,
+        # is escaped) is what is written and what is yielded: Beam's coders need valid UTF-8.
+        text = json.dumps(manifest, indent=2)
+        write_bytes_atomic(join_url(self.output, "manifest.json"), text.encode())
+        yield text
+
+
+def read_events(item) -> dict[str, int]:
+    """A document is one record read; a reject, the records it stands for."""
+    return {READ: item.records if isinstance(item, Reject) else 1}
 
 
 def count_read(pcoll_docs, pcoll_rejects, label: str = "CountRead"):
     """One `read` event per record read, whether it parsed or not."""
-    return (pcoll_docs, pcoll_rejects) | label >> beam.Flatten() | f"{label}Events" >> beam.Map(lambda _: {READ: 1})
+    return (pcoll_docs, pcoll_rejects) | label >> beam.Flatten() | f"{label}Events" >> beam.Map(read_events)
 
 
 def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, packed):

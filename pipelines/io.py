@@ -10,7 +10,7 @@ from apache_beam.metrics import Metrics
 
 from curation.accounting import Reject
 from curation.documents import Document
-from curation.sources import SourceConfig, expand_pattern, iter_file_records
+from curation.sources import SourceConfig, expand_pattern, file_url, iter_file_records, portable_url
 from pipelines.accounting import NAMESPACE, REJECTS
 
 log = logging.getLogger("longctx")
@@ -20,11 +20,13 @@ class NoInputFiles(ValueError):
     pass
 
 
-def match_pattern(pattern: str) -> list[str]:
-    files = expand_pattern(pattern)
+def match_pattern(pattern: str | bytes) -> list[str | bytes]:
+    """Files of one input pattern; a local name that is not UTF-8 comes as bytes (`portable_url`)."""
+    path, name = file_url(pattern)
+    files = expand_pattern(path)
     if not files:
-        raise NoInputFiles(f"input {pattern!r} matched no files")
-    return files
+        raise NoInputFiles(f"input {name!r} matched no files")
+    return [portable_url(f) for f in files]
 
 
 class ReadRecords(beam.DoFn):
@@ -35,23 +37,24 @@ class ReadRecords(beam.DoFn):
         self.parsed = Metrics.counter(NAMESPACE, "records_parsed")
         self.files = Metrics.counter(NAMESPACE, "files")
 
-    def process(self, url: str):
+    def process(self, url: str | bytes):
         self.files.inc()
         count = 0
         for item in iter_file_records(url, self.config):
-            count += 1
-            self.parsed.inc()
+            records = item.records if isinstance(item, Reject) else 1
+            count += records
+            self.parsed.inc(records)
             if isinstance(item, Reject):
                 yield beam.pvalue.TaggedOutput(REJECTS, item)
             else:
                 yield item
-        log.info("read %s: %d records", url, count)
+        log.info("read %s: %d records", file_url(url)[1], count)
 
 
 def record_key(item: Document | Reject) -> str:
     """A stable identity of a record (document or unreadable record) for sampling."""
     uid = item.uid if isinstance(item, Document) else f"{item.source}#{item.id}"
-    return hashlib.sha1(uid.encode()).hexdigest()
+    return hashlib.sha1(uid.encode("utf-8", "backslashreplace")).hexdigest()
 
 
 def split_sampled(items):
@@ -72,7 +75,7 @@ class ReadInputs(beam.PTransform):
     def expand(self, pbegin):
         files = (
             pbegin
-            | "Patterns" >> beam.Create(self.patterns)
+            | "Patterns" >> beam.Create([portable_url(p) for p in self.patterns])
             | "Match" >> beam.FlatMap(match_pattern)
             | "UniqueFiles" >> beam.Distinct()
             | "Spread" >> beam.Reshuffle()

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import glob
+import json
 import logging
+import uuid
 from typing import Any
 
 import apache_beam as beam
 import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
-from curation.shards import join_url, read_manifest
-from curation.tokenize import load_tokenizer
+from curation.manifest import config_hash
+from curation.shards import _is_local, join_url, read_manifest
+from curation.tokenize import TokenizerInfo, load_tokenizer
 from pipelines.books import BuildBookShards
 from pipelines.config import BooksConfig, ImagesConfig, JobConfig, QAConfig, VideoConfig
 
@@ -29,9 +33,23 @@ def pipeline_options(beam_args: list[str] | PipelineOptions) -> PipelineOptions:
     return options
 
 
-def shard_metadata(config: JobConfig, kind: str) -> dict[str, dict[str, Any]]:
+def check_tokenizer(spec: str) -> TokenizerInfo:
+    """Load the tokenizer once before the pipeline, so that a file that is not a tokenizer is a
+    one-line ConfigError here rather than a traceback from every worker."""
+    try:
+        _, info = load_tokenizer(spec)
+    except Exception as err:  # tokenizers, sentencepiece and transformers each raise their own types
+        message = " ".join(str(err).split()) or type(err).__name__
+        if not message.startswith("tokenizer "):
+            message = f"tokenizer {spec!r} cannot be loaded: {message}"
+        raise ConfigError(message[:500]) from None
+    return info
+
+
+def shard_metadata(config: JobConfig, kind: str, info: TokenizerInfo | None = None) -> dict[str, dict[str, Any]]:
     """What every shard of each stage records about how it was made."""
-    _, info = load_tokenizer(config.tokenizer)
+    if info is None:
+        _, info = load_tokenizer(config.tokenizer)
     extra = {}
     if kind in ("video", "images"):
         from pipelines.video import vision_metadata
@@ -49,7 +67,26 @@ def shard_metadata(config: JobConfig, kind: str) -> dict[str, dict[str, Any]]:
     }
 
 
-def validate(config: JobConfig) -> None:
+def check_output_writable(output: str) -> None:
+    """A local output must be (or become) a folder we can write in; found now rather than after
+    the whole job has run. Remote outputs are checked by their first write."""
+    fs, root = fsspec.core.url_to_fs(output)
+    if not _is_local(fs):
+        return
+    if fs.exists(root) and not fs.isdir(root):
+        raise ConfigError(f"output {output!r} is a file, not a folder")
+    probe = f"{root.rstrip('/')}/.longctx-write-check-{uuid.uuid4().hex}"
+    try:
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(probe, "wb") as fh:
+            fh.write(b"")
+        fs.rm(probe)
+    except OSError as err:
+        raise ConfigError(f"output {output!r} is not writable: {err.strerror or err}") from None
+
+
+def validate(config: JobConfig) -> TokenizerInfo:
+    """Every check that can be made before the pipeline starts; returns the tokenizer's info."""
     missing = [name for name in ("inputs", "output", "tokenizer") if not getattr(config, name)]
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (flags --input/--output/--tokenizer or a --config file)")
@@ -57,6 +94,34 @@ def validate(config: JobConfig) -> None:
         config.resolved_stages()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    info = check_tokenizer(config.tokenizer)
+    check_output_writable(config.output)  # last: it creates the output folder
+    return info
+
+
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The config keys whose values differ, as `key: old -> new` (values shortened)."""
+    def short(value: Any) -> str:
+        text = json.dumps(value, sort_keys=True, default=str)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    missing = object()
+    keys = sorted(set(old) | set(new))
+    return [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys if old.get(k, missing) != new.get(k, missing)]
+
+
+def check_finished(output: str, finished: dict[str, Any], config: JobConfig) -> None:
+    """A finished job in `output` made with another config must not pass for this one."""
+    current = json.loads(json.dumps(config.data_config(), default=str))  # as the manifest stores it
+    old = finished.get("config") or {}
+    if finished.get("config_hash", config_hash(old)) == config_hash(current):
+        return
+    changes = _changes(old, current)
+    listed = "; ".join(changes[:5]) + (f"; and {len(changes) - 5} more" if len(changes) > 5 else "")
+    raise ConfigError(
+        f"{output} holds a finished job made with a different config ({listed or 'config hash differs'}): "
+        "pass --overwrite to redo it, or choose another --output"
+    )
 
 
 def prepare_output(output: str, overwrite: bool) -> dict[str, Any] | None:
@@ -67,8 +132,9 @@ def prepare_output(output: str, overwrite: bool) -> dict[str, Any] | None:
     root = root.rstrip("/")
     if fs.exists(f"{root}/manifest.json") and not overwrite:
         return read_manifest(output)
-    ours = [f"{root}/manifest.json", f"{root}/.manifest.json.tmp-*", f"{root}/*/train-*-of-*.arrow",
-            f"{root}/*/.train-*-of-*.arrow.tmp-*", f"{root}/rejects/rejects-*-of-*.jsonl", f"{root}/rejects/.rejects-*.tmp-*"]
+    base = glob.escape(root)  # an output path may itself hold glob characters ("out[1]")
+    ours = [f"{base}/manifest.json", f"{base}/.manifest.json.tmp-*", f"{base}/*/train-*-of-*.arrow",
+            f"{base}/*/.train-*-of-*.arrow.tmp-*", f"{base}/rejects/rejects-*-of-*.jsonl", f"{base}/rejects/.rejects-*.tmp-*"]
     stale = sorted({p for pattern in ours for p in fs.glob(pattern)})
     for path in stale:
         fs.rm(path)
@@ -79,13 +145,15 @@ def prepare_output(output: str, overwrite: bool) -> dict[str, Any] | None:
 
 def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
     """Run a data job to completion and return its manifest. A finished job (its manifest exists)
-    is not redone unless `config.overwrite`; an unfinished one's leftovers are removed first."""
-    validate(config)
+    made with the same config is not redone unless `config.overwrite` (one made with another
+    config is a ConfigError); an unfinished one's leftovers are removed first."""
+    info = validate(config)
     finished = prepare_output(config.output, config.overwrite)
     if finished is not None:
+        check_finished(config.output, finished, config)
         log.warning("%s is already complete (manifest.json exists): nothing to do; pass --overwrite to redo it", config.output)
         return finished
-    metadata = shard_metadata(config, kind)
+    metadata = shard_metadata(config, kind, info)
     with beam.Pipeline(options=pipeline_options(beam_args or [])) as pipeline:
         _ = pipeline | kind.capitalize() >> transform(config, metadata)
     return read_manifest(config.output)

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from curation.shards import read_shard
 from pipelines.config import BooksConfig
 from pipelines.launch import run_books
@@ -89,3 +91,39 @@ def test_sample_is_deterministic_and_accounted(tmp_path):
     full = run_books(_config(tmp_path / "s3", inputs=[str(tmp_path / "*.jsonl")]), IN_MEMORY)
     assert full["read"] == 8 and full["rejected"] == {"malformed_json": 1}
     assert json.loads((tmp_path / "s1" / "manifest.json").read_text())["read"] == 3
+
+
+def _small_config(tmp_path: Path, **kw) -> BooksConfig:
+    lines = gzip.open(SAMPLE_BOOKS, "rt").read().splitlines()[3:4]  # one short novel
+    (tmp_path / "in.jsonl").write_text("\n".join(lines) + "\n")
+    data = {"inputs": [str(tmp_path / "in.jsonl")], "output": str(tmp_path / "out"), "tokenizer": DEMO_TOKENIZER,
+            "stages": ["4k=4096:1-"]}
+    data.update(kw)
+    return BooksConfig.model_validate(data)
+
+
+def test_rerun_with_another_config_is_refused_naming_the_change(tmp_path, capsys):
+    from pipelines.cli import main
+    from pipelines.launch import ConfigError
+
+    first = run_books(_small_config(tmp_path), IN_MEMORY)
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    # The same config (inputs, output and all) is still a no-op.
+    assert run_books(_small_config(tmp_path), IN_MEMORY) == first
+    for change, named in (({"min_chars": 50}, "min_chars: 1 -> 50"), ({"stages": ["4k=4096:2-"]}, "stages:"),
+                          ({"add_eos": False}, "add_eos: true -> false")):
+        with pytest.raises(ConfigError, match="different config") as err:
+            run_books(_small_config(tmp_path, **change), IN_MEMORY)
+        assert named in str(err.value) and "--overwrite" in str(err.value) and "\n" not in str(err.value)
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()} == stamps
+    # The command line says it in one line, and prints no old summary.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["books", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "out"),
+              "--tokenizer", DEMO_TOKENIZER, "--stages", "4k=4096:1-", "--min-chars", "50"])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert "min_chars: 1 -> 50" in captured.err and "read" not in captured.out
+    # --overwrite redoes it with the new config.
+    redone = run_books(_small_config(tmp_path, min_chars=50, overwrite=True), IN_MEMORY)
+    assert redone["config"]["min_chars"] == 50 and redone["config_hash"] != first["config_hash"]
+    assert redone["read"] == redone["kept"] + redone["rejected_total"] == 1
