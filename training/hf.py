@@ -3,23 +3,35 @@
 Names map one to one (`model.layers.3.self_attn.q_proj.weight` <-> `layers_3/self_attn/q_proj/kernel`);
 HF Linear weights are [out, in] and ours [in, out], so dense kernels are transposed. Our RoPE uses
 HF's rotate_half convention, so q/k weights need no permutation (tests/test_model.py checks logits).
+
+`export_checkpoint` (`longctx convert --to-hf`) also writes the tokenizer the run's data was made
+with (tokenizer.json + tokenizer_config.json, a chat template when the tokenizer has one) and a
+generation_config.json, so the folder loads in transformers and vLLM as a whole. The BOS/EOS/pad
+ids come from what the data shards record (curation.tokenize.TokenizerInfo), never from a guess.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pyarrow as pa
+import yaml
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from training.model import ModelConfig, init_params
+
+log = logging.getLogger("longctx")
 
 _HUB_PATTERNS = ["config.json", "*.safetensors", "model.safetensors.index.json"]
 _IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers some old checkpoints saved; recomputed here
@@ -73,8 +85,9 @@ def config_from_hf(hf: Mapping[str, Any], dtype: str = "float32") -> ModelConfig
     )
 
 
-def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
-    """A config.json that transformers 4.x and 5.x read as LlamaForCausalLM."""
+def config_to_hf(config: ModelConfig, dtype: str = "float32", special: SpecialIds | None = None) -> dict[str, Any]:
+    """A config.json that transformers 4.x and 5.x read as LlamaForCausalLM; token ids from
+    `special` (the training tokenizer's), null when it is not known."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -95,8 +108,10 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32") -> dict[str, Any]:
         "attention_bias": False,
         "mlp_bias": False,
         "initializer_range": config.initializer_range,
-        "bos_token_id": 1,  # LLaMA-2 tokenizer (MISSION.md); override with extra_config
-        "eos_token_id": 2,
+        # Written even when unknown: LlamaConfig would otherwise default to LLaMA-2's 1/2.
+        "bos_token_id": None if special is None else special.bos_id,
+        "eos_token_id": None if special is None else special.eos_id,
+        "pad_token_id": None if special is None else special.pad_id,
         "torch_dtype": dtype,
     }
 
@@ -177,11 +192,13 @@ def load_hf_llama(path_or_hub_id: str | Path, dtype: str = "float32", *,
 
 
 def export_hf_llama(config: ModelConfig, params: Any, out_dir: str | Path, dtype: str = "float32", *,
-                    extra_config: Mapping[str, Any] | None = None) -> Path:
+                    special: SpecialIds | None = None, extra_config: Mapping[str, Any] | None = None) -> Path:
     """Write config.json + model.safetensors loadable by transformers' AutoModelForCausalLM.
 
-    Single host: params are gathered to host memory (jax.device_get) one tensor at a time. A
-    unified vision vocabulary exports as a larger vocabulary; a separate one has no HF counterpart.
+    `special`: the training tokenizer's BOS/EOS/pad ids for config.json (null when None; the
+    tokenizer files and generation_config.json are written by `export_checkpoint`). Single host:
+    params are gathered to host memory (jax.device_get) one tensor at a time. A unified vision
+    vocabulary exports as a larger vocabulary; a separate one has no HF counterpart.
     """
     if config.has_vision_head:
         raise ValueError("a separate vision embedding/head has no place in LlamaForCausalLM; "
@@ -194,8 +211,247 @@ def export_hf_llama(config: ModelConfig, params: Any, out_dir: str | Path, dtype
         array = np.asarray(jax.device_get(_get(params, path))).astype(np_dtype)
         tensors[name] = np.ascontiguousarray(array.T if transpose else array)
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})  # transformers wants "pt"
-    hf_config = {**config_to_hf(config, np_dtype.name), **(extra_config or {})}
+    hf_config = {**config_to_hf(config, np_dtype.name, special), **(extra_config or {})}
     (out / "config.json").write_text(json.dumps(hf_config, indent=2) + "\n")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The tokenizer beside the weights: found from the run that made the checkpoint
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SpecialIds:
+    """The special token ids a model was trained with (what TokenizerInfo records per shard)."""
+
+    bos_id: int | None = None
+    eos_id: int | None = None
+    pad_id: int | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> SpecialIds:
+        """From a shard's `longctx.tokenizer` record (TokenizerInfo.as_metadata())."""
+        return cls(*(None if record.get(k) is None else int(record[k]) for k in ("bos_id", "eos_id", "pad_id")))
+
+    def any(self) -> bool:
+        return any(i is not None for i in (self.bos_id, self.eos_id, self.pad_id))
+
+
+@dataclass(frozen=True)
+class DataTokenizer:
+    """What a run's training data records about its tokenizer."""
+
+    record: dict[str, Any]  # TokenizerInfo.as_metadata(): name (the spec), sha256, vocab_size, bos/eos/pad ids
+    data: str  # the run's data spec, where the record was read
+    add_bos: bool  # the data jobs prepended BOS to each document (their manifests; True when they do not say)
+
+
+def _stage_metadata(folder: str) -> dict[str, str]:
+    """The schema metadata of a stage folder's first shard, reading only the stream's first
+    message (not the rows). Any shard will do: one job's shards all record one tokenizer (and
+    whether the job finished is the trainer's concern, not the export's)."""
+    fs, path = fsspec.core.url_to_fs(folder.rstrip("/"))
+    shards = sorted(fs.glob(f"{path}/*.arrow"))
+    if not shards:
+        raise FileNotFoundError(f"no *.arrow shards under {folder}")
+    with fs.open(shards[0], "rb") as fh:
+        schema = pa.ipc.open_stream(fh).schema
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
+def _manifest_add_bos(stage_folder: str) -> bool | None:
+    """`add_bos` of the data job that wrote a stage folder (its manifest is one level up)."""
+    parent = stage_folder.rstrip("/").rpartition("/")[0] or "."
+    try:
+        with fsspec.open(f"{parent}/manifest.json", "r") as fh:
+            value = json.load(fh).get("config", {}).get("add_bos")
+    except (OSError, ValueError):  # no manifest (a bare folder of shards) or an unreadable one
+        return None
+    return None if value is None else bool(value)
+
+
+def run_data_tokenizer(checkpoint: str | Path) -> tuple[DataTokenizer | None, str]:
+    """(what the data of the run that made `checkpoint` records about its tokenizer, "") or
+    (None, why it is not known). A params checkpoint `RUN/checkpoints/final` has the run's
+    `RUN/config.yaml` two levels up; its `data` names the stage folders, whose shards carry the
+    tokenizer in their schema metadata (`longctx.tokenizer`). Raises ValueError when the run's
+    data sources were made with different tokenizers: such a model has no one tokenizer."""
+    from training.data import parse_data_mix
+
+    ckpt = Path(checkpoint).absolute()
+    run = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else None
+    if run is None or not (run / "config.yaml").is_file():
+        return None, f"{checkpoint} is not in a training run folder (RUN/checkpoints/final beside RUN/config.yaml)"
+    run_config = yaml.safe_load((run / "config.yaml").read_text()) or {}
+    data = run_config.get("data") if isinstance(run_config, dict) else None
+    if not data:
+        return None, f"{run / 'config.yaml'} names no training data"
+    found: list[tuple[str, dict[str, Any], bool | None]] = []
+    for folder, _ in parse_data_mix(str(data)):
+        try:
+            record = json.loads(_stage_metadata(folder).get("longctx.tokenizer") or "null")
+        except (OSError, ValueError) as err:  # moved, deleted or not a shard (pyarrow's errors are ValueErrors)
+            return None, f"the run's data {folder} cannot be read ({err})"
+        if not isinstance(record, dict) or not record.get("name"):
+            return None, f"the shards of {folder} record no tokenizer"
+        found.append((folder, record, _manifest_add_bos(folder)))
+    if len({(r.get("sha256"), r.get("vocab_size")) for _, r, _ in found}) > 1:
+        made = "; ".join(f"{f}: {r['name']!r} (sha256 {str(r.get('sha256'))[:12]})" for f, r, _ in found)
+        raise ValueError(f"the run's data sources were made with different tokenizers ({made}): no one tokenizer to export")
+    said = {b for _, _, b in found} - {None}
+    # BOS first, as `longctx generate` prompts, unless the data jobs say their documents had none.
+    return DataTokenizer(found[0][1], str(data), add_bos=said != {False}), ""
+
+
+def _check_same_tokenizer(info: Any, recorded: Mapping[str, Any], spec: str) -> str:
+    """Refuse a tokenizer whose vocabulary size or special ids differ from the data's; return a
+    warning (else "") when it is another file than the one the data was made with."""
+    names = ("vocab_size", "bos_id", "eos_id", "pad_id")
+    ours, theirs = tuple(getattr(info, n) for n in names), tuple(recorded.get(n) for n in names)
+    if ours != theirs:
+        diff = ", ".join(f"{n} {a} != {b}" for n, a, b in zip(names, ours, theirs) if a != b)
+        what = ("has changed since the training data was made with it" if spec == recorded.get("name")
+                else f"is not the one the training data was made with ({recorded.get('name')!r})")
+        raise ValueError(f"tokenizer {spec!r} {what}: {diff}; pass --tokenizer SPEC with the data's tokenizer")
+    if recorded.get("sha256") and info.sha256 != recorded["sha256"]:
+        what = "has changed since the data was made" if spec == recorded.get("name") else \
+            f"is another file than the data's {recorded.get('name')!r}"
+        return (f"tokenizer {spec!r} {what} (sha256 {info.sha256[:12]} != {str(recorded['sha256'])[:12]}); "
+                "its vocabulary size and special ids match, so it is written")
+    return ""
+
+
+def _folder_chat_template(folder: Path) -> str | dict[str, str] | None:
+    """A Hugging Face tokenizer folder's chat template: chat_template.jinja (transformers >= 4.47
+    writes it there) or tokenizer_config.json's `chat_template` (a string, or named templates)."""
+    jinja = folder / "chat_template.jinja"
+    if jinja.is_file():
+        return jinja.read_text()
+    config = folder / "tokenizer_config.json"
+    if not config.is_file():
+        return None
+    template = json.loads(config.read_text()).get("chat_template")
+    if isinstance(template, list):  # [{"name": ..., "template": ...}], as transformers saves several
+        return {t["name"]: t["template"] for t in template}
+    return template or None
+
+
+def tokenizer_chat_template(spec: str) -> str | dict[str, str] | None:
+    """The chat template that comes with a tokenizer spec, if any: from a local tokenizer folder
+    (or its tokenizer.json / tokenizer.model), or a hub id's. Single files (package:, URLs, a
+    bare SentencePiece model) have none."""
+    if spec.startswith("package:") or "://" in spec:
+        return None
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        return _folder_chat_template(path)
+    if path.is_file():
+        return _folder_chat_template(path.parent) if path.name in ("tokenizer.json", "tokenizer.model") else None
+    if spec.startswith((".", "/", "~")):
+        return None
+    try:  # a hub id: load_tokenizer fetched it through transformers already, so this reads the cache
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(spec, trust_remote_code=False).chat_template or None
+    except Exception:  # noqa: BLE001 - offline or gated: the tokenizer is written without a template
+        return None
+
+
+def write_hf_tokenizer(out_dir: str | Path, tokenizer: Any, special: SpecialIds, *, add_bos: bool = True,
+                       chat_template: str | dict[str, str] | None = None, model_max_length: int | None = None) -> None:
+    """tokenizer.json + tokenizer_config.json (+ chat_template.jinja) that AutoTokenizer and vLLM
+    load: `tokenizer` (a tokenizers.Tokenizer) with the given special tokens. With `add_bos`, the
+    tokenizer prepends BOS as the training documents had it and `longctx generate` does."""
+    from tokenizers import Tokenizer, processors
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer.from_str(tokenizer.to_str())  # a private copy: the loader's object may be shared
+
+    def token(token_id: int | None) -> str | None:
+        return None if token_id is None else tok.id_to_token(token_id)
+
+    bos = token(special.bos_id)
+    if add_bos and bos is not None:
+        probe = tok.encode("a", add_special_tokens=True).ids
+        if not probe or probe[0] != special.bos_id:  # its post-processor (if any) does not add BOS already
+            template = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                     special_tokens=[(bos, special.bos_id)])
+            tok.post_processor = template if tok.post_processor is None else processors.Sequence([tok.post_processor, template])
+    unk = getattr(tok.model, "unk_token", None)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=token(special.eos_id), pad_token=token(special.pad_id),
+        unk_token=unk if unk is not None and tok.token_to_id(unk) is not None else None,
+        chat_template=chat_template, **({} if model_max_length is None else {"model_max_length": model_max_length}))
+    out = Path(out_dir)
+    fast.save_pretrained(out)
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    # transformers 5 names its class TokenizersBackend, which 4.x (vLLM's pins) does not know; both
+    # read PreTrainedTokenizerFast. Older 4.x read the chat template only from this file.
+    config["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if chat_template is not None:
+        config["chat_template"] = chat_template if isinstance(chat_template, str) else [
+            {"name": k, "template": v} for k, v in chat_template.items()]
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+
+
+def write_generation_config(out_dir: str | Path, special: SpecialIds) -> None:
+    """generation_config.json with the training tokenizer's ids (transformers' and vLLM's stop token)."""
+    from transformers import GenerationConfig
+
+    GenerationConfig(bos_token_id=special.bos_id, eos_token_id=special.eos_id, pad_token_id=special.pad_id).save_pretrained(out_dir)
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: str = "float32",
+                      tokenizer: str | None = None) -> Path:
+    """`longctx convert --to-hf`: a params checkpoint -> a Hugging Face folder with weights,
+    config.json, the training tokenizer and generation_config.json.
+
+    The tokenizer is `tokenizer` (a spec, as for `longctx books`) or else the one the run's data
+    shards record (`run_data_tokenizer`); its BOS/EOS/pad ids are the recorded ones. A given
+    tokenizer whose vocabulary size or special ids differ from the recorded ones is refused. When
+    no tokenizer is found, the weights and config.json (with null token ids) are still written and
+    a one-line warning names the flag to add; ids are never guessed.
+    """
+    from curation.tokenize import load_tokenizer
+    from training.checkpoint import is_params_checkpoint, load_params
+
+    if not is_params_checkpoint(checkpoint):
+        raise FileNotFoundError(f"{checkpoint} is not a longctx params checkpoint (model.json + params/, e.g. RUN/checkpoints/final)")
+    out = Path(out_dir)
+    recorded, why = run_data_tokenizer(checkpoint)
+    spec = tokenizer or (recorded.record["name"] if recorded else None)
+    tok = info = None
+    warnings = []
+    if spec:
+        try:
+            tok, info = load_tokenizer(spec)
+        except Exception as err:  # noqa: BLE001 - a recorded spec may be a path of another machine
+            if tokenizer:
+                raise
+            why = f"the tokenizer the run's data records, {spec!r}, cannot be loaded here ({err})"
+    if info is not None and recorded is not None:
+        warnings.append(_check_same_tokenizer(info, recorded.record, spec))
+    special = SpecialIds.from_record(recorded.record) if recorded else (
+        SpecialIds(info.bos_id, info.eos_id, info.pad_id) if info is not None else None)
+
+    vocab_size = json.loads((Path(checkpoint) / "model.json").read_text())["vocab_size"]
+    if info is not None and info.vocab_size > vocab_size:  # said before the weights are read
+        raise ValueError(f"tokenizer {spec!r} has {info.vocab_size} ids but the model only {vocab_size}")
+    config, params = load_params(checkpoint)
+    export_hf_llama(config, params, out, dtype, special=special)
+    if special is not None and special.any():
+        write_generation_config(out, special)
+    if tok is not None:
+        write_hf_tokenizer(out, tok, special, add_bos=recorded.add_bos if recorded else True,
+                           chat_template=tokenizer_chat_template(spec), model_max_length=config.max_position_embeddings)
+        log.info("wrote tokenizer %s (%s) to %s", spec, "from --tokenizer" if tokenizer else f"recorded by {recorded.data}", out)
+    else:
+        ids = "the data's token ids are in config.json" if special is not None else "config.json has no token ids"
+        warnings.append(f"no tokenizer written ({ids}): {why}; add --tokenizer SPEC, the tokenizer the training data was made with")
+    for warning in filter(None, warnings):
+        log.warning(warning)
     return out
 
 
