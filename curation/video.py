@@ -14,11 +14,17 @@ Corrupt inputs raise `VideoError(reason, detail)`, never anything else from deco
 - `no_frames`: the file opens but holds no video frames.
 - `decode_error`: frames cannot be decoded (a file cut after its index): decord raises
   `decord._ffi.base.DECORDError`, which is not a `RuntimeError`, so both are caught.
+
+A `VideoError`'s detail names the video and quotes decord's message without what differs from
+run to run (log timestamps, source locations, backtraces: `stable_message`), so the rejects of
+two runs over the same files are identical. Local files whose names are not UTF-8 are read too.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -35,6 +41,34 @@ except Exception:  # pragma: no cover - decord missing or laid out differently
         pass
 
 _DECODE_ERRORS = (RuntimeError, _DECORDError)
+
+
+# What makes a decoder's message differ between two runs over the same file, removed so that
+# rejects files are byte-identical across reruns: dmlc/decord log timestamps and C++ source
+# locations, backtraces (addresses differ per process), and object addresses in Python reprs.
+_NOISE = (
+    (re.compile(r"\s*Stack trace.*", re.S), ""),
+    (re.compile(r"\[\d{1,2}:\d{2}:\d{2}(?:\.\d+)?\]\s*"), ""),
+    (re.compile(r"[\w./-]+\.(?:cc|cpp|cu|c|h|hpp):\d+:\s*"), ""),
+    (re.compile(r"\s+at 0x[0-9a-fA-F]+"), ""),
+    (re.compile(r"0x[0-9a-fA-F]{8,}"), "0x?"),
+)
+
+
+def _printable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate (a file name that is not UTF-8, or a JSON `\\udXXX`
+    escape) becomes its `\\udcXX` escape, so details can always be written."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def stable_message(err: BaseException, limit: int = 300) -> str:
+    """`str(err)` on one line, without what changes from run to run (timestamps, addresses,
+    backtraces), cut to `limit` characters: a reject detail that reruns reproduce exactly."""
+    text = str(err)
+    for pattern, replacement in _NOISE:
+        text = pattern.sub(replacement, text)
+    text = " ".join(text.split())
+    return _printable(text[:limit])
 
 
 class VideoError(Exception):
@@ -156,29 +190,41 @@ def _open_reader(path_or_url: Any, stack: ExitStack):
     import decord
 
     source: Any = path_or_url
-    name = str(path_or_url)
+    name = _name(path_or_url)
     if _is_url(path_or_url):
         import fsspec
 
         try:
             source = stack.enter_context(fsspec.open(path_or_url, "rb"))
         except (OSError, ValueError) as err:
-            raise VideoError("unreadable_video", f"{name}: {err}") from err
+            raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
     elif isinstance(path_or_url, str) and path_or_url.startswith("file://"):
         source = path_or_url[len("file://"):]
     elif not isinstance(path_or_url, str) and not hasattr(path_or_url, "read"):
-        source = str(path_or_url)  # os.PathLike
+        source = os.fspath(path_or_url)  # os.PathLike
+    if isinstance(source, str) and _printable(source) != source:
+        # decord hands a path to C as strict UTF-8; a file name that is not UTF-8 (Python holds it
+        # with surrogate escapes) is opened here and given to decord as a file object instead.
+        try:
+            source = stack.enter_context(open(source, "rb"))
+        except (OSError, ValueError) as err:  # missing; or a surrogate no file name can hold
+            raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
     try:
         vr = decord.VideoReader(source, ctx=decord.cpu(0))
     except _DECODE_ERRORS as err:
-        raise VideoError("unreadable_video", f"{name}: {err}".strip()[:500]) from err
+        raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
     try:
         num = len(vr)
     except _DECODE_ERRORS as err:
-        raise VideoError("unreadable_video", f"{name}: {err}"[:500]) from err
+        raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
     if num <= 0:
         raise VideoError("no_frames", f"{name}: the video has no frames")
     return vr
+
+
+def _name(path_or_url: Any) -> str:
+    """How details name a video: its path or URL, writable as UTF-8 whatever its bytes."""
+    return _printable(str(os.fspath(path_or_url) if isinstance(path_or_url, os.PathLike) else path_or_url))
 
 
 def _info(vr) -> VideoInfo:
@@ -186,7 +232,7 @@ def _info(vr) -> VideoInfo:
         fps = float(vr.get_avg_fps())
         h, w = _frame_shape(vr)
     except _DECODE_ERRORS as err:
-        raise VideoError("decode_error", str(err)[:500]) from err
+        raise VideoError("decode_error", stable_message(err)) from err
     return VideoInfo(num_frames=len(vr), fps=fps, height=int(h), width=int(w))
 
 
@@ -225,7 +271,7 @@ def iter_video_frames(
             try:
                 fps = float(vr.get_avg_fps())
             except _DECODE_ERRORS as err:
-                raise VideoError("decode_error", f"{path_or_url}: {err}"[:500]) from err
+                raise VideoError("decode_error", f"{_name(path_or_url)}: {stable_message(err)}") from err
             indices = indices(num_frames, fps)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= num_frames):
@@ -237,10 +283,10 @@ def iter_video_frames(
                 frames = vr.get_batch(chunk.tolist()).asnumpy()
             except _DECODE_ERRORS as err:
                 raise VideoError(
-                    "decode_error", f"{path_or_url}: frames {chunk[0]}..{chunk[-1]}: {err}"[:500]
+                    "decode_error", f"{_name(path_or_url)}: frames {chunk[0]}..{chunk[-1]}: {stable_message(err)}"
                 ) from err
             if frames.ndim != 4 or frames.shape[0] != chunk.size:
                 raise VideoError(
                     "decode_error",
-                    f"{path_or_url}: asked for {chunk.size} frames, got shape {frames.shape}")
+                    f"{_name(path_or_url)}: asked for {chunk.size} frames, got shape {frames.shape}")
             yield resize_center_crop(frames, size) if size is not None else frames

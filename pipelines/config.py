@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.manifest import config_hash
 from curation.packing import PositionMode
@@ -24,6 +24,22 @@ class StageModel(BaseModel):
     length: int
     min_tokens: int = 0
     max_tokens: int | None = None
+
+
+# Keys a data config once took but that only the trainer can honour: the trainer averages text
+# and vision loss each over its own positions, so weights folded into a shard's loss_mask cancel.
+TRAINER_ONLY_KEYS = ("text_loss_weight", "vision_loss_weight")
+
+
+def refuse_trainer_keys(data: Any, where: str = "") -> None:
+    """A one-line error naming the loss-weight keys a data config sets (they are trainer settings)."""
+    found = [key for key in TRAINER_ONLY_KEYS if isinstance(data, dict) and key in data]
+    if found:
+        raise ValueError(
+            f"{where + ': ' if where else ''}{' and '.join(found)} {'is a' if len(found) == 1 else 'are'} trainer "
+            f"setting{'s' if len(found) > 1 else ''} (longctx train --text-loss-weight / --vision-loss-weight, or a "
+            f"configs/train YAML), not a data job's: remove {'it' if len(found) == 1 else 'them'} from the data config"
+        )
 
 
 class JobConfig(BaseModel):
@@ -54,6 +70,12 @@ class JobConfig(BaseModel):
     unicode_normalization: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form applied to the text")
     strip_gutenberg: bool = Field(True, description="strip Project Gutenberg licence header and footer when present")
     encode_piece_chars: int = Field(32_768, description="long texts are encoded in pieces of about this many characters (cut at spaces)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_trainer_keys(cls, data: Any) -> Any:
+        refuse_trainer_keys(data)
+        return data
 
     def resolved_stages(self) -> list[Stage]:
         known = dict(LWM_STAGES)
@@ -86,6 +108,7 @@ class QAConfig(JobConfig):
     max_new_tokens: int = Field(96, description="generation budget per QA pair")
     temperature: float = Field(0.0, description="sampling temperature (0 = greedy)")
     vllm_server_kwargs: dict[str, str] = Field(default_factory=dict, description="extra vLLM server flags (YAML only)")
+    vllm_chat_template: str | None = Field(None, description="vllm: a Jinja chat template file (readable from every worker, e.g. gs://...) for a generator whose tokenizer has none; prompts always go through a chat template")
     prompt_template: str | None = Field(None, description="Python format string with {passage}; default asks for JSON {question, answer}")
     chunk_tokens: int = Field(1000, description="target chunk size in training-tokenizer tokens")
     chunk_min_tokens: int = Field(500, description="smallest chunk (except a book's last)")
@@ -102,6 +125,14 @@ class QAConfig(JobConfig):
         return data
 
 
+VisionLayout = Literal["separate", "unified"]
+
+
+def vision_layout_field():
+    """The one `vision_layout` setting of the video and image jobs (the same flag and help for both)."""
+    return Field("separate", description="separate: vision codes in their own id space + vision_mask (the LWM release); unified: vision ids after the text vocabulary, <vision>/</vision> as single ids")
+
+
 class VideoConfig(JobConfig):
     """`longctx video`: video + text manifests -> VQGAN codes laid out with their text, packed per stage."""
 
@@ -112,10 +143,8 @@ class VideoConfig(JobConfig):
     max_frames: int = Field(512, description="at most this many frames per video (still spanning the whole video)")
     frame_size: int = Field(256, description="frames are resized (short side) and center-cropped to this size")
     encode_batch: int = Field(8, description="frames decoded and encoded per batch (fixed jitted shape)")
-    vision_layout: Literal["separate", "unified"] = Field("separate", description="separate: vision codes in their own id space + vision_mask (the LWM release); unified: vision ids after the text vocabulary, <vision>/</vision> as single ids")
+    vision_layout: VisionLayout = vision_layout_field()
     text_position: Literal["auto", "before", "after"] = Field("auto", description="text before or after the vision block; auto picks per example, deterministically")
-    vision_loss_weight: float = Field(1.0, description="loss weight of vision positions")
-    text_loss_weight: float = Field(1.0, description="loss weight of text positions")
 
 
 class ImagesConfig(JobConfig):
@@ -125,6 +154,7 @@ class ImagesConfig(JobConfig):
     image_field: str = Field("image", description="field/column with the image: bytes, or a path/URL (relative to the input file)")
     frame_size: int = Field(256, description="images are resized (short side) and center-cropped to this size")
     encode_batch: int = Field(8, description="images encoded per VQGAN batch (fixed jitted shape)")
+    vision_layout: VisionLayout = vision_layout_field()
     caption_position: Literal["auto", "before", "after"] = Field("auto", description="caption before the image (generation, loss on the image) or after it (captioning, loss on the caption); auto picks per pair")
 
 
@@ -171,6 +201,8 @@ def add_config_flags(parser: argparse.ArgumentParser, *models: type[BaseModel]) 
 
 def config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseModel:
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
+    if issubclass(model, JobConfig):
+        refuse_trainer_keys(data, str(args.config))
     for name in model.model_fields:
         value = getattr(args, name, None)
         if value is None:

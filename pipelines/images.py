@@ -1,5 +1,6 @@
 """The image-text pipeline: pairs -> decoded, resized, center-cropped images -> VQGAN codes in
-fixed batches (BatchElements) -> one-frame vision layouts with their captions -> shards."""
+fixed batches (BatchElements) -> one-frame vision layouts with their captions -> shards, in
+either vision layout (`vision_layout`: separate or unified, as for video)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.packing import SegmentRef, StageSegment
 from curation.sources import SourceConfig
+from curation.video import stable_message
 from curation.vision_encode import decode_image
 from curation.vision_layout import layout_image
 from pipelines.accounting import KEPT_EVENTS, REJECTS, ShardJob, finish_job
@@ -45,7 +47,8 @@ class DecodeImages(beam.DoFn):
         try:
             frame = decode_image(image_bytes(doc, self.config.image_field), self.config.frame_size)
         except Exception as err:  # missing file, not an image, truncated data, ...
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, UNREADABLE_IMAGE, f"{type(err).__name__}: {err}"))
+            # A stable message (no object addresses), so reruns write identical rejects.
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, UNREADABLE_IMAGE, f"{type(err).__name__}: {stable_message(err)}"))
             return
         yield doc, frame
 
@@ -64,7 +67,7 @@ class EncodeImages(VisionTextDoFn):
             c.caption_position == "auto" and zlib.crc32(doc.uid.encode()) % 2 == 0
         )
         caption = self.tok.encode(doc.text, add_special_tokens=False).ids if doc.text.strip() else []
-        tokens, vision, loss = layout_image(codes, caption, self.start, self.end, caption_first=caption_first)
+        tokens, vision, loss = layout_image(codes, caption, self.start, self.end, self.vocab, caption_first=caption_first)
         tokens = np.concatenate([np.asarray(self.bos, np.int32), tokens, np.asarray(self.eos, np.int32)])
         vision = np.concatenate([np.zeros(len(self.bos), np.int32), vision, np.zeros(len(self.eos), np.int32)])
         loss = np.concatenate([np.zeros(len(self.bos), np.float32), loss, np.full(len(self.eos), float(not caption_first), np.float32)])

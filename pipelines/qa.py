@@ -3,10 +3,13 @@ long chat examples per stage, loss on the answers only -> the same shards as boo
 
 Two tokenizers: the training tokenizer (`--tokenizer`) measures and cuts chunks and encodes the
 examples; the generator model sees only text. Accounting runs at two levels: every book read is
-chunked or rejected, and every chunk ends in an example or in rejects (`chunk.*` counters).
+kept (at least one of its chunks reached an example) or rejected (`no_valid_chunks` when none
+did), and every chunk ends in an example or in rejects (`chunk.*` counters).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -21,7 +24,7 @@ from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, fini
 from pipelines.books import PrepareDocuments
 from pipelines.config import QAConfig
 from pipelines.packing import PackAndWriteShards
-from pipelines.qa_backends import completion_text, make_handler
+from pipelines.qa_backends import chat_messages, completion_text, make_handler
 from qa_synth.assemble import ChatFormat, assemble_examples, example_to_segment
 from qa_synth.chunking import Chunk, make_chunks
 from qa_synth.parse import InvalidQA, QuestionDeduper, parse_qa, validate
@@ -29,6 +32,18 @@ from qa_synth.prompts import DEFAULT_TEMPLATE, PromptTemplate
 
 CHUNK = "chunk"
 DOES_NOT_FIT = "does_not_fit"
+NO_VALID_CHUNKS = "no_valid_chunks"  # a book none of whose chunks reached an example
+BOOKS = "books"
+
+
+@dataclass(frozen=True)
+class BookInfo:
+    """What the book-level outcome needs once its chunks are judged: where it came from, its size."""
+
+    source: str
+    id: str
+    tokens: int
+    chunks: int
 
 
 def chunk_reject(chunk: Chunk, source: str, reason: str, detail: str = "") -> Reject:
@@ -36,7 +51,8 @@ def chunk_reject(chunk: Chunk, source: str, reason: str, detail: str = "") -> Re
 
 
 class ChunkBooks(beam.DoFn):
-    """A tokenized book -> its chunks (with text for the generator); the book counts as kept."""
+    """A tokenized book -> its chunks (with text for the generator), and its BookInfo keyed by its
+    uid: whether the book is kept is decided in AssembleBook, once its chunks are judged."""
 
     def __init__(self, config: QAConfig):
         self.config = config
@@ -51,13 +67,16 @@ class ChunkBooks(beam.DoFn):
         if not chunks:
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.EMPTY.value, "no tokens to chunk"))
             return
-        yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {KEPT: 1, TOKENS_IN: doc.num_tokens, f"{CHUNK}.read": len(chunks)})
+        yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {f"{CHUNK}.read": len(chunks)})
+        yield beam.pvalue.TaggedOutput(BOOKS, (doc.uid, BookInfo(doc.source, doc.id, doc.num_tokens, len(chunks))))
         for chunk in chunks:
             yield doc.source, chunk
 
 
 class ToExample(beam.DoFn):
-    """(source, chunk) -> ((source, chunk), model input): the prompt, or the bare text for extractive."""
+    """(source, chunk) -> ((source, chunk), model input): the bare text for extractive, the prompt
+    for transformers (its handler applies the chat template), the prompt as one user chat message
+    for vllm (the server applies the chat template)."""
 
     def __init__(self, backend: str, template: str):
         self.backend = backend
@@ -65,7 +84,11 @@ class ToExample(beam.DoFn):
 
     def process(self, item):
         source, chunk = item
-        yield (source, chunk), chunk.text if self.backend == "extractive" else self.template.render(chunk.text)
+        if self.backend == "extractive":
+            yield (source, chunk), chunk.text
+            return
+        prompt = self.template.render(chunk.text)
+        yield (source, chunk), chat_messages(prompt) if self.backend == "vllm" else prompt
 
 
 class ValidateQA(beam.DoFn):
@@ -104,8 +127,9 @@ def chat_format(config: QAConfig) -> ChatFormat:
 
 
 class AssembleBook(beam.DoFn):
-    """All of a book's validated chunks -> its chat examples per stage (as StageSegments);
-    duplicate questions and chunks that fit no example are rejected."""
+    """A book and all of its validated chunks -> its chat examples per stage (as StageSegments);
+    duplicate questions and chunks that fit no example are rejected. The book is kept if at
+    least one example holds one of its chunks, else rejected as `no_valid_chunks`."""
 
     def __init__(self, config: QAConfig, stages: list[Stage]):
         self.config = config
@@ -116,9 +140,10 @@ class AssembleBook(beam.DoFn):
         self.format = chat_format(self.config)
 
     def process(self, keyed):
-        book_uid, items = keyed
-        items = sorted(items, key=lambda it: it[1].index)
-        source = items[0][0]
+        book_uid, grouped = keyed
+        (book,) = grouped[BOOKS]
+        items = sorted(grouped["pairs"], key=lambda it: it[1].index)
+        source = book.source
         dedup = QuestionDeduper()
         kept = []
         for _, chunk, pair in items:
@@ -144,7 +169,10 @@ class AssembleBook(beam.DoFn):
                     REJECTS, chunk_reject(chunk, source, DOES_NOT_FIT, "chunk and its QA pair exceed every stage length")
                 )
         if used:
-            yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {f"{CHUNK}.accepted": len(used)})
+            yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {KEPT: 1, TOKENS_IN: book.tokens, f"{CHUNK}.accepted": len(used)})
+        else:
+            detail = f"none of its {book.chunks} chunks reached an example (see its chunk rejects)"
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(book.source, book.id, NO_VALID_CHUNKS, detail))
 
 
 class BuildQAShards(ShardJob):
@@ -156,7 +184,7 @@ class BuildQAShards(ShardJob):
             c.backend, c.model, **({} if c.backend == "extractive" else self._handler_kwargs())
         )
         read, docs, rejects = pbegin | "Prepare" >> PrepareDocuments(c)
-        chunked = docs | "Chunk" >> beam.ParDo(ChunkBooks(c)).with_outputs(REJECTS, KEPT_EVENTS, main="chunks")
+        chunked = docs | "Chunk" >> beam.ParDo(ChunkBooks(c)).with_outputs(REJECTS, KEPT_EVENTS, BOOKS, main="chunks")
         generated = (
             chunked.chunks
             | "ToExample" >> beam.ParDo(ToExample(c.backend, c.prompt_template or DEFAULT_TEMPLATE))
@@ -164,8 +192,8 @@ class BuildQAShards(ShardJob):
         )
         validated = generated | "Validate" >> beam.ParDo(ValidateQA(c)).with_outputs(REJECTS, main="pairs")
         assembled = (
-            validated.pairs
-            | "GroupByBook" >> beam.GroupByKey()
+            {BOOKS: chunked[BOOKS], "pairs": validated.pairs}
+            | "GroupByBook" >> beam.CoGroupByKey()
             | "Assemble" >> beam.ParDo(AssembleBook(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         )
         packed = assembled.segments | "PackAndWrite" >> PackAndWriteShards(
@@ -178,7 +206,7 @@ class BuildQAShards(ShardJob):
     def _handler_kwargs(self) -> dict:
         c = self.config
         if c.backend == "vllm":
-            return {"server_kwargs": c.vllm_server_kwargs}
+            return {"server_kwargs": c.vllm_server_kwargs, "chat_template": c.vllm_chat_template}
         return dict(gguf_file=c.gguf_file, device=c.device, max_new_tokens=c.max_new_tokens,
                     temperature=c.temperature, batch_size=c.batch_size, trust_remote_code=c.trust_remote_code)
 

@@ -91,11 +91,24 @@ class TransformersHandler(ModelHandler[str, PredictionResult, LoadedLM]):
         return {"min_batch_size": self.batch_size, "max_batch_size": self.batch_size}
 
 
-def vllm_handler(model: str, server_kwargs: dict[str, str] | None = None):
-    """Beam's vLLM handler: one OpenAI-compatible vLLM server per worker (GPU workers)."""
-    from apache_beam.ml.inference.vllm_inference import VLLMCompletionsModelHandler
+def vllm_handler(model: str, server_kwargs: dict[str, str] | None = None, chat_template: str | None = None):
+    """Beam's vLLM chat handler: one OpenAI-compatible vLLM server per worker (GPU workers).
 
-    return VLLMCompletionsModelHandler(model_name=model, vllm_server_kwargs=server_kwargs or {})
+    The chat endpoint, not the completions one: the server wraps each prompt in the generator's
+    chat template, which instruct models need (a raw prompt to /v1/completions is continued as
+    plain text). `chat_template` (a Jinja file any worker can read, e.g. gs://...) is for models
+    whose tokenizer has none; vLLM refuses chat requests to such a model otherwise.
+    """
+    from apache_beam.ml.inference.vllm_inference import VLLMChatModelHandler
+
+    return VLLMChatModelHandler(model_name=model, chat_template_path=chat_template, vllm_server_kwargs=dict(server_kwargs or {}))
+
+
+def chat_messages(prompt: str) -> list:
+    """One prompt as the single user turn the vLLM chat handler takes (OpenAI chat messages)."""
+    from apache_beam.ml.inference.vllm_inference import OpenAIChatMessage
+
+    return [OpenAIChatMessage(role="user", content=prompt)]
 
 
 def completion_text(inference: Any) -> str:
@@ -119,5 +132,5 @@ def make_handler(backend: str, model: str | None, **kwargs) -> ModelHandler:
     if backend == "transformers":
         return TransformersHandler(model, **kwargs)
     if backend == "vllm":
-        return vllm_handler(model, kwargs.get("server_kwargs"))
+        return vllm_handler(model, kwargs.get("server_kwargs"), kwargs.get("chat_template"))
     raise ValueError(f"unknown backend {backend!r}: extractive, transformers or vllm")

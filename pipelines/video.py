@@ -2,10 +2,12 @@
 decord -> VQGAN codes -> `<vision>` codes + `<eof>`/`<eov>` `</vision>` laid out with the text ->
 the same packer, shards (with a `vision_mask` column), rejects and manifest as books.
 
-Vision codes keep their own id space (the LWM release's "separate" layout): at positions where
-`vision_mask` is 1, `input_ids` index the vision vocabulary (codes 0..8191, `<eof>` 8192,
-`<eov>` 8193); elsewhere the text vocabulary. A video longer than a stage is cut at frame
-boundaries into several examples, each with the text.
+By default vision codes keep their own id space (the LWM release's "separate" layout): at
+positions where `vision_mask` is 1, `input_ids` index the vision vocabulary (codes 0..8191,
+`<eof>` 8192, `<eov>` 8193); elsewhere the text vocabulary. `vision_layout: unified` puts them
+after the text ids instead (curation/vision_layout.py). `loss_mask` is 0/1: weighing text against
+vision is the trainer's job (it averages each modality on its own). A video longer than a stage is
+cut at frame boundaries into several examples, each with the text.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class VisionTextDoFn(beam.DoFn):
         self.tok, info = load_tokenizer(c.tokenizer)
         self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
         self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
-        self.vocab = vision_vocab(getattr(c, "vision_layout", "separate"), info.vocab_size)
+        self.vocab = vision_vocab(c.vision_layout, info.vocab_size)
         unified = isinstance(self.vocab, UnifiedVocab)
         # Separate layout: <vision>/</vision> are text; unified: one id each, placed by the layout.
         self.start = [] if unified else self.tok.encode(VISION_START, add_special_tokens=False).ids
@@ -83,7 +85,8 @@ class EncodeVideos(VisionTextDoFn):
         try:
             codes = video_codes(url, self.vqgan, c.fps, c.frame_count, c.max_frames, c.frame_size, c.encode_batch)
         except VideoError as err:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason, f"{url}: {err.detail}"))
+            # err.detail names the video and holds no run-specific text (curation.video.stable_message).
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason, err.detail))
             return
         if not codes:
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, "no_frames", f"{url}: no frames sampled"))
@@ -119,7 +122,6 @@ class EncodeVideos(VisionTextDoFn):
             frames, self.bos + (text if before else []), (text if not before else []) + self.eos, self.start, self.end,
             self.vocab, loss_on_text_before=False, loss_on_vision=True, loss_on_text_after=True,
         )
-        loss = loss * np.where(vision > 0, c.vision_loss_weight, c.text_loss_weight).astype(np.float32)
         ref = SegmentRef(key=f"{doc.uid}@f{first_frame}", doc_id=doc.id, start=first_frame, length=len(tokens))
         return StageSegment(stage, ref, doc.uid, tokens, loss_mask=loss, vision_mask=vision)
 

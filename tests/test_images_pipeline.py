@@ -82,3 +82,55 @@ def test_pairs_are_accounted_for_and_laid_out(images_run):
                 seen.add(doc_id)
     assert seen == set(expected)
     assert 0 < len(generation) < len(seen)  # caption position "auto" gives both kinds
+
+
+def test_separate_layout_metadata_and_rows_decode(images_run):
+    """The default layout: the shard says `separate`, and a row decodes with the release's vocabulary
+    (codes 0..8191 in their own id space, `<vision>`/`</vision>` as text ids)."""
+    from curation.vision_layout import DEFAULT_VISION_VOCAB, decode_layout
+
+    _, out, manifest, _ = images_run
+    view = read_shard(str(out / manifest["stages"]["img"]["shards"][0]["path"]))
+    assert json.loads(view.metadata["longctx.vision"])["layout"] == "separate"
+    span = view.arrays["segment_ids"][0] == 1
+    blocks = decode_layout(view.arrays["input_ids"][0][span], view.arrays["vision_mask"][0][span], DEFAULT_VISION_VOCAB)
+    assert [b.kind for b in blocks] == ["text", "vision", "text"] and blocks[1].data.shape == (1, 256)
+
+
+def test_unified_layout_from_the_images_flag(images_run, tmp_path):
+    """`longctx images --vision-layout unified`: the flag reaches the config, the shards say so,
+    and every row decodes exactly with the unified vocabulary (codes after the 32,000 text ids)."""
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from curation.vision_layout import UnifiedVocab, decode_layout
+    from pipelines.options import images_config
+
+    folder, _, _, pngs = images_run
+    cfg = images_config(PipelineOptions([
+        "--input", str(folder / "pairs.parquet"), "--output", str(tmp_path / "u"), "--tokenizer", DEMO_TOKENIZER,
+        "--vqgan", str(folder / "vqgan"), "--stages", "img=512:0-", "--frame-size", str(SIZE), "--encode-batch", "4",
+        "--vision-layout", "unified", "--caption-position", "before",
+    ]))
+    assert cfg.vision_layout == "unified"
+    manifest = run_images(cfg, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+    assert manifest["kept"] == len(pngs)
+    vocab = UnifiedVocab(32000)
+    vqgan = VQGAN.load(folder / "vqgan", batch_size=4)
+    tok, _ = load_tokenizer(DEMO_TOKENIZER)
+    decoded = {}
+    for shard in manifest["stages"]["img"]["shards"]:
+        view = read_shard(str(tmp_path / "u" / shard["path"]))
+        meta = json.loads(view.metadata["longctx.vision"])
+        assert (meta["layout"], meta["offset"], meta["vision_start_id"], meta["vocab_size"]) == ("unified", 32000, 40194, 40196)
+        for r in range(view.num_rows):
+            for k, doc_id in enumerate(view.doc_ids[r], start=1):
+                span = view.arrays["segment_ids"][r] == k
+                ids = view.arrays["input_ids"][r][span]
+                assert {40194, 40195} <= set(ids.tolist())  # <vision>/</vision> as single ids
+                decoded[doc_id] = decode_layout(ids, view.arrays["vision_mask"][r][span], vocab)
+    assert set(decoded) == set(pngs)
+    for doc_id, blocks in decoded.items():
+        assert [b.kind for b in blocks] == ["text", "vision", "text"]  # BOS + caption, the image, EOS
+        assert tok.decode(blocks[0].data.tolist()).strip() == f"Random noise picture number {doc_id[1:]}."
+        expected = vqgan.encode(decode_image(pngs[doc_id], SIZE)[None])[0].reshape(-1)
+        assert np.array_equal(blocks[1].data[0], expected)

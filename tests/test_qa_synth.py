@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import time
 from collections import Counter
 
 import numpy as np
@@ -221,6 +220,9 @@ def test_parse_accepts_what_models_write(raw, question, answer):
         ('{"question": "  ", "answer": "Emma"}', "empty_question"),
         ('{"question": "Who came?", "answer": ""}', "empty_answer"),
         ("Question: Who came?\nAnswer:", "empty_answer"),
+        # JSON lets a model write half an emoji: a lone surrogate no tokenizer can encode.
+        ('{"question": "Who smiled \\ud83d?", "answer": "Emma"}', "invalid_unicode"),
+        ('{"question": "Who came?", "answer": "Emma \\udc80"}', "invalid_unicode"),
     ],
 )
 def test_parse_rejects_with_reason(raw, reason):
@@ -240,17 +242,23 @@ def test_parse_rejects_with_reason(raw, reason):
     ],
 )
 def test_parse_huge_outputs_fail_fast(raw):
-    began = time.perf_counter()
-    with pytest.raises(InvalidQA) as err:
-        parse_qa(raw)
-    assert err.value.reason == "unparsable"
-    assert time.perf_counter() - began < 2.0
+    # Bounded work without timing anything: only the first MAX_RAW_CHARS characters are read, so a
+    # valid pair appended past them never changes the verdict.
+    for text in (raw, raw + '{"question": "Who came?", "answer": "Emma"}'):
+        with pytest.raises(InvalidQA) as err:
+            parse_qa(text)
+        assert err.value.reason == "unparsable"
 
 
 def test_reasons_are_exactly_the_documented_ones():
     assert {r.value for r in QAReason} == {
-        "unparsable", "empty_question", "empty_answer", "answer_too_long", "answer_not_grounded", "duplicate_question"
+        "unparsable", "empty_question", "empty_answer", "answer_too_long", "answer_not_grounded", "duplicate_question",
+        "invalid_unicode",
     }
+
+
+def test_parse_keeps_surrogate_pairs_that_make_a_character():
+    assert parse_qa('{"question": "Who smiled \\ud83d\\ude00?", "answer": "Emma"}').question == "Who smiled \U0001f600?"
 
 
 def test_validate_grounding_length_and_duplicates(tok):

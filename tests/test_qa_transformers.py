@@ -35,14 +35,16 @@ def test_transformers_backend_end_to_end(tmp_path, demo_tokenizer):
         "prompt_template": PLAIN_TEMPLATE, "max_answer_words": 40,
     })
     manifest = run_qa(config, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
-    assert manifest["read"] == manifest["kept"] == 1
     chunks = manifest["chunks"]
+    # A book is kept only if one of its chunks reaches a shard; a 135M model may write none.
+    assert manifest["read"] == 1 == manifest["kept"] + manifest["rejected_total"]
+    assert manifest["rejected"] == ({} if chunks["accepted"] else {"no_valid_chunks": 1})
     assert chunks["read"] >= 3
     assert chunks["read"] == chunks["accepted"] + sum(chunks["rejected"].values())
     allowed = {r.value for r in QAReason} | {"does_not_fit"}
     assert set(chunks["rejected"]) <= allowed
     rejects = [json.loads(x) for f in (tmp_path / "out" / "rejects").glob("*.jsonl") for x in f.read_text().splitlines()]
-    assert all(r["unit"] == "chunk" and r["reason"] in allowed for r in rejects)
+    assert all(r["unit"] == "chunk" and r["reason"] in allowed for r in rejects if "unit" in r)
     assert all("raw: " in r["detail"] for r in rejects if r["reason"] == "unparsable")  # the model's words kept
 
     # Whatever was accepted is well-formed: answers (loss on) end with EOS, nothing else is scored.

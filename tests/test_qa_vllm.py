@@ -1,5 +1,6 @@
 """The vLLM backend, without vLLM: Beam's handler is built and wired into the QA graph, and the
-OpenAI response objects it returns are read back. No server is started (that needs a GPU and vllm).
+OpenAI response objects it returns are read back. No server is started here (tests/test_qa_vllm_server.py runs
+the handler against a stand-in server process).
 
 Beam's `apache_beam.ml.inference.vllm_inference` imports `openai` at import time (the `dev` and
 `vllm` extras install it); vllm itself is only needed on the workers that start the server.
@@ -59,7 +60,8 @@ def vllm_config(tmp_path, **overrides) -> QAConfig:
 
 
 def assert_beam_vllm_handler(handler, model: str, server_kwargs: dict) -> None:
-    assert isinstance(handler, vllm_inference.VLLMCompletionsModelHandler)
+    # The chat handler: the server applies the generator's chat template to every prompt.
+    assert isinstance(handler, vllm_inference.VLLMChatModelHandler)
     assert handler._model_name == model
     assert handler._vllm_server_kwargs == server_kwargs
     assert handler._use_dynamo is False
@@ -91,12 +93,12 @@ def test_make_handler_vllm_defaults_and_errors():
 def test_build_qa_shards_configures_the_vllm_handler_from_the_config(tmp_path):
     config = vllm_config(tmp_path)
     transform = BuildQAShards(config, {})
-    assert transform._handler_kwargs() == {"server_kwargs": SERVER_KWARGS}
+    assert transform._handler_kwargs() == {"server_kwargs": SERVER_KWARGS, "chat_template": None}
     assert transform._inference_args() == {"max_tokens": 64, "temperature": 0.7}
     assert_beam_vllm_handler(make_handler(config.backend, config.model, **transform._handler_kwargs()), MODEL, SERVER_KWARGS)
     # The transformers-only settings are not passed to the vLLM handler.
     greedy = BuildQAShards(vllm_config(tmp_path, temperature=0.0, max_new_tokens=96, vllm_server_kwargs={}), {})
-    assert greedy._handler_kwargs() == {"server_kwargs": {}}
+    assert greedy._handler_kwargs() == {"server_kwargs": {}, "chat_template": None}
     assert greedy._inference_args() == {"max_tokens": 96, "temperature": 0.0}
 
 

@@ -274,6 +274,27 @@ def test_corrupt_inputs_never_crash_the_process(videos, tmp_path):
     assert lines["zeroed"] == "decode_error"
 
 
+def test_file_names_that_are_not_utf8(videos, tmp_path):
+    """A local file whose name is not UTF-8 (Python holds it with a lone surrogate, `\\udcff`)
+    is read like any other; a missing one is a VideoError whose detail is valid UTF-8."""
+    import os
+
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/clip\xff.mp4")
+    assert "\udcff" in odd
+    Path(odd).write_bytes(videos["landscape"].read_bytes())
+    frames = np.concatenate(list(iter_video_frames(odd, range(0, NUM, 10), batch=2)))
+    expected = np.concatenate(list(iter_video_frames(videos["landscape"], range(0, NUM, 10), batch=2)))
+    assert np.array_equal(frames, expected)
+    assert probe_video(Path(odd)).num_frames == NUM
+    for missing in (odd.replace("clip", "gone"), str(tmp_path / "gone\ud800.mp4")):
+        with pytest.raises(VideoError) as err:
+            for _ in iter_video_frames(missing, [0]):
+                pass
+        assert err.value.reason == "unreadable_video"
+        err.value.detail.encode("utf-8")  # writable as is: the surrogate is escaped
+        assert "\\udc" in err.value.detail or "\\ud800" in err.value.detail
+
+
 def test_video_error_reasons_and_pickling():
     import pickle
 
