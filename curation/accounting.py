@@ -20,6 +20,8 @@ class Reason(str, Enum):
     EMPTY = "empty"
     TOO_SHORT = "too_short"
     DUPLICATE = "duplicate"
+    NEAR_DUPLICATE = "near_duplicate"  # MinHash-similar to a kept document (curation/near_duplicates.py)
+    CONTAMINATED = "contaminated"  # shares n-grams with evaluation text (curation/decontaminate.py)
     TOKENIZER_ERROR = "tokenizer_error"
     NO_STAGE = "no_stage"
 

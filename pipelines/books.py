@@ -1,4 +1,4 @@
-"""The book pipeline: read -> clean -> deduplicate -> tokenize -> assign stages -> pack -> write.
+"""The book pipeline: read -> clean -> deduplicate (exact, then near) -> decontaminate -> tokenize -> assign stages -> pack -> write.
 
 Each DoFn is a thin shell over a pure function in `curation/`; `BuildBookShards.expand` is the
 recipe. Every record read ends as exactly one `kept` or `rejected.*` event (see accounting).
@@ -12,13 +12,15 @@ from apache_beam.metrics import Metrics
 from curation.accounting import Reason, Reject
 from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.near_duplicates import MinHashConfig
 from curation.packing import SegmentRef, StageSegment
 from curation.sources import SourceConfig
 from curation.stages import Stage, StagePolicy, cut_windows, matching_stages
 from curation.text import CleanConfig, Rejected, clean_text, content_hash
 from curation.tokenize import encode_long, load_tokenizer
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
-from pipelines.config import JobConfig
+from pipelines.config import TextFrontConfig
+from pipelines.dedup import DropContaminated, DropNearDuplicates
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
 from pipelines.progress import Progress
@@ -106,10 +108,12 @@ def assign_stages(doc: Document, stages: list[Stage], policy: StagePolicy, min_t
 
 
 class PrepareDocuments(beam.PTransform):
-    """The shared front of every text pipeline: read -> clean -> deduplicate -> tokenize.
+    """The shared front of every text pipeline: read -> clean -> deduplicate (exact copies, then
+    near-duplicates unless `near_duplicates` is off) -> drop documents holding an evaluation
+    document (with `decontaminate`) -> tokenize.
     Returns (read result, tokenized documents, [rejects of each step])."""
 
-    def __init__(self, config: JobConfig):
+    def __init__(self, config: TextFrontConfig):
         super().__init__()
         self.config = config
 
@@ -125,10 +129,25 @@ class PrepareDocuments(beam.PTransform):
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
         cleaned = read.docs | "Clean" >> beam.ParDo(CleanText(clean)).with_outputs(REJECTS, main="docs")
         unique = cleaned.docs | "Deduplicate" >> DropDuplicates()
-        tokenized = unique.docs | "Tokenize" >> beam.ParDo(
+        rejects = [read.rejects, cleaned.rejects, unique.rejects]
+        docs = unique.docs
+        if c.near_duplicates:
+            near = docs | "NearDuplicates" >> DropNearDuplicates(
+                MinHashConfig(c.near_dup_threshold, c.near_dup_ngram, c.near_dup_bands, c.near_dup_rows)
+            )
+            docs = near.docs
+            rejects.append(near[REJECTS])
+        if c.decontaminate:
+            eval_source = SourceConfig(text_field=c.decontaminate_text_field, format="auto")
+            clean = docs | "Decontaminate" >> DropContaminated(
+                c.decontaminate, eval_source, c.decontaminate_ngram, c.decontaminate_threshold
+            )
+            docs = clean.docs
+            rejects.append(clean[REJECTS])
+        tokenized = docs | "Tokenize" >> beam.ParDo(
             Tokenize(c.tokenizer, c.add_bos, c.add_eos, c.encode_piece_chars)
         ).with_outputs(REJECTS, main="docs")
-        return read, tokenized.docs, [read.rejects, cleaned.rejects, unique.rejects, tokenized.rejects]
+        return read, tokenized.docs, rejects + [tokenized.rejects]
 
 
 class BuildBookShards(ShardJob):

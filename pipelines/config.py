@@ -92,11 +92,26 @@ class JobConfig(BaseModel):
         return config_hash(self.data_config())
 
 
-class BooksConfig(JobConfig):
+class TextFrontConfig(JobConfig):
+    """Curation fields of the text front that books and QA share (pipelines/books.py PrepareDocuments).
+    The near-duplicate defaults equal curation.near_duplicates.MinHashConfig's (a test checks)."""
+
+    near_duplicates: bool = Field(True, description="reject near-duplicate documents (MinHash LSH over word n-grams): one kept per cluster, the longest")
+    near_dup_threshold: float = Field(0.5, gt=0.0, le=1.0, description="estimated Jaccard similarity of word n-gram sets at or above which two documents are near-duplicates")
+    near_dup_ngram: int = Field(5, ge=1, description="words per shingle (n-gram) for near-duplicate detection")
+    near_dup_bands: int = Field(40, ge=1, description="LSH bands: documents sharing one band's values are compared (bands x rows MinHash permutations)")
+    near_dup_rows: int = Field(3, ge=1, description="MinHash values per LSH band")
+    decontaminate: list[str] = Field(default_factory=list, description="evaluation documents (text, JSONL or Parquet files, folders or globs; local or fsspec URL): a document holding at least decontaminate_threshold of one's word n-grams is rejected (contaminated); repeatable", json_schema_extra={"flag": "--decontaminate"})
+    decontaminate_ngram: int = Field(13, ge=1, description="words per n-gram compared with the evaluation documents (13, as GPT-3)")
+    decontaminate_threshold: float = Field(0.5, gt=0.0, le=1.0, description="share of an evaluation document's n-grams a document must hold to be rejected as contaminated")
+    decontaminate_text_field: str = Field("text", description="JSONL field / Parquet column holding the text of the evaluation documents")
+
+
+class BooksConfig(TextFrontConfig):
     """`longctx books`: clean, tokenize, length-filter and pack books into stage shards."""
 
 
-class QAConfig(JobConfig):
+class QAConfig(TextFrontConfig):
     """`longctx qa`: a short-context model writes a QA pair per chunk; long chat examples per stage."""
 
     backend: Literal["extractive", "transformers", "vllm"] = Field("extractive", description="generator: extractive (no model), transformers (local model) or vllm (GPU workers)")

@@ -1,0 +1,172 @@
+"""Near-duplicate and contaminated documents in Beam: thin shells over
+`curation/near_duplicates.py` and `curation/decontaminate.py`.
+
+    docs -> Sketch (signature per document) -> (band key, sketch) -> GroupByKey (band buckets)
+         -> verified pairs per bucket -> connected components (pairs only) -> (dropped uid, Decision)
+    docs keyed by uid  + decisions  -> CoGroupByKey -> kept docs | near_duplicate rejects
+
+No worker holds all signatures: a bucket holds the sketches of one band value. Only the verified
+pairs (two small nodes and a similarity each, a few per near-duplicate document) meet in one place,
+to form clusters; texts never leave the document's own join.
+
+Decontamination reads the evaluation files in the same job, builds their n-gram index once
+(CombineGlobally) and hands it to every worker as a side input (AsSingleton).
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from curation.accounting import Reject
+from curation.decontaminate import CONTAMINATED, build_index, contamination, eval_ngrams
+from curation.documents import Document
+from curation.near_duplicates import (
+    NEAR_DUPLICATE,
+    Decision,
+    MinHashConfig,
+    Node,
+    SimilarPair,
+    Sketch,
+    band_keys,
+    bucket_pairs,
+    resolve_clusters,
+    signature,
+)
+from curation.sources import SourceConfig
+from pipelines.accounting import REJECTS
+from pipelines.io import ReadInputs
+
+
+class SketchDocument(beam.DoFn):
+    def __init__(self, config: MinHashConfig):
+        self.config = config
+
+    def process(self, doc: Document):
+        node = Node(doc.uid, doc.source, doc.id, len(doc.text or ""), doc.content_hash)
+        yield Sketch(node, signature(doc.text or "", self.config))
+
+
+class CollectPairs(beam.CombineFn):
+    """Verified pairs, each once (a pair found in several bands arrives several times)."""
+
+    def create_accumulator(self) -> dict:
+        return {}
+
+    def add_input(self, acc: dict, pair: SimilarPair) -> dict:
+        acc.setdefault(pair.key, pair)
+        return acc
+
+    def merge_accumulators(self, accs) -> dict:
+        out: dict = {}
+        for acc in accs:
+            for key, pair in acc.items():
+                out.setdefault(key, pair)
+        return out
+
+    def extract_output(self, acc: dict) -> list[SimilarPair]:
+        return [acc[key] for key in sorted(acc)]
+
+
+def apply_decision(keyed):
+    """A document and its decision, if any -> the document, or its near_duplicate reject."""
+    _, grouped = keyed
+    decisions: list[Decision] = list(grouped["drop"])
+    for doc in grouped["doc"]:
+        if decisions:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, NEAR_DUPLICATE, decisions[0].detail))
+        else:
+            yield doc
+
+
+class DropNearDuplicates(beam.PTransform):
+    """Documents -> (kept documents, near_duplicate rejects); one document kept per cluster."""
+
+    def __init__(self, config: MinHashConfig):
+        super().__init__()
+        self.config = config
+
+    def expand(self, docs):
+        c = self.config
+        pairs = (
+            docs
+            | "Sketch" >> beam.ParDo(SketchDocument(c))
+            | "BandKeys" >> beam.FlatMap(lambda s: ((key, s) for key in band_keys(s.signature, c.bands, c.rows)))
+            | "GroupByBand" >> beam.GroupByKey()
+            | "VerifyPairs" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], c.threshold))
+        )
+        decisions = (
+            pairs
+            | "CollectPairs" >> beam.CombineGlobally(CollectPairs())
+            | "Clusters" >> beam.FlatMap(lambda found: ((d.dropped.uid, d) for d in resolve_clusters(found)))
+        )
+        return (
+            {"doc": docs | "ByUid" >> beam.Map(lambda d: (d.uid, d)), "drop": decisions}
+            | "JoinDecisions" >> beam.CoGroupByKey()
+            | "Apply" >> beam.FlatMap(apply_decision).with_outputs(REJECTS, main="docs")
+        )
+
+
+class UnreadableEvaluationInput(ValueError):
+    """An evaluation record that cannot be read: decontaminating without it would be silently partial."""
+
+
+def refuse_unreadable(reject: Reject):
+    raise UnreadableEvaluationInput(
+        f"decontamination input {reject.source} record {reject.id} is unreadable ({reject.reason}: {reject.detail})"
+    )
+
+
+class BuildEvalIndex(beam.CombineFn):
+    """(name, n-gram hashes) of every evaluation document -> one EvalIndex."""
+
+    def __init__(self, ngram: int):
+        self.ngram = ngram
+
+    def create_accumulator(self) -> list:
+        return []
+
+    def add_input(self, acc: list, item) -> list:
+        acc.append(item)
+        return acc
+
+    def merge_accumulators(self, accs) -> list:
+        return [item for acc in accs for item in acc]
+
+    def extract_output(self, acc: list):
+        return build_index(acc, self.ngram)
+
+
+class CheckContamination(beam.DoFn):
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+
+    def process(self, doc: Document, index):
+        found = contamination(doc.text or "", index, self.threshold)
+        if found is not None:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, CONTAMINATED, found.detail))
+            return
+        yield doc
+
+
+class DropContaminated(beam.PTransform):
+    """Documents -> (clean documents, contaminated rejects), against the evaluation files `patterns`."""
+
+    def __init__(self, patterns: list[str], source: SourceConfig, ngram: int, threshold: float):
+        super().__init__()
+        self.patterns = list(patterns)
+        self.source = source
+        self.ngram = ngram
+        self.threshold = threshold
+
+    def expand(self, docs):
+        n = self.ngram
+        evals = docs.pipeline | "ReadEvaluation" >> ReadInputs(self.patterns, self.source)
+        _ = evals[REJECTS] | "RefuseUnreadable" >> beam.Map(refuse_unreadable)
+        index = (
+            evals.docs
+            | "EvalNgrams" >> beam.Map(lambda d: (f"{d.source} id={d.id}", eval_ngrams(d.text or "", n)))
+            | "Index" >> beam.CombineGlobally(BuildEvalIndex(n))
+        )
+        return docs | "Check" >> beam.ParDo(CheckContamination(self.threshold), beam.pvalue.AsSingleton(index)).with_outputs(
+            REJECTS, main="docs"
+        )
