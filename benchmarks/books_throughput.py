@@ -1,7 +1,8 @@
 """Throughput of the book pipeline against the bare tokenizer on the same corpus.
 
-Runs, in one process: (a) a raw `encode_batch` of the corpus texts (the ceiling: tokenizing is
-the only real work per token), (b) the whole pipeline on DirectRunner in-memory, and (c) the
+Runs, in one process: (a) a raw batch encode of the corpus texts by the tokenizer's reference
+encoder (`sentencepiece` for the demo's .model; the ceiling: tokenizing is the only real work per
+token), (b) the whole pipeline on DirectRunner in-memory, and (c) the
 same on DirectRunner with 2 worker processes. Prints tokens/s of each, the pipeline/raw ratio
 and the packing efficiency per stage from the manifest.
 
@@ -21,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from curation.tokenize import load_tokenizer, split_for_encoding
+from curation.tokenize import load_tokenizer
 from pipelines.config import BooksConfig, load_yaml
 from pipelines.launch import run_books
 
@@ -69,10 +70,11 @@ def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 def raw_encode(spec: str, texts: list[str], repeats: int) -> tuple[float, int]:
-    """Best time of one `encode_batch` over `texts` (no BOS/EOS), and the token count."""
+    """Best time of one batch encode of `texts` by the tokenizer's reference encoder
+    (`sentencepiece` for a .model, the fast tokenizer otherwise; no BOS/EOS), and the token count."""
     tok, _ = load_tokenizer(spec)
-    seconds, encodings = best_of(repeats, lambda: tok.encode_batch(texts, add_special_tokens=False))
-    return seconds, sum(len(e.ids) for e in encodings)
+    seconds, ids = best_of(repeats, lambda: tok.encode_ids(texts))
+    return seconds, sum(len(i) for i in ids)
 
 
 def pipeline_run(base: dict[str, Any], beam_args: list[str], repeats: int, workdir: Path) -> tuple[float, dict[str, Any]]:
@@ -113,16 +115,20 @@ def main(argv: list[str] | None = None) -> None:
         print(f"corpus: {corpus.name}, {len(texts)} documents, {chars / 1e6:.1f}M chars; tokenizer {base['tokenizer']}")
 
         # The first load converts the SentencePiece model and caches it; keep that out of timings.
-        load_tokenizer(base["tokenizer"])
+        tok, _ = load_tokenizer(base["tokenizer"])
+        print(f"tokenizer family: {tok.family} ({tok.plan.reason})")
 
         print(f"load average before: {fmt_load()}")
         raw_s, raw_tokens = raw_encode(base["tokenizer"], texts, args.raw_repeats)
         results = [("raw encode_batch, whole texts", raw_s, raw_tokens, None)]
         print(f"raw encode_batch: {raw_tokens} tokens in {raw_s:.2f}s (best of {args.raw_repeats})")
-        # For context only: the same texts cut the way the pipeline cuts them (32K-char pieces),
+        # For context only: the same texts cut the way the pipeline cuts them (the tokenizer
+        # family's pieces of about 32K chars, whose ids concatenate to the whole texts' ids),
         # which separates the cost of tokenizing from the cost of the pipeline around it.
-        pieces = [p for t in texts for p in split_for_encoding(t, base.get("encode_piece_chars", 32_768))]
+        pieces = [p for t in texts for p in tok.pieces(t, base.get("encode_piece_chars", 32_768))]
         piece_s, piece_tokens = raw_encode(base["tokenizer"], pieces, args.raw_repeats)
+        if piece_tokens != raw_tokens:
+            raise SystemExit(f"pieces gave {piece_tokens} tokens, whole texts {raw_tokens}: the cut rule is broken")
         results.append(("raw encode_batch, 32K-char pieces (info)", piece_s, piece_tokens, None))
         print(f"raw encode_batch on {len(pieces)} pieces: {piece_tokens} tokens in {piece_s:.2f}s")
 

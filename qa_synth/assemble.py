@@ -147,7 +147,13 @@ class _Encoder:
         self.tail_closing = self._closing_count(self.sk.tail)
 
     def encode(self, text: str) -> list[int]:
-        return self._trim(text, self.tok.encode(text, add_special_tokens=False).ids) if text else []
+        """`text` as it continues the tokens laid before it (a template piece, a question, an answer)."""
+        if not text:
+            return []
+        continuation = getattr(self.tok, "encode_continuation", None)  # curation.tokenize.TextTokenizer
+        if continuation is not None:
+            return continuation(text)
+        return self._trim(text, self.tok.encode(text, add_special_tokens=False).ids)
 
     def _trim(self, text: str, ids: list[int]) -> list[int]:
         """Drop the lone word-start marker SentencePiece prepends to text opening with a
@@ -191,8 +197,7 @@ class _Encoder:
         answers = [(" " if sk.space_before_answer else "") + self.clean(p.answer) for _, p in items]
         texts = ([sk.first_before_q + q + sk.first_after_q for q in questions]
                  + [sk.inter_before_q + q + sk.inter_after_q for q in questions] + answers)
-        batch = self.tok.encode_batch(texts, add_special_tokens=False) if texts else []
-        encoded = [self._trim(text, e.ids) for text, e in zip(texts, batch)]
+        encoded = [self.encode(text) for text in texts]
         n = len(items)
         return [_Turn(c, p, encoded[i], encoded[n + i], encoded[2 * n + i]) for i, (c, p) in enumerate(items)]
 

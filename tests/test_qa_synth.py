@@ -396,8 +396,8 @@ NO_SYSTEM_TEMPLATE = (
 @pytest.mark.parametrize(
     "template, head",
     [
-        (LLAMA2_TEMPLATE, "<s><<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\n[INST] "),
-        (NO_SYSTEM_TEMPLATE, "<s>[INST] You are a helpful assistant.\n\n"),
+        (LLAMA2_TEMPLATE, "<s> <<SYS>>\nYou are a helpful assistant.\n<</SYS>>\n\n[INST] "),
+        (NO_SYSTEM_TEMPLATE, "<s> [INST] You are a helpful assistant.\n\n"),
     ],
     ids=["llama2", "no_system_role"],
 )
