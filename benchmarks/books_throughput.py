@@ -81,7 +81,7 @@ def pipeline_run(base: dict[str, Any], beam_args: list[str], repeats: int, workd
     def once() -> dict[str, Any]:
         # A fresh output folder per run, so no run reads or overwrites another's shards.
         out = tempfile.mkdtemp(prefix="out-", dir=workdir)
-        return run_books(BooksConfig.model_validate({**base, "output": out}), beam_args)
+        return run_books(BooksConfig.model_validate({**base, "output": out, "near_duplicates": False}), beam_args)
 
     return best_of(repeats, once)
 
