@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 
+from curation.packing import RowArrays
+from curation.shards import write_shard
 from pipelines.cli import main
 from tests.conftest import DEMO_TOKENIZER
 from training import checkpoint as ckpt
@@ -48,3 +51,20 @@ def test_train_refuses_unknown_flags(capsys):
     except SystemExit as err:
         assert err.code == 2
     assert "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+
+
+def test_train_says_what_is_wrong_with_the_data_or_the_run_in_one_line(tmp_path, capsys):
+    rows = RowArrays.empty(4, 64)
+    rows.segment_ids[:], rows.loss_mask[:] = 1, 1.0
+    rows.doc_ids, rows.doc_starts = [["d"]] * 4, [[0]] * 4
+    write_shard(str(tmp_path / "books"), "s64", 0, 3, rows, {"tokenizer": {"sha256": "ab" * 32, "vocab_size": 32000}})
+    common = ["train", "--data", str(tmp_path / "books" / "s64"), "--out", str(tmp_path / "run"), "--seq-len", "64",
+              "--global-batch", "2", "--mesh", "dp=1,fsdp=1,tp=1,sp=1", "--no-progress"]
+    for extra, expected in (([], "only 1 of 3 shards (*-of-00003.arrow) are there"),
+                            (["--resume-step", "3"], "resume_step 3: "),
+                            (["--global-batch", "3", "--grad-accum", "2"], "global_batch 3 (rows per step) does not split")):
+        with pytest.raises(SystemExit) as err:
+            main(common + extra)
+        assert err.value.code == 2
+        message = capsys.readouterr().err.strip().splitlines()[-1]
+        assert message.startswith("longctx: error: ") and expected in message, message

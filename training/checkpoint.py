@@ -1,13 +1,20 @@
 """Checkpoints with Orbax: step checkpoints for exact resume, and params-only exports between stages.
 
-A step checkpoint (`RUN/checkpoints/{step}/`) holds the train state (params, optimiser state,
-step) and the data iterator's position; a params checkpoint (`RUN/checkpoints/final/`) holds the
-params and `model.json`, and is what the next stage (or `longctx convert --to-hf`) starts from.
+A step checkpoint (`RUN/checkpoints/steps/{step}/`) holds the train state (params, optimiser
+state, step) and, as JSON, the data iterator's position and the run's config (so a resume can tell
+what changed); a params checkpoint (`RUN/checkpoints/final/`) holds the params and `model.json`,
+and is what the next stage (or `longctx convert --to-hf`) starts from.
+
+A step checkpoint that cannot be read raises CheckpointError, one line naming the checkpoint
+and the file or array that failed, instead of Orbax's and TensorStore's long tracebacks.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +23,63 @@ import orbax.checkpoint as ocp
 
 from training.model import ModelConfig
 
+log = logging.getLogger("longctx")
+
+# Orbax's JSON files in a step checkpoint; a damaged one fails the restore with a bare JSONDecodeError
+# that names no file. (_CHECKPOINT_METADATA is left out: Orbax restores without it, logging its damage.)
+_JSON_FILES = {"_METADATA", "_sharding", "metadata"}
+_TENSORSTORE_READ = re.compile(r'Error reading "(?P<key>[^"]+)" in \S+ database at (?:local file )?"(?P<where>[^"]+)"')
+
+
+class CheckpointError(ValueError):
+    """A step checkpoint cannot be read (or the resume asked for cannot be done); one line."""
+
 
 def step_manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
     return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints" / "steps", options=options)
 
 
-def save_step(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict) -> None:
-    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)))
+def save_step(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict, run_config: dict | None = None) -> None:
+    """Save the train state with the iterator position and the run's config (plain JSON)."""
+    data = {"iterator": data_state, "config": run_config}
+    manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)))
+
+
+def available_steps(manager: ocp.CheckpointManager) -> list[int]:
+    return sorted(manager.all_steps())
+
+
+def step_path(manager: ocp.CheckpointManager, step: int) -> Path:
+    return Path(str(manager.directory)) / str(step)
+
+
+def read_step_data(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict | None]:
+    """(iterator state, run config) of a step checkpoint, without its arrays. The config is None
+    for a checkpoint saved before configs were kept in it. Every JSON file of the checkpoint is
+    checked here, so a damaged one is found before a model is built to restore into."""
+    path = step_path(manager, step)
+    _check_json_files(path / "data")
+    _check_json_files(path / "state")
+    try:
+        data = manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+    except Exception as err:  # noqa: BLE001 (Orbax raises many types; all mean "unreadable")
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_relative(describe_failure(err), path)}") from None
+    if isinstance(data, dict) and "iterator" in data:
+        return data["iterator"], data.get("config")
+    return data, None
+
+
+def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> Any:
+    """The train state of a step checkpoint, restored into `abstract_state`'s shapes and shardings."""
+    path = step_path(manager, step)
+    _check_json_files(path / "state")
+    try:
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as err:  # noqa: BLE001
+        log.debug("restoring %s failed", path, exc_info=True)
+        raise CheckpointError(f"checkpoint {path} cannot be read: {_relative(describe_failure(err), path)}") from None
+    return restored.state
 
 
 def restore_step(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any, dict] | None:
@@ -31,10 +87,75 @@ def restore_step(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[i
     step = manager.latest_step()
     if step is None:
         return None
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore())
-    )
-    return step, restored.state, restored.data
+    iterator, _ = read_step_data(manager, step)
+    return step, restore_state(manager, step, abstract_state), iterator
+
+
+def _check_json_files(folder: Path) -> None:
+    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
+        if path.is_file() and (path.name in _JSON_FILES or path.parent.name == "array_metadatas"):
+            try:
+                json.loads(path.read_bytes())
+            except (ValueError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"checkpoint {folder.parent} cannot be read: {path.relative_to(folder.parent)} is damaged "
+                                      f"(not JSON: {err})") from None
+
+
+def _relative(text: str, root: Path) -> str:
+    """Paths inside the checkpoint, relative to it (the message names the checkpoint first)."""
+    return text.replace(f"{root}/", "")
+
+
+def describe_failure(err: BaseException) -> str:
+    """One line from an Orbax/TensorStore failure: the array and file it was reading, if named,
+    and the innermost cause (the outer messages embed pages of TensorStore specs)."""
+    chain, seen = [], set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        chain.append(err)
+        err = err.__cause__ or err.__context__
+    texts = [str(e) for e in chain]
+    for text in texts:
+        match = _TENSORSTORE_READ.search(text)
+        if match:
+            rest = text[match.end():].lstrip(": ").splitlines()
+            cause = f" ({rest[0][:200]})" if rest and rest[0] else ""
+            return f"array {match['key']} in {match['where']} is damaged{cause}{_files_of_size(match['where'], text)}"
+    inner = chain[-1]
+    filename = getattr(inner, "filename", None)
+    first = (str(inner).strip().splitlines() or [type(inner).__name__])[0][:300]
+    return f"{filename}: {first}" if filename and str(filename) not in first else f"{type(inner).__name__}: {first}"
+
+
+def _files_of_size(folder: str, message: str) -> str:
+    """TensorStore names the array and the database, not the file: a read past the end of a value
+    gives the value's size, and the (cut) data file of that size is the one to name."""
+    size = re.search(r"value of size (\d+)", message)
+    root = Path(folder)
+    if not size or not root.is_dir():
+        return ""
+    files = [str(f) for f in sorted(root.rglob("*")) if f.is_file() and f.stat().st_size == int(size[1])]
+    return f"; file {files[0]}" if len(files) == 1 else ""
+
+
+def set_aside_steps_after(manager: ocp.CheckpointManager, step: int) -> tuple[Path, list[int]]:
+    """Move the step checkpoints after `step` (and the run's final params, made after them) to
+    `checkpoints/set-aside/after-{step}[-n]/`, so a resume from `step` starts a new history there;
+    nothing is deleted. The caller reloads the manager."""
+    steps_dir = Path(str(manager.directory))
+    later = [s for s in available_steps(manager) if s > step]
+    final = steps_dir.parent / "final"
+    dest = steps_dir.parent / "set-aside" / f"after-{step}"
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = steps_dir.parent / "set-aside" / f"after-{step}-{n}"
+    dest.mkdir(parents=True)
+    for s in later:
+        shutil.move(str(step_path(manager, s)), str(dest / str(s)))
+    if final.exists():
+        shutil.move(str(final), str(dest / "final"))
+    return dest, later
 
 
 def save_params(path: str | Path, config: ModelConfig, params: Any) -> Path:

@@ -26,8 +26,9 @@ class TrainConfig(BaseModel):
     text_loss_weight: float | None = Field(None, description="loss = text_w x text CE + vision_w x vision CE, each averaged over its own positions; None: 0.5 with vision (LWM), 1.0 text-only")
     vision_loss_weight: float | None = Field(None, description="see text_loss_weight; None: 0.5 with a vision vocabulary")
     seq_len: int = Field(4096, description="sequence length; must equal the shards' stage length")
-    global_batch: int = Field(8, description="rows per optimiser step (across all hosts), before accumulation")
-    grad_accum: int = Field(1, description="micro-batches accumulated per optimiser step")
+    global_batch: int = Field(8, description="rows per optimiser step (across all hosts), whatever grad_accum is")
+    grad_accum: int = Field(1, description="split each step's global_batch rows into this many micro-batches run one after "
+                            "another (less activation memory, same update); must divide global_batch")
     steps: int = Field(100, description="optimiser steps")
     lr: float = Field(3e-4, description="peak learning rate")
     warmup_steps: int = Field(10, description="linear warmup steps")
@@ -45,6 +46,12 @@ class TrainConfig(BaseModel):
     load_balance: Literal["zigzag", "striped", "none"] = Field("zigzag", description="causal load balancing of the ring")
     loss_chunk: int = Field(1024, description="the output layer and loss run over this many positions (per sp shard) at a time")
     tokenizer_sha256: str | None = Field(None, description="refuse shards made with another tokenizer (sha256 from the manifest)")
+    allow_unfinished_data: bool = Field(False, description="train on a data folder that is not a finished job output (no "
+                                        "manifest and shards missing, as a killed job leaves it), with a warning")
+    resume_step: int | None = Field(None, description="resume from this step checkpoint instead of the latest (e.g. the latest "
+                                    "is corrupt); later step checkpoints are moved to checkpoints/set-aside/")
+    allow_config_change: bool = Field(False, description="resume even though optimisation settings (lr, schedule, batch, "
+                                      "data, ...) differ from the checkpoint's; the changes are logged")
     checkpoint_every: int = Field(50, description="save a checkpoint every N steps (and at the end)")
     keep_checkpoints: int = Field(3, description="keep the last N step checkpoints")
     stop_after: int | None = Field(None, description="leave after this many steps in this process (a later run resumes)")

@@ -8,7 +8,10 @@ exactly the rows an uninterrupted run would have seen.
 from __future__ import annotations
 
 import json
+import logging
+import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import fsspec
 import jax
@@ -17,16 +20,52 @@ import numpy as np
 from curation.shards import Shard, join_url, read_shard
 from training.vision import vision_problems
 
+log = logging.getLogger("longctx")
+
 BATCH_COLUMNS = ("input_ids", "segment_ids", "positions", "loss_mask", "vision_mask")
+# What the pipelines name a shard: train-00003-of-00017.arrow (curation.shards.shard_name).
+SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.arrow$")
 
 
 class DataMismatchError(ValueError):
     """The shards were not made for this model (length, tokenizer or vocabulary differ)."""
 
 
-def stage_shard_urls(data: str) -> list[str]:
-    """Shards of a stage folder (`OUT/32k`), in order: from the job's manifest when it is there,
-    else every `*.arrow` file in the folder."""
+class UnfinishedDataError(ValueError):
+    """The data folder is not the finished output of a job (no manifest, shards missing)."""
+
+
+def _basename(url: str) -> str:
+    return url.rstrip("/").rpartition("/")[2]
+
+
+def unfinished_reason(names: list[str]) -> str | None:
+    """Why shard file names are not a whole `-of-N` set (None when they are: every index 0..N-1
+    of one N, each once). Pure, so the rule is tested on names alone."""
+    if not names:
+        return "no shards (*.arrow)"
+    parsed = [SHARD_NAME.match(n) for n in names]
+    odd = [n for n, m in zip(names, parsed) if m is None]
+    if odd:
+        return f"{odd[0]} is not named like a job's shard (train-00000-of-00004.arrow), so nothing says the set is whole"
+    counts = sorted({int(m["count"]) for m in parsed})
+    if len(counts) > 1:
+        return f"shards of different sets are mixed (-of-{counts[0]:05d} and -of-{counts[-1]:05d})"
+    count = counts[0]
+    indices = {int(m["index"]) for m in parsed}
+    if indices != set(range(count)) or len(names) != count:
+        missing = sorted(set(range(count)) - indices)
+        where = f", missing {', '.join(f'{i:05d}' for i in missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else ""
+        return f"only {len(indices & set(range(count)))} of {count} shards (*-of-{count:05d}.arrow) are there{where}"
+    return None
+
+
+def stage_shard_urls(data: str, allow_unfinished: bool = False) -> list[str]:
+    """Shards of a stage folder (`OUT/32k`), in order, only from a finished output: the shards the
+    job's manifest lists (`OUT/manifest.json`, written last), or, without a manifest, a whole
+    `-of-N` set. A killed job leaves some shards and no manifest: that is refused with the reason
+    (UnfinishedDataError) unless `allow_unfinished`, which trains on what is there and says so
+    loudly. An empty or missing folder gives []."""
     data = data.rstrip("/")
     parent, _, stage = data.rpartition("/")
     fs, path = fsspec.core.url_to_fs(join_url(parent or ".", "manifest.json"))
@@ -34,10 +73,74 @@ def stage_shard_urls(data: str) -> list[str]:
         with fs.open(path, "r") as fh:
             manifest = json.load(fh)
         if stage in manifest.get("stages", {}):
-            return [join_url(parent, s["path"]) for s in manifest["stages"][stage]["shards"]]
+            urls = [join_url(parent, s["path"]) for s in manifest["stages"][stage]["shards"]]
+            return _present_listed(data, urls, allow_unfinished)
     fs, path = fsspec.core.url_to_fs(data)
     files = sorted(fs.glob(path.rstrip("/") + "/*.arrow"))
-    return [fs.unstrip_protocol(f) if "://" in data else f for f in files]
+    urls = [fs.unstrip_protocol(f) if "://" in data else f for f in files]
+    if not urls:
+        return []
+    reason = unfinished_reason([_basename(u) for u in urls])
+    if reason:
+        _refuse_or_warn(f"{data} is not a finished output: no manifest.json in {parent or '.'} lists stage {stage!r} and {reason}",
+                        allow_unfinished)
+    return urls
+
+
+def _present_listed(data: str, urls: list[str], allow_unfinished: bool) -> list[str]:
+    """The manifest's shards, refusing (or, allowed, skipping) any that are gone."""
+    fs, path = fsspec.core.url_to_fs(data)
+    present = {_basename(f) for f in fs.glob(path.rstrip("/") + "/*.arrow")}
+    missing = [u for u in urls if _basename(u) not in present]
+    if missing:
+        _refuse_or_warn(f"{data}: {len(missing)} of the {len(urls)} shards its manifest lists are missing, e.g. {missing[0]}",
+                        allow_unfinished)
+    return [u for u in urls if _basename(u) in present]
+
+
+def _refuse_or_warn(problem: str, allow_unfinished: bool) -> None:
+    if not allow_unfinished:
+        raise UnfinishedDataError(f"{problem}; rerun the data job to finish it, or set allow_unfinished_data: true "
+                                  "(--allow-unfinished-data) to train on these shards anyway")
+    log.warning("!!! TRAINING ON UNFINISHED DATA (allow_unfinished_data): %s", problem)
+
+
+def shard_identity(metadata: dict[str, str]) -> dict[str, Any]:
+    """What every shard of one data source must share: the stage length and the tokenizer
+    (sha256, vocabulary, special ids), the vision id layout and the schema version. Job-specific
+    keys (config hash, stage name) may differ: shards of two jobs with one tokenizer go together."""
+    vision = json.loads(metadata.get("longctx.vision") or "{}")
+    return {
+        "stage length": metadata.get("longctx.length"),
+        **tokenizer_identity(metadata),
+        **{f"vision {k}": v for k, v in sorted(vision.items())},
+        "schema version": metadata.get("longctx.schema_version"),
+    }
+
+
+def tokenizer_identity(metadata: dict[str, str]) -> dict[str, Any]:
+    """The tokenizer a shard was made with, as far as the ids depend on it (its name may be spelt
+    differently for the same file, so it is not compared)."""
+    tok = json.loads(metadata.get("longctx.tokenizer") or "{}")
+    return {f"tokenizer {k}": tok.get(k) for k in ("sha256", "vocab_size", "bos_id", "eos_id", "pad_id")}
+
+
+def _show(value: Any) -> str:
+    text = str(value)
+    return text[:12] if len(text) == 64 else text  # a sha256 is known by its head
+
+
+def first_disagreement(named: list[tuple[str, dict[str, Any]]]) -> str | None:
+    """`KEY: A has x, B has y` for the first shard whose identity differs from the first one's
+    (a key only one of them has counts as a difference: a text shard among vision shards)."""
+    if not named:
+        return None
+    first_url, first = named[0]
+    for url, ident in named[1:]:
+        for key in [*first, *(k for k in ident if k not in first)]:
+            if ident.get(key) != first.get(key):
+                return f"{key}: {first_url} has {_show(first.get(key))}, {url} has {_show(ident.get(key))}"
+    return None
 
 
 @dataclass
@@ -45,17 +148,34 @@ class StageData:
     """All rows of one stage, across its shards, addressable by a global row index."""
 
     shards: list[Shard]
+    urls: list[str] = field(default_factory=list)  # where each shard came from, to name it in errors
     offsets: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.offsets = np.cumsum([0] + [s.num_rows for s in self.shards])
+        if not self.urls:
+            self.urls = [f"shard {i}" for i in range(len(self.shards))]
 
     @classmethod
-    def open(cls, data: str) -> "StageData":
-        urls = stage_shard_urls(data)
+    def open(cls, data: str, allow_unfinished: bool = False) -> "StageData":
+        """The shards of a finished stage folder (see `stage_shard_urls`), refused when they do not
+        all share one stage length, tokenizer and vision layout (DataMismatchError)."""
+        urls = stage_shard_urls(data, allow_unfinished)
         if not urls:
             raise FileNotFoundError(f"no shards (*.arrow) under {data}")
-        return cls([read_shard(u) for u in urls])
+        stage = cls([read_shard(u) for u in urls], urls)
+        stage.check_consistent()
+        return stage
+
+    def identities(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(url, shard_identity(shard.metadata)) for url, shard in zip(self.urls, self.shards)]
+
+    def check_consistent(self) -> None:
+        """All shards of one source were made alike: a folder holding shards of two tokenizers (or
+        lengths, or vision layouts) would otherwise train on ids that mean different things."""
+        problem = first_disagreement(self.identities())
+        if problem:
+            raise DataMismatchError(f"shards of one data source disagree on {problem}")
 
     @property
     def num_rows(self) -> int:
@@ -144,9 +264,16 @@ class BatchIterator:
     def state(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "step": self.step, "global_batch": self.global_batch}
 
-    def restore(self, state: dict[str, int]) -> None:
+    def restore(self, state: dict[str, int], allow_change: bool = False) -> None:
+        """Continue where `state` left off. A state saved with another batch size or seed is refused,
+        unless `allow_change` (a resume with allow_config_change): then the rows already taken in
+        the epoch are skipped in whole new batches, in the new seed's order."""
         if state["global_batch"] != self.global_batch or state["seed"] != self.seed:
-            raise ValueError(f"iterator state {state} was saved for another batch size or seed")
+            if not allow_change:
+                raise ValueError(f"iterator state {state} was saved for another batch size or seed")
+            taken = int(state["step"]) * int(state["global_batch"])
+            self.epoch, self.step = int(state["epoch"]), -(-taken // self.global_batch)
+            return
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
 
@@ -220,23 +347,43 @@ class MixtureIterator:
     def state(self) -> dict:
         return {"seed": self.seed, "global_batch": self.global_batch, "taken": self.taken, "cursors": self.cursors}
 
-    def restore(self, state: dict) -> None:
-        if state["global_batch"] != self.global_batch or state["seed"] != self.seed or len(state["cursors"]) != len(self.sources):
-            raise ValueError(f"iterator state {state} was saved for another mixture, batch size or seed")
+    def restore(self, state: dict, allow_change: bool = False) -> None:
+        """Continue where `state` left off; see BatchIterator.restore for `allow_change` (another
+        number of sources cannot be mapped: the mixture then starts from its beginning)."""
+        same = state.get("global_batch") == self.global_batch and state.get("seed") == self.seed
+        if not same or len(state.get("cursors", [])) != len(self.sources):
+            if not allow_change:
+                raise ValueError(f"iterator state {state} was saved for another mixture, batch size or seed")
+            if len(state.get("cursors", [])) != len(self.sources):
+                log.warning("the data mixture changed on resume: reading it from its beginning")
+                return
+            self.taken = int(state["taken"]) * int(state["global_batch"]) // self.global_batch
+            self.cursors = [list(c) for c in state["cursors"]]
+            return
         self.taken, self.cursors = int(state["taken"]), [list(c) for c in state["cursors"]]
 
 
 def open_batches(spec: str, global_batch: int, seed: int, seq_len: int, vocab_size: int, tokenizer_sha256: str | None,
-                 vision: dict | None = None):
+                 vision: dict | None = None, allow_unfinished: bool = False):
     """The training batches of a data spec (one stage folder, or a weighted mixture), checked
-    against the model first (every source: a mixture never pairs shards the model cannot read)."""
+    against the model first (every source: a mixture never pairs shards the model cannot read),
+    and the sources against each other (one tokenizer for all)."""
     mix = parse_data_mix(spec)
-    sources = [(StageData.open(path), weight) for path, weight in mix]
+    sources = []
+    for path, weight in mix:
+        try:
+            sources.append((StageData.open(path, allow_unfinished), weight))
+        except DataMismatchError as err:
+            raise DataMismatchError(f"{path}: {err}") from None
     for (data, _), (path, _) in zip(sources, mix):
         try:
             data.check_compatible(seq_len, vocab_size, tokenizer_sha256, vision)
         except DataMismatchError as err:
             raise DataMismatchError(f"{path}: {err}") from None
+    # Across sources only the tokenizer must agree: text and vision sources differ in layout by design.
+    problem = first_disagreement([(data.urls[0], tokenizer_identity(data.metadata)) for data, _ in sources])
+    if problem:
+        raise DataMismatchError(f"data sources disagree on {problem}")
     if len(sources) == 1:
         return sources[0][0], BatchIterator(sources[0][0], global_batch, seed=seed)
     return sources[0][0], MixtureIterator(sources, global_batch, seed=seed)

@@ -58,7 +58,25 @@ def model_config_for(config: TrainConfig, base: ModelConfig | None = None) -> Mo
     return model
 
 
+def check_config(config: TrainConfig) -> None:
+    """What a config must satisfy whatever the devices (checked for every stage of a plan before
+    the first one trains)."""
+    if config.global_batch < 1 or config.grad_accum < 1:
+        raise ConfigMismatch(f"global_batch {config.global_batch} and grad_accum {config.grad_accum} must be >= 1")
+    if config.global_batch % config.grad_accum:
+        raise ConfigMismatch(f"global_batch {config.global_batch} (rows per step) does not split into grad_accum "
+                             f"{config.grad_accum} equal micro-batches; make it a multiple of {config.grad_accum}")
+    if config.resume_step is not None and config.resume_step < 1:
+        raise ConfigMismatch(f"resume_step {config.resume_step} must be a saved step (>= 1)")
+
+
+def micro_batch(config: TrainConfig) -> int:
+    """Rows of one micro-batch: a step's global_batch rows run as grad_accum micro-batches."""
+    return config.global_batch // config.grad_accum
+
+
 def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh) -> None:
+    check_config(config)
     sp, dp = mesh.shape["sp"], mesh.shape["dp"] * mesh.shape["fsdp"]
     if config.seq_len % sp:
         raise ConfigMismatch(f"seq_len {config.seq_len} is not divisible by sp={sp}")
@@ -71,8 +89,12 @@ def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh)
     local = config.seq_len // sp
     if local % min(config.loss_chunk, local):
         raise ConfigMismatch(f"seq_len {config.seq_len} / sp {sp} = {local} is not a multiple of loss_chunk={config.loss_chunk}")
-    if config.global_batch % dp:
-        raise ConfigMismatch(f"global_batch {config.global_batch} is not divisible by dp x fsdp = {dp}")
+    micro = micro_batch(config)
+    if micro % dp:
+        raise ConfigMismatch(f"micro-batch of {micro} rows (global_batch {config.global_batch} / grad_accum {config.grad_accum}) "
+                             f"is not divisible by dp x fsdp = {dp}")
+    if micro % jax.process_count():
+        raise ConfigMismatch(f"micro-batch of {micro} rows does not divide over {jax.process_count()} hosts")
     tp = mesh.shape["tp"]
     if model.num_heads % tp or model.num_kv_heads % tp:
         raise ConfigMismatch(f"heads {model.num_heads}/{model.num_kv_heads} are not divisible by tp={tp}")
@@ -159,13 +181,27 @@ def next_token_loss(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.A
     return sums.sum() / jnp.maximum(counts.sum(), 1.0), counts.sum()
 
 
-def combine_losses(sums: jax.Array, counts: jax.Array, weights: tuple[float, float] | None) -> dict[str, jax.Array]:
+def weighted_loss(sums: jax.Array, counts: jax.Array, weights: tuple[float, float] | None) -> jax.Array:
     """The training loss from per-modality sums: a text model's mean over every scored position
     (weights None), or `w_text * text + w_vision * vision` with each term averaged over its own
-    positions (LWM: 0.5 / 0.5; a term without positions in the batch contributes 0)."""
+    positions (LWM: 0.5 / 0.5; a term without positions in the batch contributes 0). Linear in
+    `sums`: sums of micro-batches divided by the whole batch's counts add up to the batch's loss."""
     means = sums / jnp.maximum(counts, 1.0)
-    loss = sums.sum() / jnp.maximum(counts.sum(), 1.0) if weights is None else weights[0] * means[0] + weights[1] * means[1]
-    return {"loss": loss, "text_loss": means[0], "vision_loss": means[1], "scored_tokens": counts.sum(), "vision_tokens": counts[1]}
+    return sums.sum() / jnp.maximum(counts.sum(), 1.0) if weights is None else weights[0] * means[0] + weights[1] * means[1]
+
+
+def combine_losses(sums: jax.Array, counts: jax.Array, weights: tuple[float, float] | None) -> dict[str, jax.Array]:
+    """The loss (see weighted_loss) and its parts, as logged."""
+    means = sums / jnp.maximum(counts, 1.0)
+    return {"loss": weighted_loss(sums, counts, weights), "text_loss": means[0], "vision_loss": means[1],
+            "scored_tokens": counts.sum(), "vision_tokens": counts[1]}
+
+
+def scored_counts(batch: dict[str, jax.Array]) -> jax.Array:
+    """[2] = (text, vision) scored next-token targets of a batch: the loss's denominators, known
+    before the forward pass (they depend on the masks only)."""
+    _, weight, is_vision = next_token_targets(batch)
+    return jnp.stack([(weight * ~is_vision).sum(), (weight * is_vision).sum()])
 
 
 def loss_weights(config: TrainConfig, model: ModelConfig) -> tuple[float, float] | None:
@@ -188,32 +224,62 @@ def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh):
 
 def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int, loss_chunk: int = 1024, sp: int = 1,
                     weights: tuple[float, float] | None = None):
-    """One optimiser step over `accum` micro-batches. `weights`: (text, vision) loss weights of a
-    vision-language model (see combine_losses); None for a text model."""
+    """One optimiser step over a batch laid out as `accum` micro-batches, `[accum, rows, seq]`.
+    `weights`: (text, vision) loss weights of a vision-language model (see combine_losses); None
+    for a text model.
 
-    def loss_fn(params, micro):
+    Each micro-batch's loss sums are divided by the whole step's scored-token counts, so the summed
+    micro-batch gradients are exactly the gradient of one batch of all the rows (same update for
+    any `accum`, up to float summation order; a mean of per-micro-batch means would weight rows of
+    a micro-batch with fewer scored tokens more)."""
+
+    def loss_fn(params, micro, totals):
         hidden = model.apply({"params": params}, micro["input_ids"], micro["positions"], micro["segment_ids"],
                              micro.get("vision_mask"), attention_fn=attention_fn, return_hidden=True)
-        sums, counts = next_token_nll(hidden, output_kernel(model.config, params), micro, loss_chunk, sp,
-                                      vision_output_kernel(model.config, params))
-        parts = combine_losses(sums, counts, weights)
-        return parts["loss"], parts
+        sums, _ = next_token_nll(hidden, output_kernel(model.config, params), micro, loss_chunk, sp,
+                                 vision_output_kernel(model.config, params))
+        return weighted_loss(sums, totals, weights), sums
 
     def step(state, batch):
+        if batch["input_ids"].shape[0] != accum:
+            raise ValueError(f"batch has {batch['input_ids'].shape[0]} micro-batches, the step was made for {accum}")
+        totals = jax.vmap(scored_counts)(batch).sum(axis=0)
+
         def micro_step(grads, micro):
-            (_, parts), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], micro)
-            return jax.tree.map(jnp.add, grads, g), parts
+            (_, sums), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], micro, totals)
+            return jax.tree.map(jnp.add, grads, g), sums
 
         zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        grads, parts = jax.lax.scan(micro_step, zeros, batch)
-        grads = jax.tree.map(lambda g: g / accum, grads)
+        grads, sums = jax.lax.scan(micro_step, zeros, batch)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
-        metrics = {k: v.sum() if k.endswith("tokens") else v.mean() for k, v in parts.items()}
+        metrics = combine_losses(sums.sum(axis=0), totals, weights)
         metrics["grad_norm"] = optax.tree.norm(grads)
         return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return step
+
+
+def step_batch_shape(config: TrainConfig) -> tuple[int, int, int]:
+    """The global shape of one step's token arrays: [grad_accum, global_batch / grad_accum, seq_len]."""
+    return (config.grad_accum, micro_batch(config), config.seq_len)
+
+
+def jit_train_step(config: TrainConfig, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, state_shardings: Any):
+    """(jitted step, batch sharding): the step `train()` runs, its in/out shardings fixed (the
+    state keeps its layout step after step, so one compile serves all) and the state donated.
+    Lowering it with `jax.ShapeDtypeStruct`s of `step_batch_shape` compiles it ahead of time."""
+    batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, "sp"))
+    step = make_train_step(LlamaModel(model_cfg), build_optimizer(config), make_attention(config, mesh), config.grad_accum,
+                           config.loss_chunk, mesh.shape["sp"], loss_weights(config, model_cfg))
+    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None), donate_argnums=0)
+    return jitted, batch_sharding
+
+
+def split_micro_batches(host: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
+    """This host's rows of one step, [rows, seq] -> [accum, rows / accum, seq]: micro-batch i holds
+    the i-th consecutive slice of the rows."""
+    return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in host.items()}
 
 
 def _peak_flops(config: TrainConfig) -> float | None:
@@ -265,22 +331,162 @@ def _param_shardings(model: ModelConfig, mesh):
     return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_partition_specs(abstract, mesh))
 
 
+# Settings a resumed run may change freely: where the run lives (a resume restores the state, not
+# init_from), how the same maths is laid out on the devices, what is logged or checked. Any other
+# setting changes what the checkpoint's optimiser state and data position mean (lr, schedule,
+# betas, clip, batch, length, steps, data, model...): see config_changes.
+RESUME_FREE_KEYS = frozenset({
+    "out", "init_from", "mesh", "attention", "q_chunk", "kv_chunk", "load_balance", "loss_chunk", "tokenizer_sha256",
+    "checkpoint_every", "keep_checkpoints", "stop_after", "log_every", "peak_flops_per_device", "progress",
+    "allow_unfinished_data", "allow_config_change", "resume_step",
+})
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """`key old -> new` for each setting that differs between a checkpoint's config and this run's,
+    except RESUME_FREE_KEYS. Keys only one side knows (a config from an older version) are skipped."""
+    keys = [k for k in current if k in saved and k not in RESUME_FREE_KEYS]
+    return [f"{k} {saved[k]!r} -> {current[k]!r}" for k in keys if saved[k] != current[k]]
+
+
+def truncate_metrics(path: Path, step: int) -> int:
+    """Keep the metrics of steps <= `step` (what the restored state has trained): a resumed run
+    logs the lost steps again, so their old lines would repeat step numbers. The dropped lines
+    (and a line cut by a kill) move to metrics.discarded.jsonl. Returns how many were dropped."""
+    if not path.exists():
+        return 0
+    kept, dropped = [], []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+            ok = isinstance(record, dict) and int(record["step"]) <= step
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        (kept if ok else dropped).append(line)
+    if dropped:
+        with path.with_name("metrics.discarded.jsonl").open("a") as fh:
+            fh.write("".join(line + "\n" for line in dropped))
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.replace(path)  # atomic: a kill now leaves the old or the new file, whole
+    return len(dropped)
+
+
+def _resume_hint(steps: list[int], bad: int) -> str:
+    others = [s for s in steps if s != bad]
+    if not others:
+        return "no other step checkpoint is left: start again in a new --out (or move this one away)"
+    return (f"other step checkpoints: {', '.join(map(str, others))}; resume from the latest good one with "
+            f"--resume-step {others[-1]} (config key resume_step: {others[-1]})")
+
+
+def _plan_resume(config: TrainConfig, run: Path, manager) -> tuple[Any, int, dict | None, int | None]:
+    """(manager, step, iterator state, deferred) of the checkpoint to resume from, (manager, 0, None,
+    None) for a fresh run; read from the checkpoint's JSON only, before any model is built.
+
+    resume_step N restores step N and moves later step checkpoints aside. A rerun of the same
+    command must not roll back again: when the latest checkpoint was saved by a run with that
+    resume_step, it is resumed instead, and N is returned as `deferred` (rolled back to only if
+    the latest turns out unreadable). Refuses a checkpoint saved with other optimisation settings
+    (ConfigMismatch) unless allow_config_change."""
+    steps = ckpt.available_steps(manager)
+    if not steps:
+        if config.resume_step is not None:
+            raise ConfigMismatch(f"resume_step {config.resume_step}: {run} has no step checkpoints")
+        return manager, 0, None, None
+    target, want, deferred = steps[-1], config.resume_step, None
+    if want is not None and want != target:
+        if want not in steps:
+            raise ConfigMismatch(f"resume_step {want} is not a step checkpoint of {run}; it has steps {', '.join(map(str, steps))}")
+        if _saved_resume_step(manager, target) == want:
+            log.info("resume_step %d was applied by the run that saved step %d: resuming at %d", want, target, target)
+            deferred = want
+        else:
+            manager, target = _roll_back(manager, want)
+    try:
+        return manager, target, _checked_data(config, run, manager, target), deferred
+    except ckpt.CheckpointError:
+        if deferred is None:
+            raise
+        manager, target = _roll_back(manager, deferred)
+        return manager, target, _checked_data(config, run, manager, target), None
+
+
+def _saved_resume_step(manager, step: int) -> int | None:
+    try:
+        return (ckpt.read_step_data(manager, step)[1] or {}).get("resume_step")
+    except ckpt.CheckpointError:
+        return None
+
+
+def _roll_back(manager, step: int) -> tuple[Any, int]:
+    if jax.process_index() == 0:  # one process moves the shared folders; the others wait for it
+        dest, moved = ckpt.set_aside_steps_after(manager, step)
+        log.warning("resume_step %d: moved step checkpoints %s (and any final params) to %s", step, moved, dest)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(f"longctx-rollback-{step}")
+    manager.reload()
+    return manager, step
+
+
+def _checked_data(config: TrainConfig, run: Path, manager, step: int) -> dict:
+    """The iterator state of a step checkpoint, once its saved config agrees with this run's."""
+    try:
+        iterator, saved = ckpt.read_step_data(manager, step)
+    except ckpt.CheckpointError as err:
+        raise ckpt.CheckpointError(f"{err}; {_resume_hint(ckpt.available_steps(manager), step)}") from None
+    if saved is None and (run / "config.yaml").exists():  # a checkpoint from before configs were saved in it
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+    changes = config_changes(saved or {}, config.model_dump(mode="json"))
+    if changes and not config.allow_config_change:
+        raise ConfigMismatch(f"{run} was trained to step {step} with other settings: {'; '.join(changes)}; resume with "
+                             "its settings, train in a new --out, or set allow_config_change: true (--allow-config-change)")
+    if changes:
+        log.warning("resuming %s at step %d with changed settings (allow_config_change): %s", run, step, "; ".join(changes))
+    return iterator
+
+
+def _restored_state(config: TrainConfig, run: Path, manager, step: int, deferred: int | None, abstract_state):
+    """(manager, step, state, iterator state or None when _plan_resume's stands) of the planned
+    checkpoint; when it is unreadable and a resume_step was deferred, of that step instead."""
+    try:
+        return manager, step, _restore_or_hint(manager, step, abstract_state), None
+    except ckpt.CheckpointError:
+        if deferred is None:
+            raise
+    manager, step = _roll_back(manager, deferred)
+    iterator = _checked_data(config, run, manager, step)
+    return manager, step, _restore_or_hint(manager, step, abstract_state), iterator
+
+
+def _restore_or_hint(manager, step: int, abstract_state):
+    try:
+        return ckpt.restore_state(manager, step, abstract_state)
+    except ckpt.CheckpointError as err:
+        raise ckpt.CheckpointError(f"{err}; {_resume_hint(ckpt.available_steps(manager), step)}") from None
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train one stage. Resumes from the run's latest step checkpoint if there is one."""
+    """Train one stage. Resumes from the run's latest step checkpoint if there is one (or from
+    resume_step), after checking that it was saved with the same optimisation settings."""
     if not config.data or not config.out:
         raise ConfigMismatch("a training run needs data (a stage folder of shards) and out (a run folder)")
+    check_config(config)
     run = Path(config.out)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    # Which checkpoint to resume from, and whether its settings agree, before building anything.
+    manager = ckpt.step_manager(run, config.keep_checkpoints)
+    manager, resume_at, data_state, deferred = _plan_resume(config, run, manager)
     mesh = make_mesh(config.mesh)
     model_cfg, params = _initial_params(config, mesh, model_config_for(config))
     check_fits(config, model_cfg, mesh)
     data, batches = open_batches(
-        config.data, config.global_batch * config.grad_accum, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256,
-        expected_vision_metadata(model_cfg),
+        config.data, config.global_batch, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256,
+        expected_vision_metadata(model_cfg), allow_unfinished=config.allow_unfinished_data,
     )
 
-    model = LlamaModel(model_cfg)
     optimizer = build_optimizer(config)
     replicated = NamedSharding(mesh, PartitionSpec())
     state = {
@@ -288,36 +494,32 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "opt_state": _init_opt_state(optimizer, params, replicated),
         "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
     }
-    manager = ckpt.step_manager(run, config.keep_checkpoints)
-    restored = ckpt.restore_step(manager, jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state))
-    if restored:
-        start, state, data_state = restored
-        batches.restore(data_state)
-        log.info("resumed %s at step %d", run, start)
+    if resume_at:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        manager, resume_at, state, rolled_back = _restored_state(config, run, manager, resume_at, deferred, abstract)
+        batches.restore(rolled_back or data_state, allow_change=config.allow_config_change)
+        log.info("resumed %s at step %d", run, resume_at)
     start = int(state["step"])
+    dropped = truncate_metrics(run / "metrics.jsonl", start)
+    if dropped:
+        log.info("metrics.jsonl: %d lines after step %d (lost with the run that wrote them) moved to metrics.discarded.jsonl",
+                 dropped, start)
+    run_config = config.model_dump(mode="json")
+    (run / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
 
-    batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, "sp"))
-    # Fixed in/out shardings: the state keeps its layout step after step, so one compile serves all.
-    state_shardings = jax.tree.map(lambda x: x.sharding, state)
-    step_fn = jax.jit(
-        make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum, config.loss_chunk, mesh.shape["sp"],
-                        loss_weights(config, model_cfg)),
-        in_shardings=(state_shardings, batch_sharding),
-        out_shardings=(state_shardings, None),
-        donate_argnums=0,
-    )
-    tokens_per_step = config.global_batch * config.grad_accum * config.seq_len
+    step_fn, batch_sharding = jit_train_step(config, model_cfg, mesh, jax.tree.map(lambda x: x.sharding, state))
+    tokens_per_step = config.global_batch * config.seq_len  # each row of the step once, whatever grad_accum is
     flops = flops_per_token(model_cfg, config.seq_len) * tokens_per_step
     peak = _peak_flops(config)
-    log.info("model %s: %s params; mesh %s; %d rows of %d tokens", config.model, f"{count_params(params):,}", dict(mesh.shape), data.num_rows, data.length)
+    log.info("model %s: %s params; mesh %s; %d rows of %d tokens; %d rows a step in %d micro-batches", config.model,
+             f"{count_params(params):,}", dict(mesh.shape), data.num_rows, data.length, config.global_batch, config.grad_accum)
 
     history = []
     last = start
     end = config.steps if config.stop_after is None else min(config.steps, start + config.stop_after)
     with (run / "metrics.jsonl").open("a") as metrics_file, _progress(config, start, config.steps) as advance:
         for step in range(start, end):
-            micro = [next(batches) for _ in range(config.grad_accum)]
-            host = {k: np.stack([m[k] for m in micro]) for k in micro[0]}
+            host = split_micro_batches(next(batches), config.grad_accum)
             t0 = time.perf_counter()
             state, metrics = step_fn(state, to_global(host, batch_sharding))
             metrics = jax.device_get(metrics)
@@ -339,7 +541,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 metrics_file.flush()
             advance(record)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or step + 1 == end:
-                ckpt.save_step(manager, step + 1, state, batches.state())
+                ckpt.save_step(manager, step + 1, state, batches.state(), run_config)
             last = step + 1
     manager.wait_until_finished()
     manager.close()
@@ -379,7 +581,13 @@ class _progress:
 def train_stages(plan: StagePlan) -> list[dict[str, Any]]:
     """Each stage in order, initialised from the previous stage's final params (fresh optimiser)."""
     results = []
-    for name, config in plan.stage_configs():
+    configs = plan.stage_configs()
+    for name, config in configs:  # a bad later stage is said now, not after the earlier ones trained
+        try:
+            check_config(config)
+        except ConfigMismatch as err:
+            raise ConfigMismatch(f"stage {name}: {err}") from None
+    for name, config in configs:
         log.info("stage %s: seq_len %d, rope_theta %s, init_from %s", name, config.seq_len, config.rope_theta, config.init_from)
         results.append({"stage": name, **train(config)})
     return results
