@@ -24,6 +24,28 @@ class Reason(str, Enum):
     CONTAMINATED = "contaminated"  # shares n-grams with evaluation text (curation/decontaminate.py)
     TOKENIZER_ERROR = "tokenizer_error"
     NO_STAGE = "no_stage"
+    LANGUAGE = "language"  # not in the allowed languages, by lingua (curation/quality.py)
+    LOW_QUALITY_WORDS = "low_quality:words"  # Gopher-style rules (curation/quality.py)
+    LOW_QUALITY_MEAN_WORD_LENGTH = "low_quality:mean_word_length"
+    LOW_QUALITY_HASH_RATIO = "low_quality:hash_ratio"
+    LOW_QUALITY_ELLIPSIS_RATIO = "low_quality:ellipsis_ratio"
+    LOW_QUALITY_BULLET_LINES = "low_quality:bullet_lines"
+    LOW_QUALITY_ELLIPSIS_LINES = "low_quality:ellipsis_lines"
+    LOW_QUALITY_ALPHA_WORDS = "low_quality:alpha_words"
+    LOW_QUALITY_STOP_WORDS = "low_quality:stop_words"
+    LOW_QUALITY_DUP_LINES = "low_quality:dup_lines"
+    LOW_QUALITY_DUP_LINE_CHARS = "low_quality:dup_line_chars"
+    LOW_QUALITY_DUP_PARAGRAPHS = "low_quality:dup_paragraphs"
+    LOW_QUALITY_DUP_PARAGRAPH_CHARS = "low_quality:dup_paragraph_chars"
+    LOW_QUALITY_TOP_2GRAM_CHARS = "low_quality:top_2gram_chars"
+    LOW_QUALITY_TOP_3GRAM_CHARS = "low_quality:top_3gram_chars"
+    LOW_QUALITY_TOP_4GRAM_CHARS = "low_quality:top_4gram_chars"
+    LOW_QUALITY_DUP_5GRAM_CHARS = "low_quality:dup_5gram_chars"
+    LOW_QUALITY_DUP_6GRAM_CHARS = "low_quality:dup_6gram_chars"
+    LOW_QUALITY_DUP_7GRAM_CHARS = "low_quality:dup_7gram_chars"
+    LOW_QUALITY_DUP_8GRAM_CHARS = "low_quality:dup_8gram_chars"
+    LOW_QUALITY_DUP_9GRAM_CHARS = "low_quality:dup_9gram_chars"
+    LOW_QUALITY_DUP_10GRAM_CHARS = "low_quality:dup_10gram_chars"
 
 
 def printable(text: str) -> str:

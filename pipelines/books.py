@@ -1,4 +1,4 @@
-"""The book pipeline: read -> clean -> deduplicate (exact, then near) -> decontaminate -> tokenize -> assign stages -> pack -> write.
+"""The book pipeline: read -> clean -> quality and language filters -> deduplicate (exact, then near) -> decontaminate -> tokenize -> assign stages -> pack -> write.
 
 Each DoFn is a thin shell over a pure function in `curation/`; `BuildBookShards.expand` is the
 recipe. Every record read ends as exactly one `kept` or `rejected.*` event (see accounting).
@@ -14,6 +14,7 @@ from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.near_duplicates import MinHashConfig
 from curation.packing import SegmentRef, StageSegment
+from curation.quality import LanguageRule
 from curation.sources import SourceConfig
 from curation.stages import Stage, StagePolicy, cut_windows, matching_stages
 from curation.text import CleanConfig, Rejected, clean_text, content_hash
@@ -24,6 +25,7 @@ from pipelines.dedup import DropContaminated, DropNearDuplicates
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
 from pipelines.progress import Progress
+from pipelines.quality import DropLowQuality
 
 
 class CleanText(beam.DoFn):
@@ -108,7 +110,8 @@ def assign_stages(doc: Document, stages: list[Stage], policy: StagePolicy, min_t
 
 
 class PrepareDocuments(beam.PTransform):
-    """The shared front of every text pipeline: read -> clean -> deduplicate (exact copies, then
+    """The shared front of every text pipeline: read -> clean -> drop low-quality documents and
+    documents in other languages (`quality_filter`, `languages`) -> deduplicate (exact copies, then
     near-duplicates unless `near_duplicates` is off) -> drop documents holding an evaluation
     document (with `decontaminate`) -> tokenize.
     Returns (read result, tokenized documents, [rejects of each step])."""
@@ -128,8 +131,20 @@ class PrepareDocuments(beam.PTransform):
         )
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
         cleaned = read.docs | "Clean" >> beam.ParDo(CleanText(clean)).with_outputs(REJECTS, main="docs")
-        unique = cleaned.docs | "Deduplicate" >> DropDuplicates()
-        rejects = [read.rejects, cleaned.rejects, unique.rejects]
+        rejects = [read.rejects, cleaned.rejects]
+        docs = cleaned.docs
+        # Quality and language filters come right after cleaning: they judge one document at a
+        # time, so they fuse with Read/Clean and the texts they reject never cross the shuffle of
+        # exact dedup (copies get the same verdict either way). They must come before the
+        # near-duplicate step, which keeps one edition per cluster: a low-quality edition kept
+        # there and rejected later would take the cluster's good editions with it.
+        language = LanguageRule(tuple(c.languages), c.min_language_confidence) if c.languages else None
+        if c.quality_filter or language is not None:
+            judged = docs | "Quality" >> DropLowQuality(c.quality if c.quality_filter else None, language)
+            docs = judged.docs
+            rejects.append(judged[REJECTS])
+        unique = docs | "Deduplicate" >> DropDuplicates()
+        rejects.append(unique.rejects)
         docs = unique.docs
         if c.near_duplicates:
             near = docs | "NearDuplicates" >> DropNearDuplicates(

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from curation.manifest import config_hash
 from curation.packing import PositionMode
+from curation.quality import Languages, QualityRules
 from curation.stages import LWM_STAGES, Stage, StagePolicy, parse_stage_list
 
 
@@ -105,6 +106,10 @@ class TextFrontConfig(JobConfig):
     decontaminate_ngram: int = Field(13, ge=1, description="words per n-gram compared with the evaluation documents (13, as GPT-3)")
     decontaminate_threshold: float = Field(0.5, gt=0.0, le=1.0, description="share of an evaluation document's n-grams a document must hold to be rejected as contaminated")
     decontaminate_text_field: str = Field("text", description="JSONL field / Parquet column holding the text of the evaluation documents")
+    quality_filter: bool = Field(True, description="reject documents failing a Gopher-style quality rule (low_quality:RULE; thresholds in quality)")
+    quality: QualityRules = Field(default_factory=QualityRules, description="thresholds of the quality rules, a YAML mapping (curation/quality.py QualityRules; null switches a bound off); as a flag an inline YAML mapping such as '{min_words: 50}', which replaces the file's quality section")
+    languages: Languages = Field(default_factory=lambda: ["en"], description="keep documents in these languages (ISO 639-1 codes, identified by lingua on a few evenly spaced 2,000-character windows); others are rejected (language); empty (--languages '') = off; repeatable or comma-separated")
+    min_language_confidence: float = Field(0.5, ge=0.0, le=1.0, description="a document's summed confidence for the allowed languages must reach this (language)")
 
 
 class BooksConfig(TextFrontConfig):

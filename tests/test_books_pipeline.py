@@ -164,8 +164,9 @@ def test_memory_filesystem_in_and_out(tmp_path):
     fs.pipe("/in/books.jsonl", "".join(json.dumps(b) + "\n" for b in books).encode())
     manifest = run_books(
         _config(["memory://in/*.jsonl"], "memory://out", stages=["mini=1024:100-100000"], min_tail_tokens=64,
-                # five books of one repeated sentence are near-duplicates by design; this test is about I/O
-                near_duplicates=False),
+                # five books of one repeated sentence are near-duplicates and low-quality (repeated
+                # n-grams) by design; this test is about I/O
+                near_duplicates=False, quality_filter=False),
         IN_MEMORY
     )
     assert manifest["read"] == 5 == manifest["kept"]

@@ -38,7 +38,9 @@ def run(tmp_path_factory, sample_books):
     out = tmp_path_factory.mktemp("qa-books-out") / "out"
     config = QAConfig.model_validate({"inputs": [str(folder)], "output": str(out), "tokenizer": DEMO_TOKENIZER,
                                       "stages": ["q4k=4096:0-"], "backend": "extractive",
-                                      "chunk_tokens": 300, "chunk_min_tokens": 150, "chunk_max_tokens": 450})
+                                      "chunk_tokens": 300, "chunk_min_tokens": 150, "chunk_max_tokens": 450,
+                                      # the Russian, sentence-less and tiny books must reach the chunker
+                                      "quality_filter": False, "languages": []})
     manifest = run_qa(config, IN_MEMORY)
     rejects = [json.loads(line) for f in sorted((out / "rejects").glob("*.jsonl")) for line in f.read_text().splitlines()]
     return out, manifest, rejects, good
