@@ -77,6 +77,14 @@ def _setup_logging(verbose: bool) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax logs every file it writes
 
 
+def _print_on_process_zero(print_fn, *args) -> None:
+    """Every process of a multi-host run returns the same results; one of them prints them."""
+    import jax
+
+    if jax.process_index() == 0:
+        print_fn(*args)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
@@ -128,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             result = train(config_from_args(TrainConfig, args))
         except (ConfigMismatch, ValueError) as err:
             parser.error(str(err))
-        print_training_summary([result], console)
+        _print_on_process_zero(print_training_summary, [result], console)
     elif args.command == "train-stages":
         from training.summary import print_training_summary
         from training.train import ConfigMismatch, load_stage_plan, train_stages
@@ -140,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             results = train_stages(plan)
         except (ConfigMismatch, ValueError) as err:  # a bad plan, unfinished data, a damaged checkpoint
             parser.error(str(err))
-        print_training_summary(results, console)
+        _print_on_process_zero(print_training_summary, results, console)
     elif args.command == "convert":
         from training import checkpoint as ckpt
         from training.hf import export_checkpoint, load_hf_llama

@@ -159,12 +159,14 @@ def set_aside_steps_after(manager: ocp.CheckpointManager, step: int) -> tuple[Pa
 
 
 def save_params(path: str | Path, config: ModelConfig, params: Any) -> Path:
-    """Params-only checkpoint (atomic: Orbax writes a temporary folder and renames it)."""
+    """Params-only checkpoint (atomic: Orbax writes a temporary folder and renames it). Every
+    process of a job calls it (Orbax saves collectively); process 0 writes model.json."""
     path = Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", params, force=True)
-    (path / "model.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+    if jax.process_index() == 0:
+        (path / "model.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     return path
 
 

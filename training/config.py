@@ -58,6 +58,15 @@ class TrainConfig(BaseModel):
     log_every: int = Field(1, description="log metrics every N steps")
     peak_flops_per_device: float | None = Field(None, description="for the MFU estimate; None guesses from the device kind")
     progress: bool = Field(True, description="show a progress bar")
+    # Multi-process jobs (JAX's own names; see training/distributed.py).
+    distributed: Literal["auto", "on", "off"] = Field(
+        "auto", description="join a multi-process job with jax.distributed.initialize: auto (when coordinator_address / "
+        "num_processes / process_id are given, or SLURM with several tasks, or a TPU pod is detected), on (always; JAX "
+        "detects the cluster, e.g. a GCE TPU pod), off (never)")
+    coordinator_address: str | None = Field(None, description="HOST:PORT of process 0's coordination service (all processes alike)")
+    num_processes: int | None = Field(None, description="processes in the job (all processes alike); None: detected")
+    process_id: int | None = Field(None, description="this process's index, 0..num_processes-1; None: detected")
+    initialization_timeout: int = Field(300, description="seconds to wait for every process to join before failing")
 
 
 class StageEntry(BaseModel):

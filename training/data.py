@@ -1,7 +1,9 @@
 """Training batches from the produced shards, read through `curation.shards` (memory-mapped).
 
-The order is a seeded permutation per epoch; each host takes its slice of every global batch, and
-the iterator's state (epoch, step) is saved with the checkpoint so a resumed run continues with
+The order is a seeded permutation per epoch, computed alike by every process of a job: each global
+batch is named by its rows (`GlobalRows`), and each process reads only the pieces its own devices
+hold (rows over dp x fsdp, sequence columns over sp, whatever the mesh; `global_arrays`). The
+iterator's state (epoch, step) is saved with the checkpoint so a resumed run continues with
 exactly the rows an uninterrupted run would have seen.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,13 +192,14 @@ class StageData:
     def metadata(self) -> dict[str, str]:
         return self.shards[0].metadata
 
-    def rows(self, indices: np.ndarray) -> dict[str, np.ndarray]:
-        """Gather rows by global index (copies only the rows asked for). Text shards have no
-        vision_mask column: their rows get zeros, so text and vision stages mix in one batch."""
+    def rows(self, indices: np.ndarray, columns: slice = slice(None)) -> dict[str, np.ndarray]:
+        """Gather rows by global index, only the sequence `columns` asked for (copies only those
+        from the memory-mapped shards). Text shards have no vision_mask column: their rows get
+        zeros, so text and vision stages mix in one batch."""
         which = np.searchsorted(self.offsets, indices, side="right") - 1
         out = {}
         for name in BATCH_COLUMNS:
-            out[name] = np.stack([self._column(self.shards[s], name)[i - self.offsets[s]] for s, i in zip(which, indices)])
+            out[name] = np.stack([self._column(self.shards[s], name)[i - self.offsets[s], columns] for s, i in zip(which, indices)])
         return out
 
     @staticmethod
@@ -224,8 +228,71 @@ class StageData:
             raise DataMismatchError("shards do not match the model config: " + "; ".join(sorted(set(problems))))
 
 
+@dataclass(frozen=True)
+class GlobalRows:
+    """One global batch, named by its rows: `picks[k] = (source, row)` is the batch's k-th row, row
+    `row` of `sources[source]`. Every process computes the same picks; reading is left to
+    `read`, which copies only the rows and sequence columns asked for."""
+
+    sources: Sequence[StageData]
+    picks: np.ndarray  # [rows, 2] int64
+
+    def __len__(self) -> int:
+        return len(self.picks)
+
+    def read(self, positions: np.ndarray | slice = slice(None), columns: slice = slice(None)) -> dict[str, np.ndarray]:
+        """The batch's rows at `positions` (in batch order), sequence `columns` only, as numpy."""
+        picks = self.picks[positions]
+        if len(self.sources) == 1:
+            return self.sources[0].rows(picks[:, 1], columns)
+        parts = [self.sources[s].rows(np.array([r]), columns) for s, r in picks]
+        return {k: np.concatenate([p[k] for p in parts]) for k in BATCH_COLUMNS}
+
+    def host_slice(self, process_index: int, process_count: int) -> dict[str, np.ndarray]:
+        """Process `process_index`'s equal share of consecutive rows (the layout of a mesh whose
+        batch axes span the processes in order, each process holding whole rows)."""
+        if len(self) % process_count:
+            raise ValueError(f"global batch {len(self)} does not divide over {process_count} hosts")
+        per_host = len(self) // process_count
+        return self.read(slice(process_index * per_host, (process_index + 1) * per_host))
+
+
+def _piece_positions(index: tuple[slice, ...], accum: int, micro: int) -> np.ndarray:
+    """Rows of the global batch inside the [accum, micro] part of a device's `index` (slices into
+    the [accum, micro, seq] step array), in order: micro-batch a holds rows a*micro .. a*micro+micro-1."""
+    steps = np.arange(accum)[index[0]]
+    rows = np.arange(micro)[index[1]]
+    return (steps[:, None] * micro + rows[None, :]).reshape(-1)
+
+
+def global_arrays(rows: GlobalRows, sharding: jax.sharding.Sharding, accum: int = 1) -> dict[str, jax.Array]:
+    """The step's global arrays, [accum, rows / accum, seq] per column, laid out by `sharding`.
+
+    Each process materialises only the pieces its own devices hold, whatever the mesh: rows over
+    dp x fsdp, sequence columns over sp, a replica (tp) read once and shared by its devices. The
+    values are those of the whole batch split into `accum` consecutive micro-batches, on one
+    process or many."""
+    micro = len(rows) // accum
+    if micro * accum != len(rows):
+        raise ValueError(f"{len(rows)} rows do not split into {accum} micro-batches")
+    seq = rows.sources[0].length
+    shape = (accum, micro, seq)
+    pieces: dict[tuple, dict[str, np.ndarray]] = {}
+
+    def piece(index: tuple[slice, ...]) -> dict[str, np.ndarray]:
+        key = tuple(s.indices(n) for s, n in zip(index, shape))
+        if key not in pieces:
+            flat = rows.read(_piece_positions(index, accum, micro), index[2])
+            pieces[key] = {k: v.reshape(len(range(*key[0])), len(range(*key[1])), *v.shape[1:]) for k, v in flat.items()}
+        return pieces[key]
+
+    return {name: jax.make_array_from_callback(shape, sharding, lambda index, name=name: piece(index)[name])
+            for name in BATCH_COLUMNS}
+
+
 class BatchIterator:
-    """Deterministic, resumable global batches; yields this host's slice of each as numpy."""
+    """Deterministic, resumable global batches: `next_rows` names each (what the trainer reads
+    through `global_arrays`); iterating yields a host's slice of each as numpy."""
 
     def __init__(self, data: StageData, global_batch: int, seed: int = 0, epoch: int = 0, step: int = 0,
                  process_index: int | None = None, process_count: int | None = None):
@@ -236,10 +303,7 @@ class BatchIterator:
         self.seed = seed
         self.epoch = epoch
         self.step = step  # batches already taken in this epoch
-        self.process_index = jax.process_index() if process_index is None else process_index
-        self.process_count = jax.process_count() if process_count is None else process_count
-        if global_batch % self.process_count:
-            raise ValueError(f"global batch {global_batch} does not divide over {self.process_count} hosts")
+        self.process_index, self.process_count = process_index, process_count  # None: this process's, when iterated
 
     @property
     def batches_per_epoch(self) -> int:
@@ -251,15 +315,17 @@ class BatchIterator:
     def __iter__(self) -> "BatchIterator":
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def next_rows(self) -> GlobalRows:
+        """The next global batch, by name; nothing is read."""
         if self.step >= self.batches_per_epoch:
             self.epoch, self.step = self.epoch + 1, 0
         start = self.step * self.global_batch
         rows = self._order()[start : start + self.global_batch]
-        per_host = self.global_batch // self.process_count
-        mine = rows[self.process_index * per_host : (self.process_index + 1) * per_host]
         self.step += 1
-        return self.data.rows(mine)
+        return GlobalRows([self.data], np.stack([np.zeros_like(rows), rows], axis=1))
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return _host_rows(self.next_rows(), self.process_index, self.process_count)
 
     def state(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "step": self.step, "global_batch": self.global_batch}
@@ -277,9 +343,10 @@ class BatchIterator:
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
 
 
-def to_global(batch: dict[str, np.ndarray], sharding: jax.sharding.Sharding) -> dict[str, jax.Array]:
-    """Host-local rows -> global arrays laid out on the mesh (batch over dp x fsdp, seq over sp)."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+def _host_rows(rows: GlobalRows, process_index: int | None, process_count: int | None) -> dict[str, np.ndarray]:
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    return rows.host_slice(index, count)
 
 
 def parse_data_mix(spec: str) -> list[tuple[str, float]]:
@@ -308,10 +375,7 @@ class MixtureIterator:
         self.seed = seed
         self.taken = 0
         self.cursors = [[0, 0] for _ in sources]  # (epoch, position) per source
-        self.process_index = jax.process_index() if process_index is None else process_index
-        self.process_count = jax.process_count() if process_count is None else process_count
-        if global_batch % self.process_count:
-            raise ValueError(f"global batch {global_batch} does not divide over {self.process_count} hosts")
+        self.process_index, self.process_count = process_index, process_count  # None: this process's, when iterated
 
     def _quota(self, t: int) -> list[int]:
         return [round(w * self.global_batch * t) for _, w in self.sources]
@@ -333,16 +397,17 @@ class MixtureIterator:
     def __iter__(self) -> "MixtureIterator":
         return self
 
-    def __next__(self) -> dict[str, np.ndarray]:
+    def next_rows(self) -> GlobalRows:
+        """The next global batch, by name; nothing is read."""
         before, after = self._quota(self.taken), self._quota(self.taken + 1)
         counts = [a - b for a, b in zip(after, before)]
         counts[-1] += self.global_batch - sum(counts)  # rounding never changes the batch size
         picked = [row for i, n in enumerate(counts) for row in self._take(i, n)]
         self.taken += 1
-        per_host = self.global_batch // self.process_count
-        mine = picked[self.process_index * per_host : (self.process_index + 1) * per_host]
-        batches = [self.sources[i][0].rows(np.array([r])) for i, r in mine]
-        return {k: np.concatenate([b[k] for b in batches]) for k in BATCH_COLUMNS}
+        return GlobalRows([data for data, _ in self.sources], np.array(picked, dtype=np.int64).reshape(-1, 2))
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        return _host_rows(self.next_rows(), self.process_index, self.process_count)
 
     def state(self) -> dict:
         return {"seed": self.seed, "global_batch": self.global_batch, "taken": self.taken, "cursors": self.cursors}

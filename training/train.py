@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import resource
@@ -17,8 +18,9 @@ import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 
 from training import checkpoint as ckpt
+from training import distributed
 from training.config import StagePlan, TrainConfig
-from training.data import open_batches, to_global
+from training.data import global_arrays, open_batches
 from training.mesh import BATCH_AXES, make_mesh
 from training.model import (
     LlamaModel,
@@ -93,8 +95,6 @@ def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh)
     if micro % dp:
         raise ConfigMismatch(f"micro-batch of {micro} rows (global_batch {config.global_batch} / grad_accum {config.grad_accum}) "
                              f"is not divisible by dp x fsdp = {dp}")
-    if micro % jax.process_count():
-        raise ConfigMismatch(f"micro-batch of {micro} rows does not divide over {jax.process_count()} hosts")
     tp = mesh.shape["tp"]
     if model.num_heads % tp or model.num_kv_heads % tp:
         raise ConfigMismatch(f"heads {model.num_heads}/{model.num_kv_heads} are not divisible by tp={tp}")
@@ -285,12 +285,12 @@ def split_micro_batches(host: dict[str, np.ndarray], accum: int) -> dict[str, np
 def _peak_flops(config: TrainConfig) -> float | None:
     if config.peak_flops_per_device:
         return config.peak_flops_per_device
-    kind = jax.devices()[0].device_kind
+    kind = jax.local_devices()[0].device_kind
     return next((v for k, v in PEAK_FLOPS.items() if k in kind), None)
 
 
 def _memory_bytes() -> int:
-    stats = jax.devices()[0].memory_stats() or {}
+    stats = jax.local_devices()[0].memory_stats() or {}
     return int(stats.get("peak_bytes_in_use") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
@@ -339,6 +339,7 @@ RESUME_FREE_KEYS = frozenset({
     "out", "init_from", "mesh", "attention", "q_chunk", "kv_chunk", "load_balance", "loss_chunk", "tokenizer_sha256",
     "checkpoint_every", "keep_checkpoints", "stop_after", "log_every", "peak_flops_per_device", "progress",
     "allow_unfinished_data", "allow_config_change", "resume_step",
+    "distributed", "coordinator_address", "num_processes", "process_id", "initialization_timeout",
 })
 
 
@@ -473,7 +474,11 @@ def train(config: TrainConfig) -> dict[str, Any]:
     resume_step), after checking that it was saved with the same optimisation settings."""
     if not config.data or not config.out:
         raise ConfigMismatch("a training run needs data (a stage folder of shards) and out (a run folder)")
+    # Joining a multi-process job must come before anything touches a device.
+    distributed.initialize(config.distributed, config.coordinator_address, config.num_processes, config.process_id,
+                           config.initialization_timeout)
     check_config(config)
+    primary = distributed.is_primary()  # process 0 writes the run's own files; Orbax saves collectively
     run = Path(config.out)
     run.mkdir(parents=True, exist_ok=True)
     # Which checkpoint to resume from, and whether its settings agree, before building anything.
@@ -492,7 +497,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     state = {
         "params": params,
         "opt_state": _init_opt_state(optimizer, params, replicated),
-        "step": jax.device_put(jnp.zeros((), jnp.int32), replicated),
+        "step": jax.device_put(np.zeros((), np.int32), replicated),  # host value: fine for every process's devices
     }
     if resume_at:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
@@ -500,12 +505,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
         batches.restore(rolled_back or data_state, allow_change=config.allow_config_change)
         log.info("resumed %s at step %d", run, resume_at)
     start = int(state["step"])
-    dropped = truncate_metrics(run / "metrics.jsonl", start)
+    dropped = truncate_metrics(run / "metrics.jsonl", start) if primary else 0
     if dropped:
         log.info("metrics.jsonl: %d lines after step %d (lost with the run that wrote them) moved to metrics.discarded.jsonl",
                  dropped, start)
     run_config = config.model_dump(mode="json")
-    (run / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
+    if primary:
+        (run / "config.yaml").write_text(yaml.safe_dump(run_config, sort_keys=False))
 
     step_fn, batch_sharding = jit_train_step(config, model_cfg, mesh, jax.tree.map(lambda x: x.sharding, state))
     tokens_per_step = config.global_batch * config.seq_len  # each row of the step once, whatever grad_accum is
@@ -517,11 +523,13 @@ def train(config: TrainConfig) -> dict[str, Any]:
     history = []
     last = start
     end = config.steps if config.stop_after is None else min(config.steps, start + config.stop_after)
-    with (run / "metrics.jsonl").open("a") as metrics_file, _progress(config, start, config.steps) as advance:
+    metrics_out = (run / "metrics.jsonl").open("a") if primary else contextlib.nullcontext()
+    with metrics_out as metrics_file, _progress(config, start, config.steps, primary) as advance:
         for step in range(start, end):
-            host = split_micro_batches(next(batches), config.grad_accum)
+            # Every process names the same rows; each reads only the pieces its devices hold.
+            batch = global_arrays(batches.next_rows(), batch_sharding, config.grad_accum)
             t0 = time.perf_counter()
-            state, metrics = step_fn(state, to_global(host, batch_sharding))
+            state, metrics = step_fn(state, batch)
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - t0
             record = {
@@ -536,7 +544,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "seconds": seconds,
             }
             history.append(record)
-            if (step + 1) % config.log_every == 0 or step + 1 == end:
+            if metrics_file is not None and ((step + 1) % config.log_every == 0 or step + 1 == end):
                 metrics_file.write(json.dumps(record) + "\n")
                 metrics_file.flush()
             advance(record)
@@ -554,8 +562,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 class _progress:
     """A rich progress bar showing the loss, or nothing when disabled."""
 
-    def __init__(self, config: TrainConfig, start: int, total: int):
-        self.enabled = config.progress
+    def __init__(self, config: TrainConfig, start: int, total: int, primary: bool = True):
+        self.enabled = config.progress and primary  # one bar per job, not one per process
         self.start, self.total = start, total
 
     def __enter__(self):
