@@ -19,6 +19,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Eight JAX devices on one CPU for the sequence-parallel tests; must be set before JAX is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# gcsfs probes every bucket's type over gRPC (60 s against the GCS emulator) unless this is set
+# before gcsfs is first imported, by whichever test imports it first.
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE_BOOKS = REPO / "data" / "sample" / "books.jsonl.gz"
