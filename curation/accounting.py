@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
@@ -46,6 +47,11 @@ class Reason(str, Enum):
     LOW_QUALITY_DUP_8GRAM_CHARS = "low_quality:dup_8gram_chars"
     LOW_QUALITY_DUP_9GRAM_CHARS = "low_quality:dup_9gram_chars"
     LOW_QUALITY_DUP_10GRAM_CHARS = "low_quality:dup_10gram_chars"
+
+
+# A lone UTF-16 surrogate: JSON allows the escape (`"\\udc80"`, or half an emoji a model writes),
+# UTF-8 cannot encode it, so no later step (hashing, tokenizing, writing) could handle the text.
+LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def printable(text: str) -> str:

@@ -16,13 +16,12 @@ import io
 import json
 import os
 import posixpath
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import fsspec
 
-from curation.accounting import Reason, Reject, printable
+from curation.accounting import LONE_SURROGATE, Reason, Reject, printable
 from curation.documents import Document
 from curation.text import Rejected, decode_utf8
 
@@ -82,11 +81,6 @@ def file_url(url: str | bytes) -> tuple[str, str]:
     return url, printable(url)
 
 
-# A lone UTF-16 surrogate: JSON allows the escape (`"\\udc80"`), UTF-8 cannot encode it, so no
-# later step (hashing, tokenizing, writing) could handle the text.
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
 def _record_id(value: object, fallback: str) -> str:
     # Ids are written to shards, rejects and logs: escape a lone surrogate once, here.
     return fallback if value is None or value == "" else printable(str(value))
@@ -94,11 +88,11 @@ def _record_id(value: object, fallback: str) -> str:
 
 def _unencodable(text: str, meta: dict) -> str | None:
     """Where a record holds text that cannot be encoded as UTF-8, or None."""
-    match = _SURROGATE.search(text)
+    match = LONE_SURROGATE.search(text)
     if match:
         return f"lone surrogate U+{ord(match.group()):04X} at char {match.start()} of the text"
     for name, value in meta.items():
-        if isinstance(value, str) and _SURROGATE.search(value):
+        if isinstance(value, str) and LONE_SURROGATE.search(value):
             return f"lone surrogate in field {name!r}"
     return None
 

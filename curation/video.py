@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from curation.accounting import printable
+
 VIDEO_ERROR_REASONS = ("unreadable_video", "no_frames", "decode_error")
 
 try:  # decord's own error type; not a subclass of RuntimeError.
@@ -55,12 +57,6 @@ _NOISE = (
 )
 
 
-def _printable(text: str) -> str:
-    """`text` as valid UTF-8: a lone surrogate (a file name that is not UTF-8, or a JSON `\\udXXX`
-    escape) becomes its `\\udcXX` escape, so details can always be written."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def stable_message(err: BaseException, limit: int = 300) -> str:
     """`str(err)` on one line, without what changes from run to run (timestamps, addresses,
     backtraces), cut to `limit` characters: a reject detail that reruns reproduce exactly."""
@@ -68,7 +64,7 @@ def stable_message(err: BaseException, limit: int = 300) -> str:
     for pattern, replacement in _NOISE:
         text = pattern.sub(replacement, text)
     text = " ".join(text.split())
-    return _printable(text[:limit])
+    return printable(text[:limit])
 
 
 class VideoError(Exception):
@@ -202,7 +198,7 @@ def _open_reader(path_or_url: Any, stack: ExitStack):
         source = path_or_url[len("file://"):]
     elif not isinstance(path_or_url, str) and not hasattr(path_or_url, "read"):
         source = os.fspath(path_or_url)  # os.PathLike
-    if isinstance(source, str) and _printable(source) != source:
+    if isinstance(source, str) and printable(source) != source:
         # decord hands a path to C as strict UTF-8; a file name that is not UTF-8 (Python holds it
         # with surrogate escapes) is opened here and given to decord as a file object instead.
         try:
@@ -224,7 +220,7 @@ def _open_reader(path_or_url: Any, stack: ExitStack):
 
 def _name(path_or_url: Any) -> str:
     """How details name a video: its path or URL, writable as UTF-8 whatever its bytes."""
-    return _printable(str(os.fspath(path_or_url) if isinstance(path_or_url, os.PathLike) else path_or_url))
+    return printable(str(os.fspath(path_or_url) if isinstance(path_or_url, os.PathLike) else path_or_url))
 
 
 def _info(vr) -> VideoInfo:

@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from curation.accounting import LONE_SURROGATE
+
 MAX_RAW_CHARS = 20_000  # a QA pair is a few hundred chars; anything past this is runaway output
 MAX_JSON_ATTEMPTS = 32  # '{' positions tried, so a brace-heavy output stays linear-ish
 DEFAULT_MAX_ANSWER_WORDS = 64
@@ -57,9 +59,6 @@ _STOPWORD_TEXT = """a an the and or but nor of to in on at by for with from into
 STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _WORD = re.compile(r"[^\W_]+")
 _FENCE = re.compile(r"```[a-zA-Z]*")
-# A lone UTF-16 surrogate: JSON lets a model write one (`"\ud83d"`, half an emoji), but no
-# tokenizer or writer can encode it, so such a pair is rejected here rather than crash a worker.
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
 
 # Plain "Question: ...\nAnswer: ..." (also Q:/A:, markdown bold, numbering like "Question 1:").
 _PLAIN_Q = re.compile(r"^[\s*#>_-]*(?:question|q)\s*\d*\s*[*_]*\s*[:.)]\s*[*_]*", re.IGNORECASE | re.MULTILINE)
@@ -143,7 +142,7 @@ def parse_qa(raw: str, max_chars: int = MAX_RAW_CHARS) -> QAPair:
         what = "no complete JSON object with question/answer keys" if "{" in text else "no question/answer found"
         raise InvalidQA(QAReason.UNPARSABLE, f"{what}: {raw[:80]!r}")
     for name, text in (("question", pair.question), ("answer", pair.answer)):
-        bad = _LONE_SURROGATE.search(text)
+        bad = LONE_SURROGATE.search(text)
         if bad:
             raise InvalidQA(QAReason.INVALID_UNICODE, f"the {name} holds a lone surrogate U+{ord(bad.group()):04X}")
     if not pair.question:
