@@ -156,10 +156,21 @@ def _open_buffer(url: str) -> pa.Buffer:
         return pa.py_buffer(fh.read())
 
 
+def _schema_metadata(schema: pa.Schema) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+
+
+def read_shard_metadata(url: str) -> dict[str, str]:
+    """A shard's schema metadata (stage length, tokenizer, vision ids, config hash), reading only
+    the stream's first message, not its rows."""
+    with fsspec.open(url, "rb") as fh:
+        return _schema_metadata(pa.ipc.open_stream(fh).schema)
+
+
 def read_shard(url: str) -> Shard:
     """Open a shard (local path or fsspec URL). Local files are memory-mapped."""
     table = pa.ipc.open_stream(_open_buffer(url)).read_all()
-    meta = {k.decode(): v.decode() for k, v in (table.schema.metadata or {}).items()}
+    meta = _schema_metadata(table.schema)
     length = int(meta["longctx.length"])
     arrays = {}
     for name in TOKEN_COLUMNS + OPTIONAL_TOKEN_COLUMNS:

@@ -24,11 +24,11 @@ import fsspec
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pyarrow as pa
 import yaml
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from curation.shards import read_shard_metadata
 from training.model import ModelConfig, init_params
 
 log = logging.getLogger("longctx")
@@ -255,9 +255,7 @@ def _stage_metadata(folder: str) -> dict[str, str]:
     shards = sorted(fs.glob(f"{path}/*.arrow"))
     if not shards:
         raise FileNotFoundError(f"no *.arrow shards under {folder}")
-    with fs.open(shards[0], "rb") as fh:
-        schema = pa.ipc.open_stream(fh).schema
-    return {k.decode(): v.decode() for k, v in (schema.metadata or {}).items()}
+    return read_shard_metadata(fs.unstrip_protocol(shards[0]))
 
 
 def _manifest_add_bos(stage_folder: str) -> bool | None:
