@@ -268,10 +268,23 @@ def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path,
     out = capsys.readouterr().out
     assert "prompt: 1 frame(s), 264 tokens (257 vision)" in out and ("Cyclists" in out or "Rabbit" in out), out
 
+    # Two generated frames: one PNG each (the model may well draw the same frame twice) ...
+    capsys.readouterr()
+    assert main([*common, "--generate-vision", "2", "--vision-out", str(tmp_path / "frame.png")]) == 0
+    assert "wrote 2 generated frame(s)" in capsys.readouterr().out
+    for i in range(2):
+        with Image.open(tmp_path / f"frame-{i:03d}.png") as img:
+            assert img.size == (SIZE, SIZE) and img.mode == "RGB"
+    assert not (tmp_path / "frame.png").exists()
+    # ... and a GIF that shows both for 250 ms each (identical frames fold into one 500 ms frame).
     gif = tmp_path / "frames.gif"
     assert main([*common, "--generate-vision", "2", "--vision-out", str(gif)]) == 0
     with Image.open(gif) as img:
-        assert img.n_frames == 2 and img.size == (SIZE, SIZE)
+        durations = []
+        for i in range(img.n_frames):
+            img.seek(i)
+            durations.append(img.info["duration"])
+        assert img.size == (SIZE, SIZE) and sum(durations) == 500 and img.n_frames in (1, 2)
 
 
 def test_vision_stage_configs_validate():

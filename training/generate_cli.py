@@ -29,7 +29,7 @@ def add_generate_parser(commands) -> argparse.ArgumentParser:
     generate.add_argument("--frame-size", type=int, default=256, help="frames are resized/cropped to this square (the VQGAN's input)")
     generate.add_argument("--generate-vision", type=int, metavar="FRAMES",
                           help="write FRAMES frames after the prompt instead of text, decoded by the VQGAN into --vision-out")
-    generate.add_argument("--vision-out", default="generated.gif", help="PNG (one frame) or GIF for --generate-vision")
+    generate.add_argument("--vision-out", default="generated.gif", help="GIF (one animation) or PNG (one file per frame: NAME-000.png, ...) for --generate-vision")
     return generate
 
 
@@ -58,8 +58,9 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
             if args.generate_vision:
                 ids = vision_start_prompt(config, tok, bos, args.prompt)
                 frames = generate_frames(config, params, ids, args.generate_vision, args.temperature, args.seed)
-                path = save_frames(vqgan.decode(frames), args.vision_out)
-                console.print(f"wrote {len(frames)} generated frame(s) to {path}")
+                paths = save_frames(vqgan.decode(frames), args.vision_out)
+                where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1].name}"
+                console.print(f"wrote {len(frames)} generated frame(s) to {where}")
                 return 0
             codes = load_media_codes(vqgan, args.video, args.image, fps=None if args.frames else args.fps,
                                      frame_count=args.frames, max_frames=args.max_frames, frame_size=args.frame_size)

@@ -49,18 +49,29 @@ def vision_start_prompt(config: ModelConfig, tokenizer, bos_id: int | None, text
     return ([] if bos_id is None else [bos_id]) + ids + start
 
 
-def save_frames(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> Path:
-    """uint8 frames [n, h, w, 3] -> a PNG (one frame) or an animated GIF."""
+def save_frames(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> list[Path]:
+    """uint8 frames [n, h, w, 3] -> image files; returns the files written.
+
+    `.gif`: one animation. GIF writers fold identical consecutive frames into one longer frame,
+    so the animation's total duration (not its frame count) says how many frames it shows.
+    Any other suffix (`.png`): one file per frame, `path` itself for one frame, else
+    `stem-000.png`, `stem-001.png`, ... beside it, so every generated frame is kept as a file.
+    """
     from PIL import Image
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     images = [Image.fromarray(np.asarray(f, np.uint8)) for f in frames]
-    if len(images) == 1 and path.suffix.lower() != ".gif":
-        images[0].save(path)
-    else:
+    if path.suffix.lower() == ".gif":
         images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    return path
+        return [path]
+    if len(images) == 1:
+        images[0].save(path)
+        return [path]
+    paths = [path.with_name(f"{path.stem}-{i:03d}{path.suffix}") for i in range(len(images))]
+    for image, frame_path in zip(images, paths):
+        image.save(frame_path)
+    return paths
 
 
 def load_media_codes(vqgan: Any, video: str | None = None, image: str | None = None, *, fps: float | None = 1.0,
