@@ -1,15 +1,41 @@
-"""The device mesh: named axes (dp, fsdp, tp, sp), from a config string such as `dp=1,fsdp=-1,tp=1,sp=8`."""
+"""The device mesh: named axes (dp, fsdp, tp, sp), from a config string such as `dp=1,fsdp=-1,tp=1,sp=8`.
+
+Every mesh axis name used by the trainer and the model is defined here, once:
+- the batch is split over dp x fsdp, the sequence over sp, attention heads / MLP columns over tp;
+- training state (params, gradients, Adam moments) is split over `STATE_AXES` = fsdp x sp by default:
+  ZeRO-3 across the sequence-parallel devices too, as LWM does, so a 7B model's 81 GB of fp32
+  params and Adam moments (108 GB with the gradients) are divided by every device of a (dp=1)
+  mesh instead of by fsdp alone (the ring's sp=8 devices each held all of it).
+`shard_activation` pins an activation's layout inside a jitted function running under
+`jax.set_mesh(mesh)`; without a mesh in context it does nothing, so single-device code is unchanged.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-AXES = ("dp", "fsdp", "tp", "sp")  # sp innermost: ring neighbours are adjacent devices
-BATCH_AXES = ("dp", "fsdp")
+DP, FSDP, TP, SP = "dp", "fsdp", "tp", "sp"
+AXES = (DP, FSDP, TP, SP)  # sp innermost: ring neighbours are adjacent devices
+BATCH_AXES = (DP, FSDP)
+SEQ_AXIS = SP
+HEAD_AXIS = TP
+STATE_AXES = (FSDP, SP)  # default ZeRO-3 axes of params, gradients and optimiser moments
+
+# Logical dimensions of activations -> the mesh axes that split them.
+ACTIVATION_AXES: dict[str, tuple[str, ...]] = {
+    "batch": BATCH_AXES,
+    "seq": (SEQ_AXIS,),
+    "heads": (HEAD_AXIS,),
+    "mlp": (HEAD_AXIS,),
+    "vocab": (HEAD_AXIS,),
+    "embed": (),  # the hidden dim stays whole on each device (weights are gathered, not activations)
+    "head_dim": (),
+}
 
 
 class MeshError(ValueError):
@@ -35,6 +61,19 @@ def parse_mesh(spec: str | dict[str, int] | None) -> dict[str, int]:
     return {axis: int(sizes.get(axis, 1)) for axis in AXES}
 
 
+def parse_state_axes(spec: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Mesh axes that split training state: `"fsdp,sp"` (default, ZeRO-3 over fsdp x sp), `"fsdp"`
+    (the sequence devices keep full copies), or any of dp/fsdp/sp; tp already splits another dim."""
+    if spec is None:
+        return STATE_AXES
+    names = [n.strip() for n in (spec.replace("+", ",").split(",") if isinstance(spec, str) else spec)]
+    names = [n for n in names if n]
+    bad = [n for n in names if n not in (DP, FSDP, SP)]
+    if bad or len(set(names)) != len(names):
+        raise MeshError(f"state axes {spec!r}: expected distinct names from {(DP, FSDP, SP)}, e.g. 'fsdp,sp'")
+    return tuple(names)
+
+
 def make_mesh(spec: str | dict[str, int] | None = None, devices: list | None = None) -> Mesh:
     """A mesh over all (or the given) devices; a -1 axis takes whatever the others leave."""
     devices = list(devices if devices is not None else jax.devices())
@@ -56,7 +95,7 @@ def make_mesh(spec: str | dict[str, int] | None = None, devices: list | None = N
 
 def batch_spec() -> PartitionSpec:
     """[batch, seq] arrays: batch over dp x fsdp, sequence over sp."""
-    return PartitionSpec(BATCH_AXES, "sp")
+    return PartitionSpec(BATCH_AXES, SEQ_AXIS)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -64,4 +103,34 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def data_parallel_size(mesh: Mesh) -> int:
-    return mesh.shape["dp"] * mesh.shape["fsdp"]
+    return mesh.shape[DP] * mesh.shape[FSDP]
+
+
+def activation_spec(shape: Sequence[int], logical: Sequence[str | None], mesh_shape: dict[str, int]) -> PartitionSpec:
+    """PartitionSpec of an activation with these logical dims on a mesh of these (usable) axes.
+
+    A dim whose axes do not divide it stays whole (a decode step's single token, a batch smaller
+    than dp x fsdp); axes the mesh lacks are dropped."""
+    if len(shape) != len(logical):
+        raise ValueError(f"{len(logical)} logical dims {tuple(logical)} for a rank-{len(shape)} array")
+    entries = []
+    for dim, name in zip(shape, logical):
+        axes = tuple(a for a in (ACTIVATION_AXES[name] if name else ()) if a in mesh_shape and mesh_shape[a] > 1)
+        if not axes or dim % math.prod(mesh_shape[a] for a in axes):
+            entries.append(None)
+        else:
+            entries.append(axes[0] if len(axes) == 1 else axes)
+    return PartitionSpec(*entries)
+
+
+def shard_activation(x: jax.Array, *logical: str | None) -> jax.Array:
+    """`with_sharding_constraint` by logical dims (`"batch", "seq", "embed"`...) on the mesh in context.
+
+    Why: with weights split over fsdp x sp, XLA's sharding propagation otherwise follows the weights
+    into the matmuls and materialises activations of the whole global batch on every device. Does
+    nothing without a mesh (`jax.set_mesh`) or inside `shard_map` (manual axes)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or any(t == AxisType.Manual for t in mesh.axis_types):
+        return x  # no mesh, or inside shard_map where the layout is already explicit
+    spec = activation_spec(x.shape, logical, dict(zip(mesh.axis_names, mesh.axis_sizes)))
+    return jax.lax.with_sharding_constraint(x, spec)

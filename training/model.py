@@ -29,6 +29,7 @@ import numpy as np
 from flax.core import FrozenDict
 from jax.sharding import PartitionSpec as P
 
+from training.mesh import STATE_AXES, shard_activation
 from training.ring_attention import attention_reference
 
 AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, "jax.Array | None"], jax.Array]
@@ -219,6 +220,20 @@ def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.A
 # ----------------------------------------------------------------------------------------------
 
 
+def _hidden(x: jax.Array) -> jax.Array:
+    """The residual stream [batch, seq, hidden]: batch over dp x fsdp, sequence over sp (under a mesh)."""
+    return shard_activation(x, "batch", "seq", "embed")
+
+
+def _lookup(embed: nn.Embed, ids: jax.Array, dtype: str) -> jax.Array:
+    """`embed(ids)` (the table cast to the compute dtype, then rows taken), with the table gathered
+    whole on each device first when a mesh is in context. Why: the table is sharded along its
+    hidden dim; a lookup into that layout gives hidden-sharded rows that XLA can only turn into
+    batch/sequence-sharded ones by replicating the whole [batch, seq, hidden] activation."""
+    table = shard_activation(embed.embedding.astype(dtype), "vocab", "embed")
+    return _hidden(jnp.take(table, ids, axis=0))
+
+
 def _dense(config: ModelConfig, features: int, name: str) -> nn.Dense:
     return nn.Dense(features, use_bias=False, dtype=config.dtype, param_dtype=config.param_dtype,
                     kernel_init=nn.initializers.normal(config.initializer_range), name=name)
@@ -245,16 +260,18 @@ class Attention(nn.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         c = self.config
         b, s, _ = x.shape
-        q = _dense(c, c.num_heads * c.head_dim, "q_proj")(x).reshape(b, s, c.num_heads, c.head_dim)
-        k = _dense(c, c.num_kv_heads * c.head_dim, "k_proj")(x).reshape(b, s, c.num_kv_heads, c.head_dim)
-        v = _dense(c, c.num_kv_heads * c.head_dim, "v_proj")(x).reshape(b, s, c.num_kv_heads, c.head_dim)
+        heads = lambda y: shard_activation(y, "batch", "seq", "heads", "head_dim")  # noqa: E731
+        q = heads(_dense(c, c.num_heads * c.head_dim, "q_proj")(x).reshape(b, s, c.num_heads, c.head_dim))
+        k = heads(_dense(c, c.num_kv_heads * c.head_dim, "k_proj")(x).reshape(b, s, c.num_kv_heads, c.head_dim))
+        v = heads(_dense(c, c.num_kv_heads * c.head_dim, "v_proj")(x).reshape(b, s, c.num_kv_heads, c.head_dim))
         inv_freq = rope_inv_freq(c)
         q, k = apply_rope(q, positions, inv_freq), apply_rope(k, positions, inv_freq)
         if self.is_mutable_collection("cache") and not self.is_initializing():
             out = self._cached_attention(q, k, v, positions, segment_ids)
         else:
             out = (self.attention_fn or dense_attention)(q, k, v, segment_ids)
-        return _dense(c, c.hidden_size, "o_proj")(out.reshape(b, s, c.num_heads * c.head_dim))
+        out = heads(out).reshape(b, s, c.num_heads * c.head_dim)
+        return shard_activation(_dense(c, c.hidden_size, "o_proj")(out), "batch", "seq", "embed")
 
     def _cached_attention(self, q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array,
                           segment_ids: jax.Array | None) -> jax.Array:
@@ -286,9 +303,11 @@ class MLP(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c = self.config
-        gate = _dense(c, c.intermediate_size, "gate_proj")(x)
-        up = _dense(c, c.intermediate_size, "up_proj")(x)
-        return _dense(c, c.hidden_size, "down_proj")(nn.silu(gate) * up)  # SwiGLU
+        columns = lambda y: shard_activation(y, "batch", "seq", "mlp")  # noqa: E731
+        gate = columns(_dense(c, c.intermediate_size, "gate_proj")(x))
+        up = columns(_dense(c, c.intermediate_size, "up_proj")(x))
+        out = _dense(c, c.hidden_size, "down_proj")(columns(nn.silu(gate) * up))  # SwiGLU
+        return shard_activation(out, "batch", "seq", "embed")
 
 
 class DecoderLayer(nn.Module):
@@ -299,9 +318,10 @@ class DecoderLayer(nn.Module):
     def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
         c = self.config
         norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)  # noqa: E731
+        x = _hidden(x)
         h = Attention(c, self.attention_fn, name="self_attn")(norm("input_layernorm")(x), positions, segment_ids)
-        x = x + h
-        return x + MLP(c, name="mlp")(norm("post_attention_layernorm")(x))
+        x = _hidden(x + h)
+        return _hidden(x + MLP(c, name="mlp")(norm("post_attention_layernorm")(x)))
 
 
 class LlamaModel(nn.Module):
@@ -331,18 +351,19 @@ class LlamaModel(nn.Module):
         if c.has_vision_head:
             is_vision = jnp.zeros(input_ids.shape, bool) if vision_mask is None else vision_mask > 0
             # Each table only ever sees ids of its own vocabulary (0 stands in at the other positions).
-            text_x = embed(jnp.where(is_vision, 0, input_ids))
-            vision_x = embedding(c.vision_vocab_size, "vision_embed")(jnp.where(is_vision, input_ids, 0))
+            text_x = _lookup(embed, jnp.where(is_vision, 0, input_ids), c.dtype)
+            vision_x = _lookup(embedding(c.vision_vocab_size, "vision_embed"), jnp.where(is_vision, input_ids, 0), c.dtype)
             x = jnp.where(is_vision[..., None], vision_x, text_x)
         else:
-            x = embed(input_ids)
+            x = _lookup(embed, input_ids, c.dtype)
+        x = _hidden(x)
         # attention_fn is a module attribute, not a call argument, so nn.remat needs no static_argnums.
         layer_cls = DecoderLayer
         if c.remat != "none":
             layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
         for i in range(c.num_layers):
             x = layer_cls(c, attention_fn, name=f"layers_{i}")(x, positions, segment_ids)
-        x = RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="norm")(x)
+        x = _hidden(RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="norm")(x))
         if return_hidden and not self.is_initializing():
             return x
 
@@ -355,9 +376,10 @@ class LlamaModel(nn.Module):
             logits = jnp.einsum("bsh,vh->bsv", x, embed.embedding.astype(c.dtype), preferred_element_type=out_type)
         else:
             logits = head(c.vocab_size, "lm_head")(x)
+        vocab = lambda y: shard_activation(y, "batch", "seq", "vocab")  # noqa: E731
         if c.has_vision_head:
-            return logits, head(c.vision_vocab_size, "vision_head")(x)
-        return logits
+            return vocab(logits), vocab(head(c.vision_vocab_size, "vision_head")(x))
+        return vocab(logits)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -427,13 +449,14 @@ _LOGICAL_AXES = {
 
 
 def param_partition_specs(params: Any, mesh: jax.sharding.Mesh | None = None,
-                          fsdp_axes: str | tuple[str, ...] = "fsdp") -> Any:
+                          fsdp_axes: str | tuple[str, ...] = STATE_AXES) -> Any:
     """A PartitionSpec per parameter over mesh axes (dp, fsdp, tp, sp).
 
-    FSDP shards the model (hidden) dim, TP the heads / intermediate / vocab dim; norms are replicated,
-    and params are replicated over dp (and sp unless fsdp_axes=("fsdp", "sp"), as LWM does, to also
-    shard weights over the sequence-parallel devices). With `mesh`, a dim that its axes do not
-    divide is left unsharded (e.g. the toy model's odd sizes on a big mesh).
+    The `fsdp_axes` (default `training.mesh.STATE_AXES` = fsdp x sp: ZeRO-3 over the sequence-parallel
+    devices too, as LWM does) shard the model (hidden) dim, TP the heads / intermediate / vocab dim;
+    norms are replicated, and so is everything over dp. Gradients and Adam moments take the same
+    layout. With `mesh`, a dim that its axes do not divide is left unsharded (e.g. the toy model's
+    odd sizes on a big mesh).
     """
     rules = {"embed": fsdp_axes, "vocab": "tp", "heads": "tp", "mlp": "tp", "norm": None}
 

@@ -1,0 +1,139 @@
+"""`longctx plan`: the compiled memory proof of each training stage, from the command line
+(pipelines/cli.py wires it). Heavy imports (JAX, libtpu) wait until a stage is planned."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import yaml
+from rich.console import Console
+
+from training.plan import (
+    JSON_KEYS,
+    GiB,
+    PlanError,
+    StageReport,
+    load_stages,
+    parse_layers,
+    plan_stage,
+    render_table,
+    resolve_target,
+    search_stage,
+    write_json,
+)
+
+HELP = ("compile each stage's real train step ahead of time for a TPU slice (or these devices), or estimate "
+        "it for GPUs: bytes per device, fits, FLOPs, step time")
+
+
+def add_plan_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser("plan", help=HELP, description=HELP + ". Nothing is allocated: the inputs are "
+                                   "abstract shapes carrying the trainer's shardings.")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="a train config YAML (e.g. configs/train/stage-32k.yaml)")
+    source.add_argument("--plan", help="a stage plan YAML (e.g. configs/train/lwm-text.yaml): every stage")
+    parser.add_argument("--topology", default="local",
+                        help="local (this machine's devices), a TPU topology such as v5p:4x4x8 (compile-only, needs "
+                             "libtpu), or gpu:NAMExCOUNT such as gpu:h100x64 (an analytic estimate)")
+    parser.add_argument("--mesh", help="mesh to plan instead of the config's (dp=1,fsdp=-1,tp=1,sp=8)")
+    parser.add_argument("--remat", choices=("none", "dots_saveable", "full"), help="remat policy instead of the config's")
+    parser.add_argument("--state-axes", default=None,
+                        help="mesh axes that split params, gradients and Adam moments: fsdp,sp (default, ZeRO-3 "
+                             "over the sequence devices too) or fsdp")
+    parser.add_argument("--stages", help="only these stages of a plan, comma-separated names (e.g. 32k,1m)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a train config key for every stage (YAML value), e.g. --set global_batch=16")
+    parser.add_argument("--layers", help="compile N layers of the model (a cut model, faster), or N1,N2 to extrapolate "
+                                         "the full depth linearly from two compiles")
+    parser.add_argument("--mfu", type=float, default=0.4, help="model FLOPs utilisation for the step time (default 0.4)")
+    parser.add_argument("--hbm-gib", type=float, help="judge fits against this much memory per device instead of the datasheet's")
+    parser.add_argument("--search", action="store_true",
+                        help="try mesh splits (fsdp x sp x tp) and remat policies; report the cheapest that fits")
+    parser.add_argument("--max-compiles", type=int, default=4, help="compiles per stage in --search (default 4)")
+    parser.add_argument("--estimate", action="store_true", help="analytic estimate only, even where compiling is possible")
+    parser.add_argument("--json", help="write the per-stage numbers to this JSON file")
+    return parser
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PlanError(f"--set {pair!r}: expected KEY=VALUE")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _proposal(report: StageReport) -> str:
+    """The stage's settings as a stage-plan `overrides` fragment (YAML flow style)."""
+    m = report.mesh
+    mesh = f"dp={m['dp']},fsdp={m['fsdp']},tp={m['tp']},sp={m['sp']}"
+    return f"{report.name}: {{mesh: \"{mesh}\", grad_accum: {report.grad_accum}, remat: {report.remat}}}"
+
+
+def run_plan(args: argparse.Namespace, console: Console) -> int:
+    try:
+        return _run(args, console)
+    except PlanError as err:
+        console.print(f"[red]longctx plan: {err}[/]")
+        return 2
+
+
+def _run(args: argparse.Namespace, console: Console) -> int:
+    from training.mesh import parse_state_axes
+
+    stages = load_stages(args.config, args.plan, _overrides(args.set))
+    if args.stages:
+        wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
+        unknown = sorted(set(wanted) - {name for name, _ in stages})
+        if unknown:
+            raise PlanError(f"--stages {unknown}: the plan's stages are {[name for name, _ in stages]}")
+        stages = [(name, config) for name, config in stages if name in wanted]
+    layers = parse_layers(args.layers)
+    target = resolve_target(args.topology, None if args.hbm_gib is None else int(args.hbm_gib * GiB))
+    if not target.compiles or args.estimate:
+        console.print(f"[yellow]{target.spec}: analytic estimate (training.plan.estimate_memory), nothing compiled[/]")
+    reports: list[StageReport] = []
+    chosen: list[StageReport] = []
+    for name, config in stages:
+        try:  # the flag, else the config's own key once TrainConfig has one, else fsdp x sp
+            state_axes = parse_state_axes(args.state_axes or getattr(config, "state_axes", None))
+        except ValueError as err:
+            raise PlanError(str(err)) from None
+        if args.search:
+            with console.status(f"searching layouts for stage {name} on {target.spec}"):
+                best, tried = search_stage(name, config, target, mfu=args.mfu, layers=layers, state_axes=state_axes,
+                                           max_compiles=args.max_compiles, estimate=args.estimate)
+            reports.extend(tried)
+            compiled = sum(r.method != "estimate" for r in tried)
+            console.print(f"stage {name}: {len(tried)} layouts judged ({compiled} compiled)"
+                          + ("" if best else f"; [red]none fits {target.spec}[/]"))
+            if best is not None:
+                chosen.append(best)
+            elif tried:  # show how close the leanest try came
+                chosen.append(min(tried, key=lambda r: r.peak_bytes_per_device))
+            continue
+        with console.status(f"{'estimating' if args.estimate or not target.compiles else 'compiling'} stage {name} "
+                            f"for {target.spec}"):
+            report = plan_stage(name, config, target, mfu=args.mfu, layers=layers, state_axes=state_axes,
+                                mesh=args.mesh, remat=args.remat, estimate=args.estimate)
+        reports.append(report)
+        chosen.append(report)
+    console.print(render_table(chosen if args.search else reports, title=f"longctx plan: {target.spec} ({target.num_devices} devices"
+                                               f"{', ' + target.chip.name if target.chip else ''})"))
+    if args.search:
+        for report in chosen:
+            verdict = "cheapest layout that fits" if report.fits is not False else "[red]leanest layout tried, does not fit[/]"
+            console.print(f"{verdict}: {_proposal(report)}")
+    if args.json:
+        path = write_json(chosen if args.search else reports, args.json)
+        if args.search:  # every try too, for the record
+            import json
+
+            data = json.loads(path.read_text())
+            data["tried"] = [r.to_json() for r in reports]
+            path.write_text(json.dumps(data, indent=2) + "\n")
+        console.print(f"wrote {path} ({', '.join(JSON_KEYS)}, ...)")
+    return 0 if all(r.fits is not False for r in chosen) and (not args.search or len(chosen) == len(stages)) else 1
