@@ -189,7 +189,8 @@ def bench_preset(name: str, args: argparse.Namespace, peaks: dict[str, float], m
     step_fn = jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),
                       donate_argnums=0)
     t0 = time.perf_counter()
-    compiled = step_fn.lower(abstract_state, abstract_batch).compile()
+    with jax.set_mesh(mesh):  # the model's activation sharding constraints act under the mesh (as in train())
+        compiled = step_fn.lower(abstract_state, abstract_batch).compile()
     row["compile_s"] = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     need = None

@@ -55,15 +55,22 @@ def _parser() -> argparse.ArgumentParser:
 
     add_generate_parser(commands)
 
+    from training.plan_cli import add_plan_parser
+
+    add_plan_parser(commands)
+
     from pipelines.inspect_cli import add_inspect_parser
 
     add_inspect_parser(commands)
 
     from training.niah_cli import add_niah_arguments
 
-    evaluate = commands.add_parser("eval", help="evaluate a model (needle in a haystack)")
+    from evals.ruler_cli import add_ruler_arguments
+
+    evaluate = commands.add_parser("eval", help="evaluate a model (needle in a haystack, RULER)")
     evals = evaluate.add_subparsers(dest="eval_command", required=True)
     add_niah_arguments(evals.add_parser("niah", help="needle in a haystack over context lengths x depths, as in LWM"))
+    add_ruler_arguments(evals.add_parser("ruler", help="RULER's 13 long-context tasks over lengths, with the effective length"))
     return parser
 
 
@@ -168,14 +175,22 @@ def main(argv: list[str] | None = None) -> int:
         from training.generate_cli import run_generate
 
         return run_generate(args, console, parser)
+    elif args.command == "plan":
+        from training.plan_cli import run_plan
+
+        return run_plan(args, console)
     elif args.command == "inspect":
         from pipelines.inspect_cli import run_inspect
 
         return run_inspect(args, console)
     elif args.command == "eval":
-        from training.niah_cli import run_niah
-
         try:
+            if args.eval_command == "ruler":
+                from evals.ruler_cli import run_ruler
+
+                return run_ruler(args, console)
+            from training.niah_cli import run_niah
+
             return run_niah(args, console)
         except (ValueError, FileNotFoundError) as err:
             parser.error(str(err))

@@ -19,6 +19,9 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 # Eight JAX devices on one CPU for the sequence-parallel tests; must be set before JAX is imported.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The suite runs on CPU devices. With libtpu installed (dev extra, for `longctx plan`'s TPU
+# compiles, which work under this setting too) JAX would otherwise probe for a TPU in every process.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # gcsfs probes every bucket's type over gRPC (60 s against the GCS emulator) unless this is set
 # before gcsfs is first imported, by whichever test imports it first.
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")

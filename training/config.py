@@ -40,6 +40,8 @@ class TrainConfig(BaseModel):
     grad_clip: float = Field(1.0, description="global gradient norm clip")
     seed: int = Field(0, description="seed of parameter init and data order")
     mesh: str = Field("dp=1,fsdp=-1,tp=1,sp=1", description="device mesh, e.g. dp=1,fsdp=-1,tp=1,sp=8 (-1: the remaining devices)")
+    state_axes: str = Field("fsdp,sp", description="mesh axes that split params, gradients and Adam moments: "
+                            "fsdp,sp (ZeRO-3 over the sequence devices too, as LWM) or fsdp (sp devices keep copies)")
     attention: Literal["dense", "ring"] = Field("ring", description="ring: Blockwise RingAttention over sp; dense: reference attention")
     q_chunk: int = Field(512, description="ring attention query block size (per device)")
     kv_chunk: int = Field(512, description="ring attention key/value block size (per device)")
@@ -82,6 +84,8 @@ class StagePlan(BaseModel):
     model_config = ConfigDict(extra="forbid")
     out: str
     init_from: str | None = None
+    topology: str | None = Field(None, description="the slice the stages are laid out for (e.g. v5p:4x8x8); "
+                                 "`longctx plan --plan` compiles for it when --topology is not given")
     base: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageEntry]
 

@@ -17,6 +17,7 @@ those sharded arrays, which GSPMD partitions (each device scores its slice of th
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from collections.abc import Sequence
@@ -140,7 +141,9 @@ class _Decoder:
         self.params, self.position = params, n
         self.key = jax.random.key(seed)
         self.key, sub = jax.random.split(self.key)  # the same key sequence as one split per step from the seed
-        self.picks, self.cache = prefill(params, buffer, vision, n - 1, sub, self.temperature)
+        # Under the mesh the model's activation sharding constraints apply (as in training).
+        with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
+            self.picks, self.cache = prefill(params, buffer, vision, n - 1, sub, self.temperature)
 
     def text(self) -> int:
         return int(self.picks[0])

@@ -33,8 +33,8 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="a train config YAML (e.g. configs/train/stage-32k.yaml)")
     source.add_argument("--plan", help="a stage plan YAML (e.g. configs/train/lwm-text.yaml): every stage")
-    parser.add_argument("--topology", default="local",
-                        help="local (this machine's devices), a TPU topology such as v5p:4x4x8 (compile-only, needs "
+    parser.add_argument("--topology", default=None,
+                        help="default: the plan's `topology:` key, else local. local (this machine's devices), a TPU topology such as v5p:4x4x8 (compile-only, needs "
                              "libtpu), or gpu:NAMExCOUNT such as gpu:h100x64 (an analytic estimate)")
     parser.add_argument("--mesh", help="mesh to plan instead of the config's (dp=1,fsdp=-1,tp=1,sp=8)")
     parser.add_argument("--remat", choices=("none", "dots_saveable", "full"), help="remat policy instead of the config's")
@@ -66,6 +66,12 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
     return out
 
 
+def _plan_topology(path: str) -> str | None:
+    """The `topology:` a stage plan states for itself (load_stages has already validated the file)."""
+    with open(path) as fh:
+        return (yaml.safe_load(fh) or {}).get("topology")
+
+
 def _proposal(report: StageReport) -> str:
     """The stage's settings as a stage-plan `overrides` fragment (YAML flow style)."""
     m = report.mesh
@@ -92,7 +98,8 @@ def _run(args: argparse.Namespace, console: Console) -> int:
             raise PlanError(f"--stages {unknown}: the plan's stages are {[name for name, _ in stages]}")
         stages = [(name, config) for name, config in stages if name in wanted]
     layers = parse_layers(args.layers)
-    target = resolve_target(args.topology, None if args.hbm_gib is None else int(args.hbm_gib * GiB))
+    topology = args.topology or (_plan_topology(args.plan) if args.plan else None) or "local"
+    target = resolve_target(topology, None if args.hbm_gib is None else int(args.hbm_gib * GiB))
     if not target.compiles or args.estimate:
         console.print(f"[yellow]{target.spec}: analytic estimate (training.plan.estimate_memory), nothing compiled[/]")
     reports: list[StageReport] = []

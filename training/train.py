@@ -21,7 +21,7 @@ from training import checkpoint as ckpt
 from training import distributed
 from training.config import StagePlan, TrainConfig
 from training.data import global_arrays, open_batches
-from training.mesh import BATCH_AXES, make_mesh
+from training.mesh import BATCH_AXES, make_mesh, parse_state_axes
 from training.model import (
     LlamaModel,
     ModelConfig,
@@ -298,21 +298,21 @@ def _initial_params(config: TrainConfig, mesh, abstract_model: ModelConfig):
     """(ModelConfig, params) from init_from (our params checkpoint or a HF LLaMA folder) or random.
     A text checkpoint under a vision_layout grows the vision tables (training.vision)."""
     if not config.init_from:
-        shardings = _param_shardings(abstract_model, mesh)
+        shardings = _param_shardings(abstract_model, mesh, config.state_axes)
         return abstract_model, init_params(abstract_model, jax.random.key(config.seed), out_shardings=shardings)
     if ckpt.is_params_checkpoint(config.init_from):
         base = ModelConfig.from_dict(json.loads((Path(config.init_from) / "model.json").read_text()))
-        _, params = ckpt.load_params(config.init_from, _param_shardings(base, mesh))
+        _, params = ckpt.load_params(config.init_from, _param_shardings(base, mesh, config.state_axes))
     else:
         from training.hf import load_hf_llama
 
         base, host_params = load_hf_llama(config.init_from)
-        params = jax.tree.map(jax.device_put, host_params, _param_shardings(base, mesh))
+        params = jax.tree.map(jax.device_put, host_params, _param_shardings(base, mesh, config.state_axes))
     model = model_config_for(config, base)
     if model.vision_layout != base.vision_layout:
         log.info("growing a %s vision vocabulary (%s init) on %s", model.vision_layout, config.vision_init, config.init_from)
         grow = lambda p, key: grow_vision_params(p, base, model, key, config.vision_init)  # noqa: E731
-        params = jax.jit(grow, out_shardings=_param_shardings(model, mesh))(params, jax.random.key(config.seed))
+        params = jax.jit(grow, out_shardings=_param_shardings(model, mesh, config.state_axes))(params, jax.random.key(config.seed))
     return model, params
 
 
@@ -326,9 +326,11 @@ def _init_opt_state(optimizer, params, replicated: NamedSharding):
     return jax.jit(optimizer.init, out_shardings=shardings)(params)
 
 
-def _param_shardings(model: ModelConfig, mesh):
+def _param_shardings(model: ModelConfig, mesh, state_axes: str | None = None):
+    """Where each parameter lives: split over `state_axes` (config key; default fsdp x sp) and tp."""
     abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), param_partition_specs(abstract, mesh))
+    specs = param_partition_specs(abstract, mesh, fsdp_axes=parse_state_axes(state_axes))
+    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
 
 
 # Settings a resumed run may change freely: where the run lives (a resume restores the state, not
@@ -336,7 +338,7 @@ def _param_shardings(model: ModelConfig, mesh):
 # setting changes what the checkpoint's optimiser state and data position mean (lr, schedule,
 # betas, clip, batch, length, steps, data, model...): see config_changes.
 RESUME_FREE_KEYS = frozenset({
-    "out", "init_from", "mesh", "attention", "q_chunk", "kv_chunk", "load_balance", "loss_chunk", "tokenizer_sha256",
+    "out", "init_from", "mesh", "state_axes", "attention", "q_chunk", "kv_chunk", "load_balance", "loss_chunk", "tokenizer_sha256",
     "checkpoint_every", "keep_checkpoints", "stop_after", "log_every", "peak_flops_per_device", "progress",
     "allow_unfinished_data", "allow_config_change", "resume_step",
     "distributed", "coordinator_address", "num_processes", "process_id", "initialization_timeout",
@@ -529,7 +531,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
             # Every process names the same rows; each reads only the pieces its devices hold.
             batch = global_arrays(batches.next_rows(), batch_sharding, config.grad_accum)
             t0 = time.perf_counter()
-            state, metrics = step_fn(state, batch)
+            with jax.set_mesh(mesh):  # the model's activation sharding constraints act under the mesh
+                state, metrics = step_fn(state, batch)
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - t0
             record = {

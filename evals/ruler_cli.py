@@ -1,0 +1,149 @@
+"""`longctx eval ruler`: the RULER-class suite from the command line (pipelines/cli.py wires it).
+
+Writes OUT/results.jsonl (one record per prompt, as it runs; cells already there are skipped on a
+rerun), OUT/summary.json and OUT/summary.csv (mean score in percent per task and length, the
+all-task average, the effective length), and prints the table. Models load as for `longctx eval
+niah` (training/niah.py): our JAX checkpoints, or any local transformers causal LM.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from evals.haystack import SAMPLE_BOOKS
+from evals.runner import DEFAULT_THRESHOLD
+from evals.tasks import TASK_NAMES
+
+
+def add_ruler_arguments(parser: argparse.ArgumentParser) -> None:
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="longctx params checkpoint (RUN/checkpoints/final) or HF LLaMA folder, "
+                                            "run with our JAX model (KV cache, sequence-parallel prefill)")
+    model.add_argument("--hf-model", help="any local transformers causal LM folder, or package:DIST/model.gguf")
+    parser.add_argument("--tokenizer", help="tokenizer spec as for `longctx books` (default for --hf-model: the model's own)")
+    parser.add_argument("--tasks", default="all", help=f"`all` or comma-separated names: {', '.join(TASK_NAMES)}")
+    parser.add_argument("--lengths", default="4k", help="context lengths in tokens: 4k,8k,16k, 4096, or 4k..32k:4")
+    parser.add_argument("--samples", type=int, default=10, help="prompts per (task, length)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds every prompt (keys, values, haystack, order)")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                        help="effective length bar: the all-task average score in percent (default: Llama-2-7B's 4K, 85.6)")
+    parser.add_argument("--squad", help="SQuAD JSON file for qa_1 (e.g. dev-v2.0.json; nothing is downloaded)")
+    parser.add_argument("--hotpotqa", help="HotpotQA JSON file for qa_2 (e.g. hotpot_dev_distractor_v1.json)")
+    parser.add_argument("--haystack", default=str(SAMPLE_BOOKS),
+                        help="book text for the book haystacks: JSONL/Parquet/txt file, folder or glob (default: sample books)")
+    parser.add_argument("--max-new-tokens", type=int, help="answer budget for every task (default: RULER's per task)")
+    parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for the prefill and the KV cache (--checkpoint)")
+    parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (--checkpoint)")
+    parser.add_argument("--device", default="cpu", help="torch device for --hf-model")
+    parser.add_argument("--name", help="model name in the outputs (default: from the path)")
+    parser.add_argument("--out", required=True, help="output folder")
+
+
+def _model_name(args: argparse.Namespace) -> str:
+    if args.name:
+        return args.name
+    path = Path(args.checkpoint or args.hf_model)
+    if path.name == "final" and path.parent.name == "checkpoints":  # RUN/checkpoints/final names the run
+        return path.parents[1].name
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def _select_tasks(args: argparse.Namespace, console: Console) -> list[str]:
+    from evals.tasks import QA_FILES, parse_tasks
+
+    names = parse_tasks(args.tasks)
+    if "all" in [p.strip() for p in args.tasks.split(",")]:
+        # `all` runs the QA tasks only when their files are given (nothing is downloaded).
+        missing = [n for n in QA_FILES if getattr(args, QA_FILES[n][2:]) is None]
+        if missing:
+            console.print(f"[yellow]note: skipping {', '.join(missing)} (give "
+                          f"{' and '.join(QA_FILES[n] for n in missing)} FILE to run them)[/]")
+            names = [n for n in names if n not in missing]
+    return names
+
+
+def _load_model(args: argparse.Namespace, name: str, max_length: int, console: Console):
+    from training import niah
+
+    if args.hf_model:
+        from qa_synth.generator_model import resolve_generator
+
+        folder, _ = resolve_generator(args.hf_model)
+        tokenizer = niah.load_niah_tokenizer(args.tokenizer or folder)
+        generator = niah.HFGenerator(args.hf_model, device=args.device, name=name)
+        generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
+        return tokenizer, generator
+    if not args.tokenizer:
+        raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with)")
+    from training.checkpoint import load_any_params
+
+    tokenizer = niah.load_niah_tokenizer(args.tokenizer)
+    config, params = load_any_params(args.checkpoint)
+    if max_length > config.max_position_embeddings:
+        console.print(f"[yellow]note: lengths up to {max_length} exceed the model's max_position_embeddings "
+                      f"({config.max_position_embeddings})[/]")
+    generator = niah.FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name,
+                                   q_chunk=args.chunk, kv_chunk=args.chunk)
+    return tokenizer, generator
+
+
+def run_ruler(args: argparse.Namespace, console: Console) -> int:
+    from evals.common import PromptBuilder
+    from evals.runner import GeneratorBackend, run_suite
+    from evals.tasks import build_tasks
+    from training import niah
+
+    lengths = niah.parse_lengths(args.lengths)
+    if args.samples < 1:
+        raise ValueError("--samples must be at least 1")
+    names = _select_tasks(args, console)
+    if not names:
+        raise ValueError("no task to run")
+    # Build the tasks (and read the QA files) before loading a model: bad input fails fast.
+    tasks = build_tasks(names, squad=args.squad, hotpotqa=args.hotpotqa, haystack=args.haystack,
+                        book_words=max(400_000, 2 * max(lengths)))
+    name = _model_name(args)
+    tokenizer, generator = _load_model(args, name, max(lengths), console)
+    builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
+    backend = GeneratorBackend(generator, tokenizer, name)
+
+    def show(record: dict) -> None:
+        console.print(f"{record['task']:>16} {record['length']:>7} sample {record['sample']}: score "
+                      f"{record['score']:.2f} ({record['prompt_tokens']} tokens, {record['seconds']:.1f} s) "
+                      f"answer {record['prediction'][:60]!r}", highlight=False)
+
+    summary = run_suite(backend, builder, tasks, lengths, args.samples, args.out, seed=args.seed,
+                        threshold=args.threshold, max_new_tokens=args.max_new_tokens, on_record=show)
+    console.print(summary_table(summary))
+    effective = summary["effective_length"]
+    console.print(f"{name}: effective length {effective if effective is not None else 'below the shortest length'} "
+                  f"(average >= {summary['threshold']})", highlight=False)
+    out = Path(args.out)
+    console.print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'} and {out / 'summary.csv'}")
+    return 0
+
+
+def summary_table(summary: dict) -> Table:
+    """Tasks down, lengths across, the average last; cells in percent, green at or above the threshold."""
+    from training.niah_plot import length_label
+
+    lengths = [str(length) for length in summary["lengths"]]
+    table = Table(title=f"RULER score (%), threshold {summary['threshold']}")
+    table.add_column("task")
+    for length in lengths:
+        table.add_column(length_label(int(length)), justify="right")
+
+    def cell(value: float | None) -> str:
+        if value is None:
+            return "-"
+        color = "green" if value >= summary["threshold"] else "red"
+        return f"[{color}]{value:.1f}[/]"
+
+    for task, by in summary["tasks"].items():
+        table.add_row(task, *(cell(by.get(length)) for length in lengths))
+    table.add_row("[bold]average[/]", *(cell(summary["average"].get(length)) for length in lengths))
+    return table

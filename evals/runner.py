@@ -1,0 +1,176 @@
+"""Running RULER tasks x lengths x samples against a model, and the summary with effective length.
+
+OUT/results.jsonl gets one record per prompt as it is scored (task, length, sample, seed, prompt
+tokens, references, prediction, score in [0, 1]); a rerun into the same folder skips the cells
+already there (same task, length, sample and seed). OUT/summary.json holds the mean score per task
+and length in percent (RULER's scale), the all-task average per length, and the effective length:
+the longest length up to which the average stays at or above the threshold (default 85.6,
+Llama-2-7B's RULER average at 4K), or null when the shortest length already falls below it.
+OUT/summary.csv is the same table (tasks down, lengths across, an `average` row).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from evals.common import PromptBuilder, Sample, Task, make_sample, score
+
+DEFAULT_THRESHOLD = 85.6  # Llama-2-7B's 4K RULER average, the paper's bar for "effective"
+
+
+class Backend(Protocol):
+    """A model under test: a sample (its prompt text, ids and answer budget) -> generated text."""
+
+    name: str
+
+    def __call__(self, sample: Sample) -> str: ...
+
+
+@dataclass
+class GeneratorBackend:
+    """training/niah.py's generators (our JAX checkpoints, transformers models): prompt ids in,
+    greedy answer ids out, decoded with the model's tokenizer."""
+
+    generator: Any  # niah.Generator
+    tokenizer: Any  # niah.NiahTokenizer
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.name = self.name or getattr(self.generator, "name", "model")
+
+    def __call__(self, sample: Sample) -> str:
+        return self.tokenizer.decode(self.generator.generate(sample.prompt_ids, sample.max_new_tokens))
+
+
+@dataclass
+class TextBackend:
+    """Any function of prompt text to generated text (e.g. a completions endpoint). It gets the
+    prompt after the frame's head: the task text, the frame's tail and the answer prefix."""
+
+    fn: Callable[[str], str]
+    name: str = "text"
+
+    def __call__(self, sample: Sample) -> str:
+        return self.fn(sample.body)
+
+
+def cell_key(record: dict[str, Any]) -> tuple[str, int, int, int]:
+    return (record["task"], int(record["length"]), int(record["sample"]), int(record["seed"]))
+
+
+def read_results(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a results.jsonl (none if it does not exist); a damaged line is an error
+    naming it, so a rerun never silently redoes or drops cells."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            cell_key(record)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{path}:{number}: not a results record ({err}); fix or remove the line") from None
+        records.append(record)
+    return records
+
+
+def run_cells(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,
+              seed: int = 0, *, done: set[tuple[str, int, int, int]] = frozenset(),
+              max_new_tokens: int | None = None) -> Iterator[dict[str, Any]]:
+    """One record per (length, task, sample) not in `done`; lengths outermost, so a model compiles
+    or warms up each length once."""
+    for length in lengths:
+        for task in tasks:
+            for index in range(samples):
+                if (task.name, length, index, seed) in done:
+                    continue
+                sample = make_sample(task, builder, length, index, seed, max_new_tokens)
+                start = time.perf_counter()
+                prediction = backend(sample)
+                seconds = time.perf_counter() - start
+                yield {
+                    "model": backend.name, "task": task.name, "length": length, "sample": index, "seed": seed,
+                    "prompt_tokens": sample.prompt_tokens, "units": sample.units, "metric": sample.metric,
+                    "references": sample.references, "prediction": prediction,
+                    "score": score(prediction, sample.references, sample.metric),
+                    "evidence_tokens": [e["token"] for e in sample.evidence], "seconds": round(seconds, 3),
+                }
+
+
+def effective_length(average: dict[int, float], threshold: float = DEFAULT_THRESHOLD) -> int | None:
+    """The longest length L such that the average is >= threshold at every length up to L."""
+    best = None
+    for length in sorted(average):
+        if average[length] < threshold:
+            break
+        best = length
+    return best
+
+
+def summarize(records: Sequence[dict[str, Any]], tasks: Sequence[str], lengths: Sequence[int], seed: int,
+              threshold: float = DEFAULT_THRESHOLD, model: str = "") -> dict[str, Any]:
+    """Mean score (percent) per task and length over the records of `seed`; the average over tasks
+    at each length where every task has records; the effective length over those lengths."""
+    scores: dict[str, dict[int, list[float]]] = {t: {} for t in tasks}
+    for r in records:
+        if r["task"] in scores and int(r["length"]) in lengths and int(r["seed"]) == seed:
+            scores[r["task"]].setdefault(int(r["length"]), []).append(float(r["score"]))
+    table = {t: {length: 100 * sum(v) / len(v) for length, v in sorted(by.items())} for t, by in scores.items()}
+    average = {length: sum(table[t][length] for t in tasks) / len(tasks)
+               for length in sorted(lengths) if tasks and all(length in table[t] for t in tasks)}
+    return {
+        "model": model, "seed": seed, "threshold": threshold,
+        "lengths": sorted(lengths),
+        "tasks": {t: {str(length): round(s, 4) for length, s in by.items()} for t, by in table.items()},
+        "samples": {t: {str(length): len(v) for length, v in sorted(by.items())} for t, by in scores.items()},
+        "average": {str(length): round(s, 4) for length, s in average.items()},
+        "effective_length": effective_length(average, threshold),
+    }
+
+
+def write_summary(summary: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    out = Path(out)
+    json_path, csv_path = out / "summary.json", out / "summary.csv"
+    json_path.write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    lengths = [str(length) for length in summary["lengths"]]
+    with open(csv_path, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["task", *lengths])
+        for task, by in summary["tasks"].items():
+            writer.writerow([task, *(by.get(length, "") for length in lengths)])
+        writer.writerow(["average", *(summary["average"].get(length, "") for length in lengths)])
+    return json_path, csv_path
+
+
+def run_suite(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,
+              out: str | Path, *, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
+              max_new_tokens: int | None = None,
+              on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Run the missing cells into OUT/results.jsonl, then write OUT/summary.json and summary.csv."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = out / "results.jsonl"
+    records = read_results(results)
+    done = {cell_key(r) for r in records}
+    with open(results, "a", encoding="utf-8") as fh:
+        for record in run_cells(backend, builder, tasks, lengths, samples, seed, done=done,
+                                max_new_tokens=max_new_tokens):
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+            fh.flush()  # a long run's records reach the disk as they come
+            records.append(record)
+            if on_record is not None:
+                on_record(record)
+    names = [t.name for t in tasks]
+    wanted = [r for r in records if r["task"] in names and int(r["sample"]) < samples]
+    summary = summarize(wanted, names, lengths, seed, threshold, backend.name)
+    write_summary(summary, out)
+    return summary
