@@ -97,17 +97,19 @@ def test_mismatched_shards_and_configs_are_refused(shards, tmp_path):
 def test_batches_are_deterministic_resumable_and_split_over_hosts(shards):
     data = StageData.open(str(shards / "s128"))
     a = BatchIterator(data, 8, seed=5)
-    first = [next(a)["input_ids"] for _ in range(3)]
+    named = [a.next_rows() for _ in range(3)]
+    first = [rows.read()["input_ids"] for rows in named]
     b = BatchIterator(data, 8, seed=5)
-    next(b)
+    b.next_rows()
     state = b.state()
     c = BatchIterator(data, 8, seed=5)
     c.restore(state)
-    assert np.array_equal(next(c)["input_ids"], first[1])
-    hosts = [BatchIterator(data, 8, seed=5, process_index=i, process_count=2) for i in range(2)]
-    halves = [next(h)["input_ids"] for h in hosts]
+    assert np.array_equal(c.next_rows().read()["input_ids"], first[1])
+    # Two hosts each reading their half of the batch's rows get the batch, row for row.
+    halves = [named[0].read(np.arange(4 * i, 4 * i + 4))["input_ids"] for i in range(2)]
     assert np.array_equal(np.concatenate(halves), first[0])
-    assert not np.array_equal(next(BatchIterator(data, 8, seed=6))["input_ids"], first[0])
+    assert np.array_equal(first[0], np.stack([data.rows(np.array([r]))["input_ids"][0] for r in named[0].picks[:, 1]]))
+    assert not np.array_equal(BatchIterator(data, 8, seed=6).next_rows().read()["input_ids"], first[0])
 
 
 def test_chunked_loss_equals_full_logits_loss():
@@ -152,16 +154,16 @@ def test_mixture_of_stages_keeps_its_proportions_and_resumes(shards, tmp_path):
     assert parse_data_mix(f"{shards / 's128'}@3,{other}@1") == [(str(shards / "s128"), 0.75), (str(other), 0.25)]
     a, b = StageData.open(str(shards / "s128")), StageData.open(str(other))
     mix = MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3)
-    batches = [next(mix) for _ in range(10)]
+    batches = [mix.next_rows().read() for _ in range(10)]
     assert all(x["input_ids"].shape == (8, 128) for x in batches)
     assert mix.state()["cursors"] == [[0, 60], [0, 20]]  # 75% / 25% of 80 rows, exactly
     resumed = MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3)
     resumed.restore(json.loads(json.dumps(MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3).state())))
     for _ in range(5):
-        next(resumed)
+        resumed.next_rows()
     rest = MixtureIterator([(a, 0.75), (b, 0.25)], 8, seed=3)
     rest.restore(resumed.state())
-    assert np.array_equal(next(rest)["input_ids"], batches[5]["input_ids"])
+    assert np.array_equal(rest.next_rows().read()["input_ids"], batches[5]["input_ids"])
     # The trainer takes the same spec.
     result = train(_config(shards, tmp_path, data=f"{shards / 's128'}@0.75,{other}@0.25", steps=2, checkpoint_every=100))
     assert result["steps"] == 2 and np.isfinite(result["history"][-1]["loss"])

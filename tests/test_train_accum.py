@@ -76,7 +76,7 @@ def test_micro_batches_give_the_update_of_one_batch_and_count_each_row_once(tmp_
     # The same rows in the same order as one batch (k=1) and as 4 micro-batches, through the same step
     # function, from the same initial params: the same losses and the same parameters.
     _, batches = open_batches(data, 8, config.seed, LENGTH, VOCAB, None)
-    steps = [next(batches) for _ in range(2)]
+    steps = [batches.next_rows().read() for _ in range(2)]
     optimizer = build_optimizer(config)
     init = init_params(model, jax.random.key(config.seed))
     trained = jax.tree.leaves(ckpt.load_params(result["final"])[1])

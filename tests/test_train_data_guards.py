@@ -111,4 +111,4 @@ def test_sources_of_a_mixture_must_share_the_tokenizer(tmp_path):
         _open(f"{tmp_path / 'books' / 's64'}@0.5,{tmp_path / 'qa' / 's64'}@0.5")
     _shard(tmp_path / "qa2", 0, 1)
     data, batches = _open(f"{tmp_path / 'books' / 's64'}@0.5,{tmp_path / 'qa2' / 's64'}@0.5")
-    assert next(batches)["input_ids"].shape == (4, LENGTH)
+    assert batches.next_rows().read()["input_ids"].shape == (4, LENGTH)

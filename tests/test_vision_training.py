@@ -200,7 +200,7 @@ def test_data_checks_refuse_other_layouts_and_mix_with_text(clip_shards, book_32
     # Video rows and book rows mixed by ratio: book rows carry an all-zero vision mask.
     mix = f"{clip_shards / 'v320'}@0.5,{book_320_shards / 'b320'}@0.5"
     _, batches = open_batches(mix, 4, 0, 320, separate.vocab_size, None, expected_vision_metadata(separate))
-    batch = next(batches)
+    batch = batches.next_rows().read()
     assert [bool(v.any()) for v in batch["vision_mask"]] == [True, True, False, False]
     with pytest.raises(DataMismatchError, match="v320: .*text-only"):  # every source is checked, and named
         open_batches(mix, 4, 0, 320, text_model.vocab_size, None, None)

@@ -1,131 +1,45 @@
-"""Training batches from the produced shards, read through `curation.shards` (memory-mapped).
+"""Training batches from the produced shards, read row by row through `curation.shards`.
 
 The order is a seeded permutation per epoch, computed alike by every process of a job: each global
 batch is named by its rows (`GlobalRows`), and each process reads only the pieces its own devices
-hold (rows over dp x fsdp, sequence columns over sp, whatever the mesh; `global_arrays`). The
+hold (rows over dp x fsdp, sequence columns over sp, whatever the mesh; `global_arrays`). Opening
+a stage reads each shard's header only (a few KiB: its metadata and where its rows lie); a row is
+read when a batch needs it, from a memory-mapped local file or with a ranged request on an object
+store, so a host fetches only its share of the rows and holds only the rows in flight. The
 iterator's state (epoch, step) is saved with the checkpoint so a resumed run continues with
 exactly the rows an uninterrupted run would have seen.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import fsspec
 import jax
 import numpy as np
 
-from curation.shards import Shard, join_url, read_shard
+# stage_shard_urls, unfinished_reason and UnfinishedDataError live with the shard format; they are
+# imported here too because callers (training.niah, tests) take them from the trainer's data module.
+from curation.shards import (  # noqa: F401
+    ShardMetadata,
+    ShardReader,
+    UnfinishedDataError,
+    read_shard_headers,
+    stage_shard_urls,
+    unfinished_reason,
+)
 from training.vision import vision_problems
 
 log = logging.getLogger("longctx")
 
 BATCH_COLUMNS = ("input_ids", "segment_ids", "positions", "loss_mask", "vision_mask")
-# What the pipelines name a shard: train-00003-of-00017.arrow (curation.shards.shard_name).
-SHARD_NAME = re.compile(r"^(?P<split>.+)-(?P<index>\d+)-of-(?P<count>\d+)\.arrow$")
+_DTYPES = {"input_ids": np.int32, "segment_ids": np.int32, "positions": np.int32, "loss_mask": np.float32, "vision_mask": np.uint8}
 
 
 class DataMismatchError(ValueError):
     """The shards were not made for this model (length, tokenizer or vocabulary differ)."""
-
-
-class UnfinishedDataError(ValueError):
-    """The data folder is not the finished output of a job (no manifest, shards missing)."""
-
-
-def _basename(url: str) -> str:
-    return url.rstrip("/").rpartition("/")[2]
-
-
-def unfinished_reason(names: list[str]) -> str | None:
-    """Why shard file names are not a whole `-of-N` set (None when they are: every index 0..N-1
-    of one N, each once). Pure, so the rule is tested on names alone."""
-    if not names:
-        return "no shards (*.arrow)"
-    parsed = [SHARD_NAME.match(n) for n in names]
-    odd = [n for n, m in zip(names, parsed) if m is None]
-    if odd:
-        return f"{odd[0]} is not named like a job's shard (train-00000-of-00004.arrow), so nothing says the set is whole"
-    counts = sorted({int(m["count"]) for m in parsed})
-    if len(counts) > 1:
-        return f"shards of different sets are mixed (-of-{counts[0]:05d} and -of-{counts[-1]:05d})"
-    count = counts[0]
-    indices = {int(m["index"]) for m in parsed}
-    if indices != set(range(count)) or len(names) != count:
-        missing = sorted(set(range(count)) - indices)
-        where = f", missing {', '.join(f'{i:05d}' for i in missing[:3])}{' ...' if len(missing) > 3 else ''}" if missing else ""
-        return f"only {len(indices & set(range(count)))} of {count} shards (*-of-{count:05d}.arrow) are there{where}"
-    return None
-
-
-def stage_shard_urls(data: str, allow_unfinished: bool = False) -> list[str]:
-    """Shards of a stage folder (`OUT/32k`), in order, only from a finished output: the shards the
-    job's manifest lists (`OUT/manifest.json`, written last), or, without a manifest, a whole
-    `-of-N` set. A killed job leaves some shards and no manifest: that is refused with the reason
-    (UnfinishedDataError) unless `allow_unfinished`, which trains on what is there and says so
-    loudly. An empty or missing folder gives []."""
-    data = data.rstrip("/")
-    parent, _, stage = data.rpartition("/")
-    fs, path = fsspec.core.url_to_fs(join_url(parent or ".", "manifest.json"))
-    if fs.exists(path):
-        with fs.open(path, "r") as fh:
-            manifest = json.load(fh)
-        if stage in manifest.get("stages", {}):
-            urls = [join_url(parent, s["path"]) for s in manifest["stages"][stage]["shards"]]
-            return _present_listed(data, urls, allow_unfinished)
-    fs, path = fsspec.core.url_to_fs(data)
-    files = sorted(fs.glob(path.rstrip("/") + "/*.arrow"))
-    urls = [fs.unstrip_protocol(f) if "://" in data else f for f in files]
-    if not urls:
-        return []
-    reason = unfinished_reason([_basename(u) for u in urls])
-    if reason:
-        _refuse_or_warn(f"{data} is not a finished output: no manifest.json in {parent or '.'} lists stage {stage!r} and {reason}",
-                        allow_unfinished)
-    return urls
-
-
-def _present_listed(data: str, urls: list[str], allow_unfinished: bool) -> list[str]:
-    """The manifest's shards, refusing (or, allowed, skipping) any that are gone."""
-    fs, path = fsspec.core.url_to_fs(data)
-    present = {_basename(f) for f in fs.glob(path.rstrip("/") + "/*.arrow")}
-    missing = [u for u in urls if _basename(u) not in present]
-    if missing:
-        _refuse_or_warn(f"{data}: {len(missing)} of the {len(urls)} shards its manifest lists are missing, e.g. {missing[0]}",
-                        allow_unfinished)
-    return [u for u in urls if _basename(u) in present]
-
-
-def _refuse_or_warn(problem: str, allow_unfinished: bool) -> None:
-    if not allow_unfinished:
-        raise UnfinishedDataError(f"{problem}; rerun the data job to finish it, or set allow_unfinished_data: true "
-                                  "(--allow-unfinished-data) to train on these shards anyway")
-    log.warning("!!! TRAINING ON UNFINISHED DATA (allow_unfinished_data): %s", problem)
-
-
-def shard_identity(metadata: dict[str, str]) -> dict[str, Any]:
-    """What every shard of one data source must share: the stage length and the tokenizer
-    (sha256, vocabulary, special ids), the vision id layout and the schema version. Job-specific
-    keys (config hash, stage name) may differ: shards of two jobs with one tokenizer go together."""
-    vision = json.loads(metadata.get("longctx.vision") or "{}")
-    return {
-        "stage length": metadata.get("longctx.length"),
-        **tokenizer_identity(metadata),
-        **{f"vision {k}": v for k, v in sorted(vision.items())},
-        "schema version": metadata.get("longctx.schema_version"),
-    }
-
-
-def tokenizer_identity(metadata: dict[str, str]) -> dict[str, Any]:
-    """The tokenizer a shard was made with, as far as the ids depend on it (its name may be spelt
-    differently for the same file, so it is not compared)."""
-    tok = json.loads(metadata.get("longctx.tokenizer") or "{}")
-    return {f"tokenizer {k}": tok.get(k) for k in ("sha256", "vocab_size", "bos_id", "eos_id", "pad_id")}
 
 
 def _show(value: Any) -> str:
@@ -148,30 +62,33 @@ def first_disagreement(named: list[tuple[str, dict[str, Any]]]) -> str | None:
 
 @dataclass
 class StageData:
-    """All rows of one stage, across its shards, addressable by a global row index."""
+    """All rows of one stage, across its shards, addressable by a global row index. The shards are
+    opened lazily (`ShardReader`): only their headers have been read."""
 
-    shards: list[Shard]
-    urls: list[str] = field(default_factory=list)  # where each shard came from, to name it in errors
+    shards: list[ShardReader]
     offsets: np.ndarray = field(init=False)
 
     def __post_init__(self) -> None:
         self.offsets = np.cumsum([0] + [s.num_rows for s in self.shards])
-        if not self.urls:
-            self.urls = [f"shard {i}" for i in range(len(self.shards))]
 
     @classmethod
     def open(cls, data: str, allow_unfinished: bool = False) -> "StageData":
         """The shards of a finished stage folder (see `stage_shard_urls`), refused when they do not
-        all share one stage length, tokenizer and vision layout (DataMismatchError)."""
-        urls = stage_shard_urls(data, allow_unfinished)
+        all share one stage length, tokenizer and vision layout (DataMismatchError). Reads each
+        shard's header, before the first step, and no rows."""
+        urls = stage_shard_urls(data, allow_unfinished=allow_unfinished)
         if not urls:
             raise FileNotFoundError(f"no shards (*.arrow) under {data}")
-        stage = cls([read_shard(u) for u in urls], urls)
+        stage = cls([ShardReader(u, h) for u, h in zip(urls, read_shard_headers(urls))])
         stage.check_consistent()
         return stage
 
+    @property
+    def urls(self) -> list[str]:
+        return [s.url for s in self.shards]
+
     def identities(self) -> list[tuple[str, dict[str, Any]]]:
-        return [(url, shard_identity(shard.metadata)) for url, shard in zip(self.urls, self.shards)]
+        return [(shard.url, shard.metadata.identity()) for shard in self.shards]
 
     def check_consistent(self) -> None:
         """All shards of one source were made alike: a folder holding shards of two tokenizers (or
@@ -189,24 +106,32 @@ class StageData:
         return self.shards[0].length
 
     @property
-    def metadata(self) -> dict[str, str]:
+    def info(self) -> ShardMetadata:
+        """What the stage's shards record (they all agree: check_consistent)."""
         return self.shards[0].metadata
 
-    def rows(self, indices: np.ndarray, columns: slice = slice(None)) -> dict[str, np.ndarray]:
-        """Gather rows by global index, only the sequence `columns` asked for (copies only those
-        from the memory-mapped shards). Text shards have no vision_mask column: their rows get
-        zeros, so text and vision stages mix in one batch."""
-        which = np.searchsorted(self.offsets, indices, side="right") - 1
-        out = {}
-        for name in BATCH_COLUMNS:
-            out[name] = np.stack([self._column(self.shards[s], name)[i - self.offsets[s], columns] for s, i in zip(which, indices)])
-        return out
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The first shard's schema metadata as stored (prefer `info`, parsed)."""
+        return dict(self.info.raw)
 
-    @staticmethod
-    def _column(shard: Shard, name: str) -> np.ndarray:
-        if name == "vision_mask" and name not in shard.arrays:
-            return np.broadcast_to(np.zeros((), np.uint8), shard.arrays["input_ids"].shape)
-        return shard.arrays[name]
+    def rows(self, indices: np.ndarray, columns: slice = slice(None)) -> dict[str, np.ndarray]:
+        """Rows by global index (any order, repeats allowed), only the sequence `columns` asked
+        for, as numpy: each shard holding some of them is read once, for those rows only; the
+        others are not touched. Text shards have no vision_mask column: their rows get zeros, so
+        text and vision stages mix in one batch."""
+        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        if indices.size and (indices.min() < 0 or indices.max() >= self.num_rows):
+            raise IndexError(f"rows {indices.min()}..{indices.max()} outside the stage's {self.num_rows} rows")
+        width = len(range(self.length)[columns])
+        out = {name: np.zeros((len(indices), width), _DTYPES[name]) for name in BATCH_COLUMNS}
+        which = np.searchsorted(self.offsets, indices, side="right") - 1
+        for s in np.unique(which):
+            at = np.flatnonzero(which == s)
+            got = self.shards[s].read(indices[at] - self.offsets[s], columns)
+            for name, value in got.items():
+                out[name][at] = value
+        return out
 
     def check_compatible(self, seq_len: int, vocab_size: int, tokenizer_sha256: str | None = None,
                          vision: dict | None = None) -> None:
@@ -214,14 +139,15 @@ class StageData:
         layout the model reads (`training.vision.expected_vision_metadata`; None: text only)."""
         problems = []
         for shard in self.shards:
-            problems += vision_problems(shard.metadata, vision)
-            if shard.length != seq_len:
-                problems.append(f"stage length {shard.length} != model sequence length {seq_len}")
-            tok = json.loads(shard.metadata.get("longctx.tokenizer", "{}"))
-            if tok.get("vocab_size") is not None and tok["vocab_size"] > vocab_size:
-                problems.append(f"tokenizer vocab size {tok['vocab_size']} > model vocab size {vocab_size}")
-            if tokenizer_sha256 and tok.get("sha256") != tokenizer_sha256:
-                problems.append(f"tokenizer sha256 {tok.get('sha256', '?')[:12]} != expected {tokenizer_sha256[:12]}")
+            meta = shard.metadata
+            problems += vision_problems(meta.raw, vision)
+            if meta.length != seq_len:
+                problems.append(f"stage length {meta.length} != model sequence length {seq_len}")
+            vocab = meta.tokenizer.get("vocab_size")
+            if vocab is not None and vocab > vocab_size:
+                problems.append(f"tokenizer vocab size {vocab} > model vocab size {vocab_size}")
+            if tokenizer_sha256 and meta.tokenizer.get("sha256") != tokenizer_sha256:
+                problems.append(f"tokenizer sha256 {str(meta.tokenizer.get('sha256', '?'))[:12]} != expected {tokenizer_sha256[:12]}")
             if problems:
                 break
         if problems:
@@ -241,20 +167,18 @@ class GlobalRows:
         return len(self.picks)
 
     def read(self, positions: np.ndarray | slice = slice(None), columns: slice = slice(None)) -> dict[str, np.ndarray]:
-        """The batch's rows at `positions` (in batch order), sequence `columns` only, as numpy."""
+        """The batch's rows at `positions` (in batch order), sequence `columns` only, as numpy:
+        each source is read once, for its rows among them."""
         picks = self.picks[positions]
         if len(self.sources) == 1:
             return self.sources[0].rows(picks[:, 1], columns)
-        parts = [self.sources[s].rows(np.array([r]), columns) for s, r in picks]
-        return {k: np.concatenate([p[k] for p in parts]) for k in BATCH_COLUMNS}
-
-    def host_slice(self, process_index: int, process_count: int) -> dict[str, np.ndarray]:
-        """Process `process_index`'s equal share of consecutive rows (the layout of a mesh whose
-        batch axes span the processes in order, each process holding whole rows)."""
-        if len(self) % process_count:
-            raise ValueError(f"global batch {len(self)} does not divide over {process_count} hosts")
-        per_host = len(self) // process_count
-        return self.read(slice(process_index * per_host, (process_index + 1) * per_host))
+        width = len(range(self.sources[0].length)[columns])
+        out = {name: np.zeros((len(picks), width), _DTYPES[name]) for name in BATCH_COLUMNS}
+        for s in np.unique(picks[:, 0]):
+            at = np.flatnonzero(picks[:, 0] == s)
+            for name, value in self.sources[s].rows(picks[at, 1], columns).items():
+                out[name][at] = value
+        return out
 
 
 def _piece_positions(index: tuple[slice, ...], accum: int, micro: int) -> np.ndarray:
@@ -291,11 +215,10 @@ def global_arrays(rows: GlobalRows, sharding: jax.sharding.Sharding, accum: int 
 
 
 class BatchIterator:
-    """Deterministic, resumable global batches: `next_rows` names each (what the trainer reads
-    through `global_arrays`); iterating yields a host's slice of each as numpy."""
+    """Deterministic, resumable global batches: `next_rows` names each; the trainer reads a
+    process's pieces of it through `global_arrays` (`GlobalRows.read` gives any rows as numpy)."""
 
-    def __init__(self, data: StageData, global_batch: int, seed: int = 0, epoch: int = 0, step: int = 0,
-                 process_index: int | None = None, process_count: int | None = None):
+    def __init__(self, data: StageData, global_batch: int, seed: int = 0, epoch: int = 0, step: int = 0):
         if global_batch > data.num_rows:
             raise ValueError(f"global batch {global_batch} > {data.num_rows} rows in the data")
         self.data = data
@@ -303,7 +226,6 @@ class BatchIterator:
         self.seed = seed
         self.epoch = epoch
         self.step = step  # batches already taken in this epoch
-        self.process_index, self.process_count = process_index, process_count  # None: this process's, when iterated
 
     @property
     def batches_per_epoch(self) -> int:
@@ -311,9 +233,6 @@ class BatchIterator:
 
     def _order(self) -> np.ndarray:
         return np.random.default_rng([self.seed, self.epoch]).permutation(self.data.num_rows)
-
-    def __iter__(self) -> "BatchIterator":
-        return self
 
     def next_rows(self) -> GlobalRows:
         """The next global batch, by name; nothing is read."""
@@ -323,9 +242,6 @@ class BatchIterator:
         rows = self._order()[start : start + self.global_batch]
         self.step += 1
         return GlobalRows([self.data], np.stack([np.zeros_like(rows), rows], axis=1))
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return _host_rows(self.next_rows(), self.process_index, self.process_count)
 
     def state(self) -> dict[str, int]:
         return {"seed": self.seed, "epoch": self.epoch, "step": self.step, "global_batch": self.global_batch}
@@ -341,12 +257,6 @@ class BatchIterator:
             self.epoch, self.step = int(state["epoch"]), -(-taken // self.global_batch)
             return
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
-
-
-def _host_rows(rows: GlobalRows, process_index: int | None, process_count: int | None) -> dict[str, np.ndarray]:
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    return rows.host_slice(index, count)
 
 
 def parse_data_mix(spec: str) -> list[tuple[str, float]]:
@@ -368,14 +278,12 @@ class MixtureIterator:
     over time and deterministic. Each source is read in its own seeded order, epoch after epoch;
     the state (batches taken, each source's epoch and position) is saved with the checkpoint."""
 
-    def __init__(self, sources: list[tuple[StageData, float]], global_batch: int, seed: int = 0,
-                 process_index: int | None = None, process_count: int | None = None):
+    def __init__(self, sources: list[tuple[StageData, float]], global_batch: int, seed: int = 0):
         self.sources = sources
         self.global_batch = global_batch
         self.seed = seed
         self.taken = 0
         self.cursors = [[0, 0] for _ in sources]  # (epoch, position) per source
-        self.process_index, self.process_count = process_index, process_count  # None: this process's, when iterated
 
     def _quota(self, t: int) -> list[int]:
         return [round(w * self.global_batch * t) for _, w in self.sources]
@@ -394,9 +302,6 @@ class MixtureIterator:
         self.cursors[i] = [epoch, pos]
         return out
 
-    def __iter__(self) -> "MixtureIterator":
-        return self
-
     def next_rows(self) -> GlobalRows:
         """The next global batch, by name; nothing is read."""
         before, after = self._quota(self.taken), self._quota(self.taken + 1)
@@ -405,9 +310,6 @@ class MixtureIterator:
         picked = [row for i, n in enumerate(counts) for row in self._take(i, n)]
         self.taken += 1
         return GlobalRows([data for data, _ in self.sources], np.array(picked, dtype=np.int64).reshape(-1, 2))
-
-    def __next__(self) -> dict[str, np.ndarray]:
-        return _host_rows(self.next_rows(), self.process_index, self.process_count)
 
     def state(self) -> dict:
         return {"seed": self.seed, "global_batch": self.global_batch, "taken": self.taken, "cursors": self.cursors}
@@ -446,7 +348,7 @@ def open_batches(spec: str, global_batch: int, seed: int, seq_len: int, vocab_si
         except DataMismatchError as err:
             raise DataMismatchError(f"{path}: {err}") from None
     # Across sources only the tokenizer must agree: text and vision sources differ in layout by design.
-    problem = first_disagreement([(data.urls[0], tokenizer_identity(data.metadata)) for data, _ in sources])
+    problem = first_disagreement([(data.urls[0], data.info.tokenizer_identity()) for data, _ in sources])
     if problem:
         raise DataMismatchError(f"data sources disagree on {problem}")
     if len(sources) == 1:
