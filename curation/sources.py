@@ -6,18 +6,30 @@ records before the break and one `corrupt_file` reject for the rest. A Parquet f
 group by row group: a corrupt row group is one `corrupt_file` reject standing for its rows (the
 footer knows how many), and the row groups after it are still read.
 
+Large inputs are read in parallel pieces (`plan_reads` -> `FileRange`s, `iter_range_records`): an
+uncompressed JSONL file over `split_bytes` by byte ranges (a range owns the lines that start in
+it), a Parquet file by runs of row groups (from its footer). Compressed files and plain text stay
+whole: a compressed stream cannot be entered in the middle. Each record is read by exactly one
+range. A record of a split JSONL file is numbered by the byte offset of its line (its place in the
+file whatever the ranges), a Parquet row by its row number from the footer, as when read whole.
+
+A network failure (connection reset, timeout, HTTP 429/5xx) is raised, so the runner retries the
+work item; only bytes that really cannot be read as the format are a `corrupt_file` reject.
+
 A local file whose name is not valid UTF-8 travels as bytes (`os.fsencode`), since Beam's coders
 only carry valid UTF-8 strings; its records name it with the bad bytes escaped (`bad\\xff.jsonl`).
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import fsspec
 
@@ -36,6 +48,18 @@ class SourceConfig:
     format: str = "auto"  # auto | jsonl | parquet | text
     parquet_batch_rows: int = 64
     meta_fields: tuple[str, ...] = ()  # other JSONL fields a record must carry along (e.g. "video")
+    split_bytes: int = 64 << 20  # uncompressed JSONL / Parquet files larger than this are read in pieces
+
+
+class FileRange(NamedTuple):
+    """One work item of reading: a whole file (`kind="file"`), the JSONL lines starting in bytes
+    [start, stop), or the Parquet row groups [start, stop) whose first row is row `first_row`."""
+
+    url: str | bytes
+    kind: str = "file"  # file | jsonl_bytes | parquet_groups
+    start: int = 0
+    stop: int = 0
+    first_row: int = 0
 
 
 def split_extension(url: str) -> tuple[str, str | None]:
@@ -134,17 +158,17 @@ def iter_lines(fh, block: int = 1 << 20) -> Iterator[bytes]:
         yield b"".join(pending)
 
 
-def _parse_json(line: str, number: int) -> object:
+def _parse_json(line: str, where: str) -> object:
     """One JSONL line, or `Rejected(MALFORMED_JSON)`. Valid JSON can still be unreadable here:
     nesting deeper than Python's recursion limit, or an integer past `int`'s digit limit."""
     try:
         return json.loads(line)
     except json.JSONDecodeError as err:
-        raise Rejected(Reason.MALFORMED_JSON, f"line {number}: {err.msg} at col {err.colno}") from None
+        raise Rejected(Reason.MALFORMED_JSON, f"{where}: {err.msg} at col {err.colno}") from None
     except RecursionError:
-        raise Rejected(Reason.MALFORMED_JSON, f"line {number}: nested too deeply to parse") from None
+        raise Rejected(Reason.MALFORMED_JSON, f"{where}: nested too deeply to parse") from None
     except ValueError as err:  # e.g. "Exceeds the limit (4300 digits) for integer string conversion"
-        raise Rejected(Reason.MALFORMED_JSON, f"line {number}: {_one_line(err)}") from None
+        raise Rejected(Reason.MALFORMED_JSON, f"{where}: {_one_line(err)}") from None
 
 
 def _one_line(err: BaseException) -> str:
@@ -152,26 +176,33 @@ def _one_line(err: BaseException) -> str:
 
 
 def _iter_jsonl(fh, url: str, config: SourceConfig) -> Iterator[Document | Reject]:
+    """Every line of a whole JSONL stream; a record is numbered by its line."""
     base = posixpath.basename(url)
-    for index, raw in enumerate(iter_lines(fh)):
-        fallback = f"{base}:{index + 1}"
+    lines = ((index, f"line {index + 1}", f"{base}:{index + 1}", raw) for index, raw in enumerate(iter_lines(fh)))
+    yield from _jsonl_records(lines, url, config)
+
+
+def _jsonl_records(lines: Iterable[tuple[int, str, str, bytes]], url: str,
+                   config: SourceConfig) -> Iterator[Document | Reject]:
+    """(index, where, fallback id, raw line) -> Documents and Rejects."""
+    for index, where, fallback, raw in lines:
         if index == 0:
             raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark starts the file, not the record
         if not raw.strip():
-            yield Reject(url, fallback, Reason.EMPTY.value, f"blank line {index + 1}")
+            yield Reject(url, fallback, Reason.EMPTY.value, f"blank {where}")
             continue
         try:
             line = decode_utf8(raw)
         except Rejected as err:
-            yield Reject(url, fallback, err.reason.value, f"line {index + 1}: {err.detail}")
+            yield Reject(url, fallback, err.reason.value, f"{where}: {err.detail}")
             continue
         try:
-            record = _parse_json(line, index + 1)
+            record = _parse_json(line, where)
         except Rejected as err:
             yield Reject(url, fallback, err.reason.value, err.detail)
             continue
         if not isinstance(record, dict):
-            yield Reject(url, fallback, Reason.MALFORMED_JSON.value, f"line {index + 1}: not a JSON object")
+            yield Reject(url, fallback, Reason.MALFORMED_JSON.value, f"{where}: not a JSON object")
             continue
         record_id = _record_id(record.get(config.id_field), fallback)
         missing = [f for f in (config.text_field, *config.meta_fields) if f not in record]
@@ -179,6 +210,31 @@ def _iter_jsonl(fh, url: str, config: SourceConfig) -> Iterator[Document | Rejec
             yield Reject(url, record_id, Reason.MISSING_FIELD.value, f"no {missing[0]!r} field")
             continue
         yield _document(url, index, record_id, record[config.text_field], {f: record[f] for f in config.meta_fields})
+
+
+def _range_lines(fh, base: str, start: int, stop: int, block: int = 1 << 20) -> Iterator[tuple[int, str, str, bytes]]:
+    """The lines of an uncompressed stream that start in bytes [start, stop), with their offsets.
+    A line that starts before `start` belongs to the range before (it is skipped here); the last
+    line may run past `stop` and is read whole."""
+    offset = 0
+    if start > 0:
+        fh.seek(start - 1)
+        offset = start - 1
+        while True:  # skip to just after the first newline at or after start - 1
+            chunk = fh.read(block)
+            if not chunk:
+                return
+            cut = chunk.find(b"\n")
+            if cut >= 0:
+                offset += cut + 1
+                fh.seek(offset)
+                break
+            offset += len(chunk)
+    for raw in iter_lines(fh, block):
+        if offset >= stop:
+            return
+        yield offset, f"line at byte {offset}", f"{base}@{offset}", raw
+        offset += len(raw) + 1
 
 
 def _parquet_rows(batch, url: str, base: str, first: int, config: SourceConfig, has_id: bool) -> Iterator[Document | Reject]:
@@ -196,7 +252,9 @@ def _parquet_rows(batch, url: str, base: str, first: int, config: SourceConfig, 
             yield _document(url, index, record_id, text, meta)
 
 
-def _iter_parquet(fh, url: str, config: SourceConfig) -> Iterator[Document | Reject]:
+def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, int] | None = None,
+                  first_row: int = 0) -> Iterator[Document | Reject]:
+    """Row groups (all, or [start, stop) whose first row is `first_row`) batch by batch."""
     import pyarrow.parquet as pq
 
     parquet = pq.ParquetFile(fh)
@@ -209,8 +267,8 @@ def _iter_parquet(fh, url: str, config: SourceConfig) -> Iterator[Document | Rej
     columns = [config.text_field, *config.meta_fields] + ([config.id_field] if has_id else [])
     base = posixpath.basename(url)
     groups = parquet.metadata.num_row_groups
-    index = 0  # a record's position in the file, from the footer's row counts: stable past a bad group
-    for group in range(groups):
+    index = first_row  # a record's position in the file, from the footer's row counts: stable past a bad group
+    for group in range(*(groups_range or (0, groups))):
         group_rows = parquet.metadata.row_group(group).num_rows
         done = 0
         try:
@@ -219,6 +277,8 @@ def _iter_parquet(fh, url: str, config: SourceConfig) -> Iterator[Document | Rej
                 done += batch.num_rows
                 yield from rows
         except Exception as err:  # a corrupt page: this group's unread rows are one reject, then go on
+            if is_transient_io_error(err):
+                raise
             unread = group_rows - done
             yield Reject(
                 url,
@@ -303,13 +363,110 @@ class _ZstdOpen:
         return self._file.__exit__(*exc)
 
 
+_TRANSIENT_ERRNOS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT,
+                               errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.ENETRESET,
+                               errno.EPIPE, errno.EAGAIN})
+# Network errors of the HTTP clients under fsspec's object stores (aiohttp for gcsfs/s3fs/http),
+# named so that no client library has to be imported to recognise them.
+_TRANSIENT_TYPES = frozenset({"ClientConnectionError", "ServerDisconnectedError", "ServerTimeoutError",
+                              "ClientPayloadError", "ConnectionTimeoutError", "SocketTimeoutError"})
+
+
+def is_transient_io_error(err: BaseException) -> bool:
+    """A failure of the connection, not of the bytes: raise it so the runner retries the work.
+    Connection resets, timeouts, HTTP 408/429/5xx from an object store (gcsfs's HttpError)."""
+    seen = set()
+    while err is not None and id(err) not in seen:  # also a cause wrapped by the reader (pyarrow, gzip)
+        seen.add(id(err))
+        if isinstance(err, (ConnectionError, TimeoutError)):
+            return True
+        if isinstance(err, OSError) and err.errno in _TRANSIENT_ERRNOS:
+            return True
+        names = {cls.__name__ for cls in type(err).__mro__}
+        if names & _TRANSIENT_TYPES:
+            return True
+        code = getattr(err, "code", None)
+        if "HttpError" in names and isinstance(code, int) and (code in (408, 429) or code >= 500):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def _file_format(url: str, config: SourceConfig) -> tuple[str, str | None]:
+    fmt, compression = split_extension(url)
+    return (config.format if config.format != "auto" else fmt), compression
+
+
+def plan_reads(url: str | bytes, config: SourceConfig) -> list[FileRange]:
+    """The work items of one input file: itself, or its pieces when it is an uncompressed JSONL
+    or Parquet file over `config.split_bytes` (JSONL by byte ranges, Parquet by runs of row
+    groups from its footer). A file whose size or footer cannot be read is one whole item (its
+    reader then reports what is wrong); a network failure is raised."""
+    whole = [FileRange(url)]
+    path, name = file_url(url)
+    fmt, compression = _file_format(name, config)
+    if compression is not None or fmt not in ("jsonl", "parquet"):
+        return whole
+    try:
+        fs, fs_path = fsspec.core.url_to_fs(path)
+        size = fs.size(fs_path)
+        if size is None or size <= config.split_bytes:
+            return whole
+        if fmt == "jsonl":
+            step = config.split_bytes
+            return [FileRange(url, "jsonl_bytes", start, min(start + step, size)) for start in range(0, size, step)]
+        import pyarrow.parquet as pq
+
+        with fs.open(fs_path, "rb") as fh:
+            meta = pq.ParquetFile(fh).metadata
+        items, start, first_row, run_bytes, row = [], 0, 0, 0, 0
+        for group in range(meta.num_row_groups):
+            rg = meta.row_group(group)
+            if group > start and run_bytes + rg.total_byte_size > config.split_bytes:
+                items.append(FileRange(url, "parquet_groups", start, group, first_row))
+                start, first_row, run_bytes = group, row, 0
+            run_bytes += rg.total_byte_size
+            row += rg.num_rows
+        items.append(FileRange(url, "parquet_groups", start, meta.num_row_groups, first_row))
+        return items
+    except Exception as err:
+        if is_transient_io_error(err):
+            raise
+        return whole
+
+
+def iter_range_records(item: FileRange, config: SourceConfig) -> Iterator[Document | Reject]:
+    """The records of one work item from `plan_reads` (a Reject, never an exception, for bad
+    bytes; a network failure is raised for the runner to retry)."""
+    if item.kind == "file":
+        yield from iter_file_records(item.url, config)
+        return
+    path, url = file_url(item.url)
+    emitted = 0
+    try:
+        with fsspec.open(path, "rb") as fh:
+            if item.kind == "jsonl_bytes":
+                lines = _range_lines(fh, posixpath.basename(url), item.start, item.stop)
+                records = _jsonl_records(lines, url, config)
+            else:
+                records = _iter_parquet(fh, url, config, (item.start, item.stop), item.first_row)
+            for record in records:
+                emitted += 1
+                yield record
+    except Exception as err:
+        if is_transient_io_error(err):
+            raise
+        where = f"bytes {item.start}-{item.stop}" if item.kind == "jsonl_bytes" else f"row groups {item.start + 1}-{item.stop}"
+        yield Reject(url, f"{url}@{item.kind}:{item.start}+{emitted}", Reason.CORRUPT_FILE.value,
+                     f"{where}: {type(err).__name__}: {_one_line(err)} (after {emitted} records)")
+
+
 def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Document | Reject]:
-    """Every record of one input file, as a Document or a Reject (never raises for bad data).
+    """Every record of one input file, as a Document or a Reject (never raises for bad data; a
+    network failure is raised for the runner to retry).
     `url` is a string, or the bytes of a local file name that is not UTF-8 (`portable_url`)."""
     path, url = file_url(url)
-    fmt, compression = split_extension(url)
-    if config.format != "auto":
-        fmt = config.format
+    fmt, compression = _file_format(url, config)
     if fmt not in _READERS:
         yield Reject(url, url, Reason.CORRUPT_FILE.value, f"unknown file format (expected one of {sorted(FORMATS)})")
         return
@@ -320,6 +477,8 @@ def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Docume
                 emitted += 1
                 yield item
     except Exception as err:  # truncated archive, bad parquet footer, unreadable object, ...
+        if is_transient_io_error(err):
+            raise
         yield Reject(
             url,
             f"{url}@{emitted}",

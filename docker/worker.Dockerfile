@@ -55,6 +55,7 @@ WORKDIR /opt/longctx
 # Only what the package build needs (not .venv/, out/, data/): metadata first, then the code.
 COPY pyproject.toml setup.py README.md ./
 COPY curation/ curation/
+COPY evals/ evals/
 COPY pipelines/ pipelines/
 COPY qa_synth/ qa_synth/
 COPY training/ training/

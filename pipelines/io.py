@@ -10,7 +10,15 @@ from apache_beam.metrics import Metrics
 
 from curation.accounting import Reject
 from curation.documents import Document
-from curation.sources import SourceConfig, expand_pattern, file_url, iter_file_records, portable_url
+from curation.sources import (
+    FileRange,
+    SourceConfig,
+    expand_pattern,
+    file_url,
+    iter_range_records,
+    plan_reads,
+    portable_url,
+)
 from pipelines.accounting import NAMESPACE, REJECTS
 
 log = logging.getLogger("longctx")
@@ -29,26 +37,44 @@ def match_pattern(pattern: str | bytes) -> list[str | bytes]:
     return [portable_url(f) for f in files]
 
 
+class PlanReads(beam.DoFn):
+    """One input file -> its work items: the file, or its byte ranges / row-group runs when it is
+    a large uncompressed JSONL or Parquet file (`curation.sources.plan_reads`)."""
+
+    def __init__(self, config: SourceConfig):
+        self.config = config
+        self.files = Metrics.counter(NAMESPACE, "files")
+        self.pieces = Metrics.counter(NAMESPACE, "read_pieces")
+
+    def process(self, url: str | bytes):
+        self.files.inc()
+        items = plan_reads(url, self.config)
+        self.pieces.inc(len(items))
+        if len(items) > 1:
+            log.info("read %s in %d pieces", file_url(url)[1], len(items))
+        yield from items
+
+
 class ReadRecords(beam.DoFn):
-    """One input file -> its Documents (main) and unreadable records (rejects)."""
+    """One work item (a file or a piece of one) -> its Documents (main) and unreadable records
+    (rejects). A network failure is raised: the runner retries the item."""
 
     def __init__(self, config: SourceConfig):
         self.config = config
         self.parsed = Metrics.counter(NAMESPACE, "records_parsed")
-        self.files = Metrics.counter(NAMESPACE, "files")
 
-    def process(self, url: str | bytes):
-        self.files.inc()
+    def process(self, item: FileRange):
         count = 0
-        for item in iter_file_records(url, self.config):
-            records = item.records if isinstance(item, Reject) else 1
+        for record in iter_range_records(item, self.config):
+            records = record.records if isinstance(record, Reject) else 1
             count += records
             self.parsed.inc(records)
-            if isinstance(item, Reject):
-                yield beam.pvalue.TaggedOutput(REJECTS, item)
+            if isinstance(record, Reject):
+                yield beam.pvalue.TaggedOutput(REJECTS, record)
             else:
-                yield item
-        log.info("read %s: %d records", file_url(url)[1], count)
+                yield record
+        piece = "" if item.kind == "file" else f" ({item.kind} {item.start}-{item.stop})"
+        log.info("read %s%s: %d records", file_url(item.url)[1], piece, count)
 
 
 def record_key(item: Document | Reject) -> str:
@@ -63,7 +89,8 @@ def split_sampled(items):
 
 
 class ReadInputs(beam.PTransform):
-    """Patterns -> files (deduplicated, spread over workers) -> records; with `sample`, only the
+    """Patterns -> files (deduplicated) -> work items (whole files, or pieces of large ones;
+    spread over workers) -> records; with `sample`, only the
     `sample` records with the smallest id hashes go on (deterministic on any runner)."""
 
     def __init__(self, patterns: list[str], config: SourceConfig, sample: int | None = None):
@@ -78,6 +105,7 @@ class ReadInputs(beam.PTransform):
             | "Patterns" >> beam.Create([portable_url(p) for p in self.patterns])
             | "Match" >> beam.FlatMap(match_pattern)
             | "UniqueFiles" >> beam.Distinct()
+            | "PlanReads" >> beam.ParDo(PlanReads(self.config))
             | "Spread" >> beam.Reshuffle()
         )
         parsed = files | "Parse" >> beam.ParDo(ReadRecords(self.config)).with_outputs(REJECTS, main="docs")
