@@ -175,6 +175,24 @@ def test_in_shard_reordering_matches_permutation(scheme):
     np.testing.assert_array_equal(np.asarray(back), np.asarray(x))
 
 
+@pytest.mark.parametrize("scheme", ["zigzag", "striped"])
+def test_prebalanced_input_gives_the_permuted_output_and_gradients(scheme):
+    """A sequence already laid out in load-balance order (once, by the trainer) attends exactly as
+    the exchanging path does, in that order, forward and backward, with packed segments."""
+    mesh = _mesh((2, 4), ("fsdp", "sp"))
+    q, k, v, cot, seg = _inputs(7, 2, 64, 4, 2, 16, segments=True)
+    perm = load_balance_permutation(64, 4, scheme)
+    common = dict(causal=True, axis_name="sp", q_chunk=8, kv_chunk=8, load_balance=scheme)
+    plain = partial(ring_attention_sharded, mesh=mesh, segment_ids=seg, **common)
+    pre = partial(ring_attention_sharded, mesh=mesh, segment_ids=seg[:, perm], prebalanced=True, **common)
+    want_out, want_grads = _value_and_grads(plain, q, k, v, cot)
+    got_out, got_grads = _value_and_grads(pre, q[:, perm], k[:, perm], v[:, perm], cot[:, perm])
+    _assert_close((got_out, got_grads), (want_out[:, perm], tuple(g[:, perm] for g in want_grads)), TOL)
+    # Without the original positions the same blocks would be masked as if contiguous: not equal.
+    wrong = partial(ring_attention_sharded, mesh=mesh, segment_ids=seg[:, perm], **{**common, "load_balance": None})
+    assert _rel(jax.jit(wrong)(q[:, perm], k[:, perm], v[:, perm]), want_out[:, perm]) > 1e-2
+
+
 def _causal_pairs_per_device(seq: int, n: int, scheme) -> list[int]:
     perm = load_balance_permutation(seq, n, scheme)
     pos = np.arange(seq) if perm is None else perm

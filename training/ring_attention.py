@@ -601,6 +601,7 @@ def ring_attention_sharded(
     q_chunk: int = 512,
     kv_chunk: int = 512,
     load_balance: LoadBalance = "zigzag",
+    prebalanced: bool = False,
     batch_axes: tuple[str, ...] = ("dp", "fsdp"),
     head_axis: str | None = "tp",
     scale: float | None = None,
@@ -612,7 +613,10 @@ def ring_attention_sharded(
 
     With a causal mask each device's block is first exchanged for its load-balanced share
     (`load_balance`, with ppermute/all_to_all, never gathering the sequence) and the output is sent
-    back; a trainer that already feeds reordered tokens can call `ring_attention_shard` directly.
+    back. `prebalanced=True`: the caller already laid the sequence out in `load_balance` order
+    (`load_balance_permutation`, once per step for the whole model, as the trainer does), so the
+    blocks are used as they are, with the original token positions of that order, and the output
+    stays in it: no exchange per attention layer.
     `implementation="auto"` uses cuDNN's fused kernel on GPU when the ring is trivial (sp == 1) and
     there are no segment ids; everywhere else the blockwise JAX path.
     """
@@ -635,12 +639,15 @@ def ring_attention_sharded(
         def local_fn(q, k, v):
             return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, implementation="cudnn")
     else:
+        exchange = balance is not None and not prebalanced
+
         def local_fn(q, k, v, seg=None):
-            q, k, v, seg = (None if x is None else load_balance_shard(x, axis_name, balance) for x in (q, k, v, seg))
+            if exchange:
+                q, k, v, seg = (None if x is None else load_balance_shard(x, axis_name, balance) for x in (q, k, v, seg))
             pos = load_balance_positions(local, axis_name, balance)
             out = ring_attention_shard(q, k, v, seg, seg, pos, pos, axis_name=axis_name, causal=causal,
                                        q_chunk=q_chunk, kv_chunk=kv_chunk, scale=scale)
-            return load_balance_shard(out, axis_name, balance, inverse=True)
+            return load_balance_shard(out, axis_name, balance, inverse=True) if exchange else out
 
     args, specs = [q, k, v], [x_spec, x_spec, x_spec]
     if segment_ids is not None:
