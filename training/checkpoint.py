@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from training import run_folder
 from training.model import ModelConfig
+from training.run_folder import RunPath
 
 log = logging.getLogger("longctx")
 
@@ -35,9 +36,13 @@ class CheckpointError(ValueError):
     """A step checkpoint cannot be read (or the resume asked for cannot be done); one line."""
 
 
-def step_manager(run_dir: str | Path, keep: int) -> ocp.CheckpointManager:
+def step_manager(run_dir: str | RunPath, keep: int) -> ocp.CheckpointManager:
+    """Orbax's manager of `RUN/checkpoints/steps`; a gs:// (s3://...) run goes to Orbax as an
+    etils.epath.Path, which Orbax and TensorStore write to themselves."""
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True, enable_async_checkpointing=True)
-    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints" / "steps", options=options)
+    steps = run_folder.absolute(run_folder.run_path(run_dir)) / "checkpoints" / "steps"
+    run_folder.forget_listings(steps)  # steps saved by another process since a listing was cached
+    return ocp.CheckpointManager(steps, options=options)
 
 
 def save_step(manager: ocp.CheckpointManager, step: int, state: Any, data_state: dict, run_config: dict | None = None) -> None:
@@ -50,8 +55,8 @@ def available_steps(manager: ocp.CheckpointManager) -> list[int]:
     return sorted(manager.all_steps())
 
 
-def step_path(manager: ocp.CheckpointManager, step: int) -> Path:
-    return Path(str(manager.directory)) / str(step)
+def step_path(manager: ocp.CheckpointManager, step: int) -> RunPath:
+    return run_folder.run_path(str(manager.directory)) / str(step)
 
 
 def read_step_data(manager: ocp.CheckpointManager, step: int) -> tuple[dict, dict | None]:
@@ -91,9 +96,9 @@ def restore_step(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[i
     return step, restore_state(manager, step, abstract_state), iterator
 
 
-def _check_json_files(folder: Path) -> None:
-    for path in sorted(folder.rglob("*")) if folder.is_dir() else []:
-        if path.is_file() and (path.name in _JSON_FILES or path.parent.name == "array_metadatas"):
+def _check_json_files(folder: RunPath) -> None:
+    for path in run_folder.files_under(folder):
+        if path.name in _JSON_FILES or path.parent.name == "array_metadatas":
             try:
                 json.loads(path.read_bytes())
             except (ValueError, UnicodeDecodeError) as err:
@@ -101,7 +106,7 @@ def _check_json_files(folder: Path) -> None:
                                       f"(not JSON: {err})") from None
 
 
-def _relative(text: str, root: Path) -> str:
+def _relative(text: str, root: RunPath) -> str:
     """Paths inside the checkpoint, relative to it (the message names the checkpoint first)."""
     return text.replace(f"{root}/", "")
 
@@ -138,11 +143,11 @@ def _files_of_size(folder: str, message: str) -> str:
     return f"; file {files[0]}" if len(files) == 1 else ""
 
 
-def set_aside_steps_after(manager: ocp.CheckpointManager, step: int) -> tuple[Path, list[int]]:
+def set_aside_steps_after(manager: ocp.CheckpointManager, step: int) -> tuple[RunPath, list[int]]:
     """Move the step checkpoints after `step` (and the run's final params, made after them) to
     `checkpoints/set-aside/after-{step}[-n]/`, so a resume from `step` starts a new history there;
     nothing is deleted. The caller reloads the manager."""
-    steps_dir = Path(str(manager.directory))
+    steps_dir = run_folder.run_path(str(manager.directory))
     later = [s for s in available_steps(manager) if s > step]
     final = steps_dir.parent / "final"
     dest = steps_dir.parent / "set-aside" / f"after-{step}"
@@ -150,19 +155,20 @@ def set_aside_steps_after(manager: ocp.CheckpointManager, step: int) -> tuple[Pa
     while dest.exists():
         n += 1
         dest = steps_dir.parent / "set-aside" / f"after-{step}-{n}"
-    dest.mkdir(parents=True)
+    run_folder.make_dirs(dest)
     for s in later:
-        shutil.move(str(step_path(manager, s)), str(dest / str(s)))
+        run_folder.move_tree(step_path(manager, s), dest / str(s))
     if final.exists():
-        shutil.move(str(final), str(dest / "final"))
+        run_folder.move_tree(final, dest / "final")
     return dest, later
 
 
-def save_params(path: str | Path, config: ModelConfig, params: Any) -> Path:
-    """Params-only checkpoint (atomic: Orbax writes a temporary folder and renames it). Every
-    process of a job calls it (Orbax saves collectively); process 0 writes model.json."""
-    path = Path(path).absolute()
-    path.mkdir(parents=True, exist_ok=True)
+def save_params(path: str | RunPath, config: ModelConfig, params: Any) -> RunPath:
+    """Params-only checkpoint (atomic: Orbax writes a temporary folder and renames it; on an
+    object store it marks the finished save with a commit file instead). Every process of a job
+    calls it (Orbax saves collectively); process 0 writes model.json. `path` may be a gs:// URL."""
+    path = run_folder.absolute(run_folder.run_path(path, "checkpoint"))
+    run_folder.make_dirs(path)
     with ocp.StandardCheckpointer() as ckptr:
         ckptr.save(path / "params", params, force=True)
     if jax.process_index() == 0:
@@ -170,13 +176,15 @@ def save_params(path: str | Path, config: ModelConfig, params: Any) -> Path:
     return path
 
 
-def is_params_checkpoint(path: str | Path) -> bool:
-    return (Path(path) / "model.json").is_file() and (Path(path) / "params").is_dir()
+def is_params_checkpoint(path: str | RunPath) -> bool:
+    folder = run_folder.run_path(path, "checkpoint")
+    return (folder / "model.json").is_file() and (folder / "params").is_dir()
 
 
-def load_params(path: str | Path, shardings: Any = None) -> tuple[ModelConfig, Any]:
-    """(ModelConfig, params) of a params checkpoint, placed with `shardings` when given."""
-    path = Path(path).absolute()
+def load_params(path: str | RunPath, shardings: Any = None) -> tuple[ModelConfig, Any]:
+    """(ModelConfig, params) of a params checkpoint (a local folder or a gs:// URL), placed with
+    `shardings` when given."""
+    path = run_folder.absolute(run_folder.run_path(path, "checkpoint"))
     config = ModelConfig.from_dict(json.loads((path / "model.json").read_text()))
     from training.model import init_params
 

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import resource
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -18,7 +16,7 @@ import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 
 from training import checkpoint as ckpt
-from training import distributed
+from training import distributed, run_folder
 from training.config import StagePlan, TrainConfig
 from training.data import global_arrays, open_batches
 from training.mesh import BATCH_AXES, make_mesh, parse_state_axes
@@ -301,7 +299,7 @@ def _initial_params(config: TrainConfig, mesh, abstract_model: ModelConfig):
         shardings = _param_shardings(abstract_model, mesh, config.state_axes)
         return abstract_model, init_params(abstract_model, jax.random.key(config.seed), out_shardings=shardings)
     if ckpt.is_params_checkpoint(config.init_from):
-        base = ModelConfig.from_dict(json.loads((Path(config.init_from) / "model.json").read_text()))
+        base = ModelConfig.from_dict(json.loads((run_folder.run_path(config.init_from, "init_from") / "model.json").read_text()))
         _, params = ckpt.load_params(config.init_from, _param_shardings(base, mesh, config.state_axes))
     else:
         from training.hf import load_hf_llama
@@ -352,10 +350,11 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     return [f"{k} {saved[k]!r} -> {current[k]!r}" for k in keys if saved[k] != current[k]]
 
 
-def truncate_metrics(path: Path, step: int) -> int:
+def truncate_metrics(path: run_folder.RunPath, step: int) -> int:
     """Keep the metrics of steps <= `step` (what the restored state has trained): a resumed run
     logs the lost steps again, so their old lines would repeat step numbers. The dropped lines
-    (and a line cut by a kill) move to metrics.discarded.jsonl. Returns how many were dropped."""
+    (and a line cut by a kill) move to metrics.discarded.jsonl. Returns how many were dropped.
+    `path` may be on an object store (see run_folder: rewrites instead of appends and renames)."""
     if not path.exists():
         return 0
     kept, dropped = [], []
@@ -367,11 +366,9 @@ def truncate_metrics(path: Path, step: int) -> int:
             ok = False
         (kept if ok else dropped).append(line)
     if dropped:
-        with path.with_name("metrics.discarded.jsonl").open("a") as fh:
-            fh.write("".join(line + "\n" for line in dropped))
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        tmp.replace(path)  # atomic: a kill now leaves the old or the new file, whole
+        run_folder.append_text(path.with_name("metrics.discarded.jsonl"), "".join(line + "\n" for line in dropped))
+        # atomic: a kill now leaves the old or the new file, whole
+        run_folder.replace_text(path, "".join(line + "\n" for line in kept))
     return len(dropped)
 
 
@@ -383,7 +380,7 @@ def _resume_hint(steps: list[int], bad: int) -> str:
             f"--resume-step {others[-1]} (config key resume_step: {others[-1]})")
 
 
-def _plan_resume(config: TrainConfig, run: Path, manager) -> tuple[Any, int, dict | None, int | None]:
+def _plan_resume(config: TrainConfig, run: run_folder.RunPath, manager) -> tuple[Any, int, dict | None, int | None]:
     """(manager, step, iterator state, deferred) of the checkpoint to resume from, (manager, 0, None,
     None) for a fresh run; read from the checkpoint's JSON only, before any model is built.
 
@@ -430,11 +427,12 @@ def _roll_back(manager, step: int) -> tuple[Any, int]:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(f"longctx-rollback-{step}")
+    run_folder.forget_listings(run_folder.run_path(str(manager.directory)))  # on a bucket: listings from before the move
     manager.reload()
     return manager, step
 
 
-def _checked_data(config: TrainConfig, run: Path, manager, step: int) -> dict:
+def _checked_data(config: TrainConfig, run: run_folder.RunPath, manager, step: int) -> dict:
     """The iterator state of a step checkpoint, once its saved config agrees with this run's."""
     try:
         iterator, saved = ckpt.read_step_data(manager, step)
@@ -451,7 +449,7 @@ def _checked_data(config: TrainConfig, run: Path, manager, step: int) -> dict:
     return iterator
 
 
-def _restored_state(config: TrainConfig, run: Path, manager, step: int, deferred: int | None, abstract_state):
+def _restored_state(config: TrainConfig, run: run_folder.RunPath, manager, step: int, deferred: int | None, abstract_state):
     """(manager, step, state, iterator state or None when _plan_resume's stands) of the planned
     checkpoint; when it is unreadable and a resume_step was deferred, of that step instead."""
     try:
@@ -481,8 +479,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
                            config.initialization_timeout)
     check_config(config)
     primary = distributed.is_primary()  # process 0 writes the run's own files; Orbax saves collectively
-    run = Path(config.out)
-    run.mkdir(parents=True, exist_ok=True)
+    run = run_folder.run_path(config.out)  # a local folder or a gs:// (s3://, az://) URL
+    run_folder.make_dirs(run)
     # Which checkpoint to resume from, and whether its settings agree, before building anything.
     manager = ckpt.step_manager(run, config.keep_checkpoints)
     manager, resume_at, data_state, deferred = _plan_resume(config, run, manager)
@@ -525,8 +523,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
     history = []
     last = start
     end = config.steps if config.stop_after is None else min(config.steps, start + config.stop_after)
-    metrics_out = (run / "metrics.jsonl").open("a") if primary else contextlib.nullcontext()
-    with metrics_out as metrics_file, _progress(config, start, config.steps, primary) as advance:
+    with run_folder.MetricsLog(run / "metrics.jsonl", enabled=primary) as metrics_log, \
+            _progress(config, start, config.steps, primary) as advance:
         for step in range(start, end):
             # Every process names the same rows; each reads only the pieces its devices hold.
             batch = global_arrays(batches.next_rows(), batch_sharding, config.grad_accum)
@@ -547,12 +545,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 "seconds": seconds,
             }
             history.append(record)
-            if metrics_file is not None and ((step + 1) % config.log_every == 0 or step + 1 == end):
-                metrics_file.write(json.dumps(record) + "\n")
-                metrics_file.flush()
+            if (step + 1) % config.log_every == 0 or step + 1 == end:
+                metrics_log.write(record)
             advance(record)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or step + 1 == end:
                 ckpt.save_step(manager, step + 1, state, batches.state(), run_config)
+                metrics_log.flush()  # an object store's metrics.jsonl is rewritten at checkpoints
             last = step + 1
     manager.wait_until_finished()
     manager.close()
