@@ -68,7 +68,9 @@ def printable(text: str) -> str:
 class Reject:
     """What reached no output, and why. `detail` is short, human-readable context. `records` is
     how many input records the reject stands for: 1, or more for a part of a file that could not
-    be read when its record count is known (e.g. a corrupt Parquet row group)."""
+    be read when its record count is known (e.g. a corrupt Parquet row group). `tokens`: the
+    record's token count when it was tokenized in full before it was dropped (`no_stage`), a
+    structured field beside the human detail (the job's `tokens_in`, `inspect`'s lengths)."""
 
     source: str
     id: str
@@ -76,6 +78,7 @@ class Reject:
     detail: str = ""
     unit: str = "record"  # what was rejected: an input record, or a part of one (e.g. a QA "chunk")
     records: int = 1
+    tokens: int | None = None
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -88,11 +91,22 @@ class Reject:
             out["unit"] = self.unit
         if self.records != 1:
             out["records"] = self.records
+        if self.tokens is not None:
+            out["tokens"] = self.tokens
         return out
 
     @property
     def sort_key(self) -> tuple[str, str, str, str]:
         return (self.unit, self.source, self.id, str(self.reason))
+
+    @property
+    def tokens_in(self) -> int:
+        """Tokens this reject adds to the job's `tokens_in`: a record rejected as `no_stage` was
+        tokenized in full before no stage took it, so its tokens count as read in (kept + no_stage);
+        every other reject was dropped before or without a full token count, so 0."""
+        if self.unit != "record" or str(self.reason) != Reason.NO_STAGE.value:
+            return 0
+        return self.tokens or 0
 
     @property
     def counter(self) -> str:

@@ -7,7 +7,7 @@ returns its path. The frame grid decodes a row's VQGAN codes back into frames.
 from __future__ import annotations
 
 import textwrap
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 
-from curation.inspect_output import DocumentLengths, OutputSummary, RowView, StageStats  # noqa: E402
+from curation.inspect_output import LOSS_KEYS, LR_KEYS, DocumentLengths, OutputSummary, RowView, StageStats, TrainingRun  # noqa: E402
+from curation.stages import applies_windows  # noqa: E402
 
 if TYPE_CHECKING:
     from curation.vqgan import VQGAN
@@ -76,20 +77,25 @@ def _empty(ax, message: str) -> None:
     ax.grid(False)
 
 
-def _stage_window(stats: StageStats) -> tuple[float, float | None, str]:
-    """(low, high or None, label) of what a stage takes: its document-length window, or, for a
-    stage without one (video, QA), its row length, which bounds every example."""
-    if stats.min_tokens > 0 or stats.max_tokens:
+def _stage_window(stats: StageStats, windows: bool = True) -> tuple[float, float | None, str]:
+    """(low, high or None, label) of what a stage takes: its document-length window (books), or,
+    for a stage without one or a job that applies none (QA, video, images: `windows` False), its
+    row length, which bounds every example."""
+    if windows and (stats.min_tokens > 0 or stats.max_tokens):
         upper = f"{stats.max_tokens:,}" if stats.max_tokens else "inf"
         return stats.min_tokens, stats.max_tokens, f"{stats.name}  [{stats.min_tokens:,}, {upper})"
     return stats.length, stats.length, f"{stats.name}  rows of {stats.length:,}"
 
 
-def plot_document_lengths(documents: DocumentLengths, stages: list[StageStats], path: str | Path, title: str = "") -> Path:
+def plot_document_lengths(documents: DocumentLengths, stages: list[StageStats], path: str | Path, title: str = "",
+                          kind: str = "books") -> Path:
     """Histogram of document token lengths on a log axis (kept, and rejected where rejects give a
     length), with each stage's thresholds as vertical lines (solid: min_tokens, dashed:
     max_tokens, dotted: the row length of a stage without a window) and, below, one bar per stage
-    spanning its window, so windows that share a threshold stay readable."""
+    spanning its window, so windows that share a threshold stay readable. Only books apply
+    windows; for a QA, video or images job (`kind`) each stage shows its row length."""
+    windowed = applies_windows(kind)
+    default_title = "Document token lengths and stage windows" if windowed else "Example token lengths and stage row lengths"
     kept = np.asarray(sorted(documents.kept), float)
     kept_counts = np.asarray([documents.kept[n] for n in sorted(documents.kept)], float)
     rejected = {reason: np.asarray(v, float) for reason, v in documents.rejected.items() if v}
@@ -104,9 +110,9 @@ def plot_document_lengths(documents: DocumentLengths, stages: list[StageStats], 
         if not everything.size:
             _empty(ax, "no documents with a known length")
             strip.axis("off")
-            ax.set_title(title or "Document token lengths and stage windows")
+            ax.set_title(title or default_title)
             return _save(fig, path)
-        windows = [_stage_window(st) for st in stages]
+        windows = [_stage_window(st, windowed) for st in stages]
         bounds = [b for low, high, _ in windows for b in (low, high) if b]
         lo = min([everything.min(), *bounds]) / 1.4
         hi = max([everything.max(), *bounds]) * 1.4
@@ -123,7 +129,7 @@ def plot_document_lengths(documents: DocumentLengths, stages: list[StageStats], 
         ax.yaxis.set_major_formatter(THOUSANDS)
         ax.set_ylabel(f"{documents.unit}s")
         ax.legend(fontsize=8, frameon=False, loc="upper right")
-        ax.set_title(title or "Document token lengths and stage windows")
+        ax.set_title(title or default_title)
         for i, ((low, high, label), color) in enumerate(zip(windows, _colors(len(stages)))):
             y = len(stages) - 1 - i
             if low == high:  # no window: the row length
@@ -243,7 +249,9 @@ def write_summary_plots(summary: OutputSummary, folder: str | Path) -> list[Path
     label = f"{summary.kind}: "
     return [
         plot_document_lengths(summary.documents, summary.stages, folder / "document_lengths.png",
-                              label + f"{summary.documents.unit} token lengths and stage windows"),
+                              label + f"{summary.documents.unit} token lengths and stage "
+                              + ("windows" if applies_windows(summary.kind) else "row lengths (no window applied)"),
+                              kind=summary.kind),
         plot_tokens_per_stage(summary.stages, folder / "tokens_per_stage.png", label + "tokens per stage"),
         plot_docs_per_row(summary.stages, folder / "docs_per_row.png", label + "documents per row"),
         plot_loss_share(summary.stages, folder / "loss_share.png", label + "loss-mask share per stage"),
@@ -253,9 +261,43 @@ def write_summary_plots(summary: OutputSummary, folder: str | Path) -> list[Path
 @dataclass
 class FrameGrid:
     path: Path
-    frames: list[int]  # frames decoded per vision block shown, in row order
+    frames: list[int]  # frames shown per vision block, in row order
     total_frames: list[int]  # frames each of those blocks holds
     blocks_in_row: int
+    undecodable: list[int] = field(default_factory=list)  # per block shown: frames that could not be decoded
+    titles: list[str] = field(default_factory=list)  # the panels' titles, in order ("frame 3", "image", ...)
+
+    @property
+    def decoded(self) -> int:
+        return sum(self.frames) - sum(self.undecodable)
+
+
+def _frame_problem(codes: np.ndarray, side: int, codebook: int) -> str | None:
+    """Why one frame's codes cannot be decoded by this VQGAN (None: they can)."""
+    if codes.size != side * side:
+        return f"{codes.size} codes, not {side}x{side}"
+    if codes.size and (codes.min() < 0 or codes.max() >= codebook):
+        bad = int(codes.max() if codes.max() >= codebook else codes.min())
+        return f"code {bad} outside this VQGAN's codebook [0, {codebook})"
+    return None
+
+
+def _decode_frames(vqgan: VQGAN, codes: np.ndarray, side: int) -> tuple[list[np.ndarray | None], list[str | None]]:
+    """Each frame decoded (None where it cannot be) and the reason it could not, in one VQGAN call
+    for the decodable ones: a shard made with another VQGAN (a larger codebook) or a damaged row
+    must still draw, with the frames it cannot show marked."""
+    problems = [_frame_problem(c, side, vqgan.config.num_vq_embeddings) for c in codes]
+    good = [i for i, p in enumerate(problems) if p is None]
+    out: list[np.ndarray | None] = [None] * len(codes)
+    if good:
+        try:
+            images = vqgan.decode(np.stack([codes[i].reshape(side, side) for i in good]))
+        except Exception as err:  # the VQGAN itself fails (e.g. a grid it was not built for): mark, do not crash
+            reason = " ".join(f"{type(err).__name__}: {err}".split())[:80]
+            return out, [p or reason for p in problems]
+        for i, image in zip(good, images):
+            out[i] = image
+    return out, problems
 
 
 def _segment_text(spans, width: int, max_lines: int) -> list[tuple[str, str]]:
@@ -278,44 +320,119 @@ def _segment_text(spans, width: int, max_lines: int) -> list[tuple[str, str]]:
 
 
 def plot_frame_grid(row: RowView, vqgan: VQGAN, path: str | Path, max_frames: int = 8, max_blocks: int = 4) -> FrameGrid:
-    """A row's videos decoded back to frames (VQGAN.decode of their codes), one line per video
-    beside its text (green: trained on, grey: conditioning). At most `max_frames` frames per
-    video, spread evenly over it, and `max_blocks` videos."""
+    """A row's videos (or images, for an images job's shards) decoded back to frames (VQGAN.decode
+    of their codes), one line per block beside its text (green: trained on, grey: conditioning).
+    At most `max_frames` frames per video, spread evenly over it, and `max_blocks` blocks. A frame
+    this VQGAN cannot decode (a code outside its codebook) is drawn as a marked empty panel."""
     blocks = row.vision_spans
     if not blocks:
         raise ValueError(f"row {row.row} of stage {row.stage} holds no vision tokens")
+    images = row.kind == "images"
+    what = "image" if images else "video"
     shown = blocks[:max_blocks]
     side = int(round(np.sqrt(shown[0][1].codes.shape[1])))
-    decoded, picks = [], []
+    decoded, problems, picks = [], [], []
     for _, span in shown:
         pick = np.unique(np.linspace(0, span.frames - 1, min(max_frames, span.frames)).round().astype(int))
         picks.append(pick)
-        decoded.append(vqgan.decode(span.codes[pick].reshape(len(pick), side, side)))
+        frames, why = _decode_frames(vqgan, span.codes[pick], side)
+        decoded.append(frames)
+        problems.append(why)
     cols = max(len(p) for p in picks)
+    titles: list[str] = []
     with plt.rc_context({**STYLE, "axes.grid": False}):
         fig = plt.figure(figsize=(3.6 + 1.55 * cols, 1.9 * len(shown) + 0.9))
         grid = fig.add_gridspec(len(shown), cols + 1, width_ratios=[2.4] + [1] * cols)
-        for i, ((seg, span), frames, pick) in enumerate(zip(shown, decoded, picks)):
+        for i, ((seg, span), frames, why, pick) in enumerate(zip(shown, decoded, problems, picks)):
             ax = fig.add_subplot(grid[i, 0])
             ax.axis("off")
-            head = f"segment {seg.index}: {seg.doc_id} @ {seg.doc_start}\n{span.frames} frames, {len(span):,} tokens"
+            size = f"{span.frames} frames" if not images or span.frames != 1 else "1 image"
+            head = f"segment {seg.index}: {seg.doc_id} @ {seg.doc_start}\n{size}, {len(span):,} tokens"
             ax.text(0, 1, head, va="top", ha="left", fontsize=9, fontweight="bold", transform=ax.transAxes)
             for j, (line, color) in enumerate(_segment_text(seg.spans, 34, 7)):
                 ax.text(0, 0.72 - 0.11 * j, line, va="top", ha="left", fontsize=8, color=color, transform=ax.transAxes)
-            for j, (frame, index) in enumerate(zip(frames, pick)):
+            for j, (frame, problem, index) in enumerate(zip(frames, why, pick)):
                 fax = fig.add_subplot(grid[i, j + 1])
-                fax.imshow(frame, interpolation="nearest")
                 fax.set_xticks([])
                 fax.set_yticks([])
                 # doc_start of a video segment is the index of its first sampled frame.
-                fax.set_title(f"frame {seg.doc_start + int(index)}", fontsize=8)
+                label = ("image" if span.frames == 1 else f"image {int(index)}") if images else f"frame {seg.doc_start + int(index)}"
+                if frame is None:
+                    label += ": not decoded"
+                    fax.set_facecolor("#fbeaea")
+                    fax.text(0.5, 0.5, "\n".join(textwrap.wrap(problem or "", 18)), ha="center", va="center",
+                             fontsize=6.5, color="#b03a2e", transform=fax.transAxes)
+                else:
+                    fax.imshow(frame, interpolation="nearest")
+                fax.set_title(label, fontsize=8, color="#b03a2e" if frame is None else "black")
+                titles.append(label)
                 for spine in fax.spines.values():
                     spine.set_visible(True)
-                    spine.set_color(TRAINED if span.trained else CONDITIONING)
+                    spine.set_color("#b03a2e" if frame is None else TRAINED if span.trained else CONDITIONING)
                     spine.set_linewidth(2)
-        more = f" (first {len(shown)} of {len(blocks)} videos)" if len(blocks) > len(shown) else ""
-        fig.suptitle(f"stage {row.stage}, row {row.row}: decoded frames{more}", fontweight="bold")
-        fig.text(0.01, 0.005, "text: green = trained on (loss > 0), grey = conditioning (no loss); "
-                 "frame border: green = frames trained on, grey = not", fontsize=7.5, color="#555", va="bottom")
+        more = f" (first {len(shown)} of {len(blocks)} {what}s)" if len(blocks) > len(shown) else ""
+        noun = "images" if images else "frames"
+        fig.suptitle(f"stage {row.stage}, row {row.row}: decoded {noun}{more}", fontweight="bold")
+        fig.text(0.01, 0.005, f"text: green = trained on (loss > 0), grey = conditioning (no loss); "
+                 f"border: green = {noun} trained on, grey = not, red = could not be decoded", fontsize=7.5, color="#555", va="bottom")
         out = _save(fig, path)
-    return FrameGrid(out, [len(p) for p in picks], [span.frames for _, span in shown], len(blocks))
+    undecodable = [sum(f is None for f in frames) for frames in decoded]
+    return FrameGrid(out, [len(p) for p in picks], [span.frames for _, span in shown], len(blocks), undecodable, titles)
+
+
+# ----------------------------------------------------------------------------------------------
+# A training run's metrics
+# ----------------------------------------------------------------------------------------------
+
+# The PNGs `longctx inspect RUN` writes for a training run (learning_rate.png only when logged).
+TRAINING_PLOTS = ("train_loss.png", "train_learning_rate.png", "train_grad_norm.png", "train_tokens_per_s.png")
+
+
+def _run_panel(ax, runs: list[TrainingRun], keys: tuple[str, ...], styles: dict[str, str]) -> int:
+    """Each run's `keys` against the global step (stages one after another, a dotted line where a
+    stage begins). Returns how many lines were drawn."""
+    offset, drawn = 0, 0
+    colors = _colors(len(runs))
+    for i, (run, color) in enumerate(zip(runs, colors)):
+        for key in keys:
+            steps, values = run.series(key)
+            if not steps.size:
+                continue
+            label = key.replace("_", " ") + (f" ({run.name})" if len(runs) > 1 else "")
+            ax.plot(steps + offset, values, linestyle=styles.get(key, "-"), color=color if len(runs) > 1 else None,
+                    linewidth=1.4, marker="o" if steps.size < 30 else None, markersize=3, label=label)
+            drawn += 1
+        if len(runs) > 1:
+            if i:
+                ax.axvline(offset, color="#888", linestyle=":", linewidth=1)
+            ax.text(offset, 1.0, f" {run.name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color=color)
+        offset += max(run.last_step, run.planned_steps or 0) if len(runs) > 1 else 0
+    return drawn
+
+
+def plot_training_runs(runs: list[TrainingRun], folder: str | Path) -> list[Path]:
+    """Loss (text and vision when logged), learning rate (when logged), grad norm and tokens/s of
+    a run, or of a train-stages folder's stages one after another, as PNGs in `folder`."""
+    folder = Path(folder)
+    panels = [("train_loss.png", LOSS_KEYS, "loss", "Training loss"),
+              ("train_learning_rate.png", LR_KEYS, "learning rate", "Learning rate"),
+              ("train_grad_norm.png", ("grad_norm",), "global grad norm", "Gradient norm"),
+              ("train_tokens_per_s.png", ("tokens_per_s",), "tokens / s", "Throughput")]
+    styles = {"text_loss": "--", "vision_loss": ":"}
+    written = []
+    for name, keys, ylabel, title in panels:
+        if keys is LR_KEYS and not any(run.lr_key for run in runs):
+            continue  # the trainer did not log it: no empty picture
+        with plt.rc_context(STYLE):
+            fig, ax = plt.subplots(figsize=(8.5, 4.2))
+            if not _run_panel(ax, runs, keys, styles):
+                _empty(ax, f"no {ylabel} logged")
+            else:
+                ax.set_xlabel("step" + (" (stages one after another)" if len(runs) > 1 else ""))
+                ax.set_ylabel(ylabel)
+                ax.yaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"))
+                ax.legend(fontsize=8, frameon=False, loc="best")
+            label = runs[0].name if len(runs) == 1 else f"{len(runs)} stages"
+            ax.set_title(f"{title}: {label}")
+            written.append(_save(fig, folder / name))
+    return written

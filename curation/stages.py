@@ -45,7 +45,8 @@ class Stage:
         return num_tokens >= self.min_tokens and (self.max_tokens is None or num_tokens < self.max_tokens)
 
 
-# The LWM-Text stages (MISSION.md); the 32K window is ours, the release does not publish it.
+# The LWM-Text stages (the LWM paper, arXiv 2402.08268); the 32K window is ours, the release does
+# not publish it.
 LWM_STAGES: dict[str, Stage] = {
     s.name: s
     for s in (
@@ -57,9 +58,20 @@ LWM_STAGES: dict[str, Stage] = {
     )
 }
 
-# The name is checked by Stage itself (check_stage_name); any name is matched here so that a bad one
-# gets that message rather than "unknown stage".
-_INLINE = re.compile(r"^(?P<name>[^=]*)=(?P<length>\d+[kKmM]?):(?P<min>\d+[kKmM]?)-(?P<max>\d+[kKmM]?)?$")
+# The short rungs below 32K (the vision recipe's 1K images and 8K video, a 4K warm-up). They have
+# no length window: every document feeds them, a longer one cut into L-token windows. The vision
+# jobs never apply a window anyway; a books job that wants one names it inline (name=L:min-max).
+SHORT_STAGES: dict[str, Stage] = {
+    s.name: s for s in (Stage(f"{k}k", k * 1024) for k in (1, 2, 4, 8, 16))
+}
+
+# Every stage a bare name picks: the power-of-two ladder 1k .. 1m.
+KNOWN_STAGES: dict[str, Stage] = {**SHORT_STAGES, **LWM_STAGES}
+
+# `name=L:min-max`, `name=L:min-` and `name=L:min` (max optional). The name is checked by Stage
+# itself (check_stage_name); any name is matched here so that a bad one gets that message.
+_INLINE = re.compile(r"^(?P<name>[^=]*)=(?P<length>\d+[kKmM]?):(?P<min>\d+[kKmM]?)(?:-(?P<max>\d+[kKmM]?)?)?$")
+INLINE_FORM = "name=L:min-max (max optional: name=L:min), e.g. tiny=4096:1000-20000"
 
 
 def parse_count(text: str) -> int:
@@ -69,28 +81,32 @@ def parse_count(text: str) -> int:
     return int(text[:-1] if scale > 1 else text) * scale
 
 
-def parse_stage_list(spec: str | list[str], known: dict[str, Stage]) -> list[Stage]:
-    """`32k,128k` picks known stages; `tiny=4096:1000-20000` (name=L:min-max, max optional)
-    defines one inline. Window bounds are plain token counts; k/m suffixes scale by 1024."""
+def parse_stage(item: str, known: dict[str, Stage]) -> Stage:
+    """One stage spec: a known name (`4k`, `32k`, a stage_catalog name) or an inline definition.
+    Raises ValueError with a one-line message saying what would have been accepted."""
+    if item in known:
+        return known[item]
+    match = _INLINE.match(item)
+    if match:
+        return Stage(
+            match["name"],
+            parse_count(match["length"]),
+            parse_count(match["min"]),
+            parse_count(match["max"]) if match["max"] else None,
+        )
+    names = ", ".join(sorted(known, key=lambda n: (known[n].length, n)))
+    if "=" in item:
+        raise ValueError(f"stage {item!r} is not {INLINE_FORM}")
+    raise ValueError(f"unknown stage {item!r}: known are {names}; or define one as {INLINE_FORM}")
+
+
+def parse_stage_list(spec: str | list[str], known: dict[str, Stage] | None = None) -> list[Stage]:
+    """`4k,32k,128k` picks known stages (`known`, default KNOWN_STAGES); `tiny=4096:1000-20000`
+    (name=L:min-max, max optional) defines one inline. Window bounds are plain token counts; k/m
+    suffixes scale by 1024."""
+    known = KNOWN_STAGES if known is None else known
     items = spec.split(",") if isinstance(spec, str) else [s for part in spec for s in part.split(",")]
-    stages = []
-    for item in (i.strip() for i in items):
-        if not item:
-            continue
-        match = _INLINE.match(item)
-        if match:
-            stages.append(
-                Stage(
-                    match["name"],
-                    parse_count(match["length"]),
-                    parse_count(match["min"]),
-                    parse_count(match["max"]) if match["max"] else None,
-                )
-            )
-        elif item in known:
-            stages.append(known[item])
-        else:
-            raise ValueError(f"unknown stage {item!r}: known are {sorted(known)}; or define one as name=L:min-max")
+    stages = [parse_stage(item, known) for item in (i.strip() for i in items) if item]
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stage names repeat: {names}")
@@ -125,3 +141,38 @@ def cut_windows(num_tokens: int, length: int, min_tail: int) -> tuple[list[Windo
         windows.append(Window(full * length, tail))
         return windows, 0
     return windows, tail
+
+
+def short_count(n: int | None) -> str:
+    """100000 -> 100K, 1000000 -> 1M, None -> inf (for windows in tables)."""
+    if n is None:
+        return "inf"
+    for unit, size in (("M", 1_000_000), ("K", 1_000)):
+        if n >= size and n % (size // 10) == 0:
+            return f"{n / size:g}{unit}"
+    return f"{n:,}"
+
+
+# What decides which examples a stage takes, per job kind. Only books filter documents by a
+# token-length window; the other jobs ignore a stage's window (its min/max are recorded in the
+# manifest but never applied) and bound examples by the row length alone.
+STAGE_RULES = {
+    "images": "pair fits in L",  # a pair goes to every stage whose length holds it (else no_stage)
+    "video": "cut to fit L",  # a video is cut at frame boundaries into examples of at most L
+    "qa": "cut to fit L",  # runs of adjacent chunks plus their QA turns that fit L
+}
+
+
+def applies_windows(kind: str) -> bool:
+    """Whether a job of this kind filters documents by its stages' token windows (books only)."""
+    return kind not in STAGE_RULES
+
+
+def stage_rule(kind: str, min_tokens: int | None, max_tokens: int | None) -> str:
+    """The rule a stage of a `kind` job applied, for tables: books' window (`100K-200K`, `any`
+    without one); for QA, video and images the row-length rule they actually apply."""
+    if not applies_windows(kind):
+        return STAGE_RULES[kind]
+    if not min_tokens and max_tokens is None:
+        return "any length"
+    return f"{short_count(min_tokens or 0)}-{short_count(max_tokens)}"

@@ -15,7 +15,7 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from curation.accounting import Reject
-from curation.manifest import READ, build_manifest
+from curation.manifest import READ, TOKENS_IN, build_manifest
 from curation.shards import join_url, write_bytes_atomic
 from curation.stages import Stage
 
@@ -58,11 +58,15 @@ class SumCounts(beam.CombineFn):
 
 
 class CountRejects(beam.DoFn):
-    """A reject counts as the records it stands for (more than one for a corrupt Parquet row group)."""
+    """A reject counts as the records it stands for (more than one for a corrupt Parquet row group);
+    a `no_stage` reject also adds the tokens it states to `tokens_in` (kept + no_stage)."""
 
     def process(self, reject: Reject):
         Metrics.counter(NAMESPACE, reject.counter).inc(reject.records)
-        yield {reject.counter: reject.records}
+        event = {reject.counter: reject.records}
+        if reject.tokens_in:
+            event[TOKENS_IN] = reject.tokens_in
+        yield event
 
 
 def reject_file_name(index: int, count: int) -> str:
@@ -84,7 +88,9 @@ class WriteRejectFile(beam.DoFn):
 
 
 class WriteRejects(beam.PTransform):
-    """Rejects -> sorted JSONL files under OUT/rejects/ (deterministic), and their count events."""
+    """Rejects -> sorted JSONL files under OUT/rejects/, and their count events. A reject goes to
+    file `crc32(source, id) % files`: no single hot key, the same names on every runner; only
+    files that receive a reject are written."""
 
     def __init__(self, output: str, files: int = 1):
         super().__init__()
@@ -135,7 +141,7 @@ def count_read(pcoll_docs, pcoll_rejects, label: str = "CountRead"):
 def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, packed):
     """Shared ending of every data pipeline: rejects files, summed counts, manifest (checked)."""
     all_rejects = rejects | "AllRejects" >> beam.Flatten()
-    reject_files, reject_events = all_rejects | "Rejects" >> WriteRejects(config.output)
+    reject_files, reject_events = all_rejects | "Rejects" >> WriteRejects(config.output, config.reject_files)
     counters = (
         (count_read(read.docs, read.rejects), reject_events, kept_events, packed["events"])
         | "AllEvents" >> beam.Flatten()

@@ -95,7 +95,8 @@ def assign_stages(doc: Document, stages: list[Stage], policy: StagePolicy, min_t
     matched = matching_stages(n, stages, policy)
     if not matched:
         windows = ", ".join(f"{s.name}=[{s.min_tokens},{s.max_tokens or 'inf'})" for s in stages)
-        yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{n} tokens; stages: {windows}"))
+        yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{n} tokens; stages: {windows}",
+                                                          tokens=n))
         return
     event = {KEPT: 1, TOKENS_IN: n}
     for stage in matched:
@@ -122,7 +123,7 @@ class PrepareDocuments(beam.PTransform):
 
     def expand(self, pbegin):
         c = self.config
-        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format)
+        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, split_bytes=c.read_split_bytes)
         clean = CleanConfig(
             min_chars=c.min_chars,
             max_control_ratio=c.max_control_ratio,

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from curation.manifest import config_hash
 from curation.packing import PositionMode
 from curation.quality import Languages, QualityRules
-from curation.stages import LWM_STAGES, Stage, StagePolicy, parse_stage_list
+from curation.stages import KNOWN_STAGES, Stage, StagePolicy, parse_stage_list
 
 
 class StageModel(BaseModel):
@@ -53,7 +53,7 @@ class JobConfig(BaseModel):
     overwrite: bool = Field(False, description="redo a finished job (its manifest.json exists); without it a rerun is a no-op")
     sample: int | None = Field(None, description="dry run on a deterministic sample of N input records (the N smallest hashes of their ids)")
     tokenizer: str = Field("", description="training tokenizer: tokenizer.json, SentencePiece .model, folder, package:DIST/path, or hub id")
-    stages: list[str] = Field(default_factory=lambda: ["32k"], description="stages to build: names from stage_catalog/LWM (32k,128k,256k,512k,1m) or inline name=L:min-max")
+    stages: list[str] = Field(default_factory=lambda: ["32k"], description="stages to build: names from stage_catalog or the built-in ladder (1k,2k,4k,8k,16k: no length window; 32k,128k,256k,512k,1m: the LWM-Text windows) or inline name=L:min-max (max optional)")
     stage_catalog: dict[str, StageModel] = Field(default_factory=dict, description="extra named stages (YAML only): name -> {length, min_tokens, max_tokens}")
     stage_policy: StagePolicy = Field(StagePolicy.ALL, description="a document feeds all matching stages, or only the first")
     min_tail_tokens: int = Field(1024, description="a long document's last partial window is packed if it has at least this many tokens, else dropped")
@@ -66,6 +66,9 @@ class JobConfig(BaseModel):
     text_field: str = Field("text", description="JSONL field / Parquet column holding the text")
     id_field: str = Field("id", description="JSONL field / Parquet column holding the record id (default: file:line)")
     input_format: Literal["auto", "jsonl", "parquet", "text"] = Field("auto", description="input format; auto infers it from the file extension")
+    read_split_bytes: int = Field(64 << 20, gt=0, description="an uncompressed JSONL or Parquet input larger than this is read "
+                                  "in pieces of about this size by several workers (compressed files and text are read whole)")
+    reject_files: int = Field(8, gt=0, description="rejects are written to up to this many JSONL files, by a stable hash of source and id")
     min_chars: int = Field(1, description="reject texts shorter than this after cleaning (too_short)")
     max_control_ratio: float = Field(0.001, description="reject texts with a larger share of control characters (binary)")
     unicode_normalization: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form applied to the text")
@@ -79,13 +82,13 @@ class JobConfig(BaseModel):
         return data
 
     def resolved_stages(self) -> list[Stage]:
-        known = dict(LWM_STAGES)
+        known = dict(KNOWN_STAGES)
         known.update({name: Stage(name, s.length, s.min_tokens, s.max_tokens) for name, s in self.stage_catalog.items()})
         return parse_stage_list(self.stages, known)
 
     def data_config(self) -> dict[str, Any]:
         """What determines the data (hashed into every shard): all but where it is written."""
-        data = self.model_dump(mode="json", exclude={"output", "overwrite", "stage_catalog"})
+        data = self.model_dump(mode="json", exclude={"output", "overwrite", "stage_catalog", "reject_files"})
         data["stages"] = [vars(s) for s in self.resolved_stages()]
         return data
 

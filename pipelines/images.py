@@ -73,7 +73,8 @@ class EncodeImages(VisionTextDoFn):
         loss = np.concatenate([np.zeros(len(self.bos), np.float32), loss, np.full(len(self.eos), float(not caption_first), np.float32)])
         fits = [s for s in self.stages if len(tokens) <= s.length]
         if not fits:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{len(tokens)} tokens"))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{len(tokens)} tokens",
+                                                                  tokens=len(tokens)))
             return
         event = {KEPT: 1, TOKENS_IN: len(tokens)}
         for stage in fits:
@@ -88,7 +89,7 @@ class BuildImageShards(ShardJob):
 
     def expand(self, pbegin):
         c = self.config
-        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, meta_fields=(c.image_field,))
+        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, split_bytes=c.read_split_bytes, meta_fields=(c.image_field,))
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
         decoded = read.docs | "Decode" >> beam.ParDo(DecodeImages(c)).with_outputs(REJECTS, main="frames")
         encoded = (

@@ -17,9 +17,18 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from curation.inspect_output import OutputSummary, RowView, Span, describe_row, find_vision_row, summarize_output
+from curation.inspect_output import (
+    OutputSummary,
+    RowView,
+    Span,
+    TrainingRun,
+    describe_row,
+    find_vision_row,
+    summarize_output,
+    training_runs,
+)
 from curation.shards import join_url
-from pipelines.summary import _short
+from curation.stages import applies_windows, stage_rule
 
 LOSS_STYLE = "bold green"  # trained on (loss_mask > 0)
 CONDITIONING_STYLE = "dim"  # in the context, not trained on
@@ -34,9 +43,10 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         description="Read DIR/manifest.json, the shards and rejects of a books, qa, video or images job; print rows, "
         "tokens, packing efficiency, documents per row, loss-mask share and rejects by reason per stage, and write "
         "PNG plots (document lengths with the stage windows, tokens per stage, documents per row, loss-mask share; "
-        "for vision shards decoded frames with --vqgan).",
+        "for vision shards decoded frames with --vqgan). For a training run folder (config.yaml + metrics.jsonl, "
+        "or a train-stages folder of them): loss, learning rate when logged, grad norm and tokens/s as PNGs, and a summary.",
     )
-    parser.add_argument("dir", metavar="DIR", help="the job's output folder (local path or fsspec URL)")
+    parser.add_argument("dir", metavar="DIR", help="the job's output folder or a training run folder (local path or fsspec URL)")
     parser.add_argument("--plots", metavar="DIR", help="where to write the PNGs (default: DIR/inspect/)")
     parser.add_argument("--no-plots", action="store_true", help="print the tables only")
     parser.add_argument("--row", type=int, metavar="N", help="print row N of --stage decoded: segments, text, vision blocks, loss spans")
@@ -44,6 +54,8 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--vqgan", metavar="PATH", help="the VQGAN that encoded the frames, to draw a row's decoded frames (vision shards)")
     parser.add_argument("--tokenizer", metavar="SPEC", help="decode with this tokenizer instead of the one the shards record")
     parser.add_argument("--full", action="store_true", help="with --row, print every token (default: long text runs keep head and tail)")
+    parser.add_argument("--overwrite", action="store_true", help="first remove the PNGs an earlier inspect wrote in the plots folder "
+                        "(only the names inspect writes), so none is left from another run")
     return parser
 
 
@@ -54,15 +66,17 @@ def _pct(x: float | None) -> str:
 def _stage_table(summary: OutputSummary) -> Table:
     vision = summary.has_vision
     table = Table(title=f"{summary.kind}: stages (counted from the shards)", header_style="bold")
-    columns = ["stage", "length", "window", "shards", "rows", "tokens", "padding", "packing", "docs/row", "loss"]
+    # Books filter documents by a token window; QA, video and images only by the row length.
+    rule_column = "window" if applies_windows(summary.kind) else "rule"
+    columns = ["stage", "length", rule_column, "shards", "rows", "tokens", "padding", "packing", "docs/row", "loss"]
     columns += ["vision"] if vision else []
     columns += ["manifest"]
     for col in columns:
-        table.add_column(col, justify="left" if col in ("stage", "window", "docs/row", "manifest") else "right")
+        table.add_column(col, justify="left" if col in ("stage", rule_column, "docs/row", "manifest") else "right")
     for s in summary.stages:
         ks = sorted(s.docs_per_row)
         spread = f"{s.mean_docs_per_row:.2f}" + (f" ({ks[0]}-{ks[-1]})" if ks else "")
-        window = f"{_short(s.min_tokens)}-{_short(s.max_tokens)}"
+        window = stage_rule(summary.kind, s.min_tokens, s.max_tokens)
         check = "[green]agrees[/green]" if not s.mismatches else "[red]" + "; ".join(s.mismatches) + "[/red]"
         cells = [s.name, f"{s.length:,}", window, str(s.shards), f"{s.rows:,}", f"{s.tokens:,}", f"{s.padding:,}",
                  f"{100 * s.packing_efficiency:.2f}%", spread, _pct(s.loss_share)]
@@ -206,17 +220,106 @@ def _frame_grid(args: argparse.Namespace, summary: OutputSummary, stage: str, fo
     if not view.vision_spans:
         console.print(f"[yellow]frame grid skipped: row {row} of stage {stage} holds no vision tokens[/yellow]")
         return None
+    noun = "images" if view.kind == "images" else "frames"
+    console.print(f"decoding up to {min(len(view.vision_spans), 4)} vision block(s) of row {row} with the VQGAN ...")
     grid = plot_frame_grid(view, load_vqgan(args.vqgan), folder / f"frames_{stage}_row{row}.png")
-    console.print(f"frame grid: row {row} of stage {escape(stage)}, {sum(grid.frames)} of {sum(grid.total_frames)} frames decoded "
+    console.print(f"frame grid: row {row} of stage {escape(stage)}, {grid.decoded} of {sum(grid.total_frames)} {noun} decoded "
                   f"from {len(grid.frames)} of {grid.blocks_in_row} vision block(s)")
+    if sum(grid.undecodable):
+        console.print(f"[yellow]{sum(grid.undecodable)} {noun} could not be decoded by this VQGAN (marked red in the grid: "
+                      "a code outside its codebook, or a grid it was not built for)[/yellow]")
     return grid.path
+
+
+# Every PNG name inspect writes (data job, frame grids, training run): what --overwrite removes.
+OUR_PNGS = ("document_lengths.png", "tokens_per_stage.png", "docs_per_row.png", "loss_share.png", "frames_*_row*.png",
+            "train_loss.png", "train_learning_rate.png", "train_grad_norm.png", "train_tokens_per_s.png")
+
+
+def _earlier_pngs(folder: Path) -> set[Path]:
+    return {p for pattern in OUR_PNGS for p in folder.glob(pattern) if p.is_file()} if folder.is_dir() else set()
+
+
+def _report_plots(folder: Path, written: list[str], earlier: set[Path], console: Console) -> None:
+    console.print(f"plots written to [bold]{escape(str(folder))}[/bold]:")
+    for path in written:
+        console.print(Text(f"  {path}"))
+    stale = sorted(earlier - {Path(p) for p in written})
+    if stale:
+        console.print(f"[yellow]{len(stale)} PNG(s) from an earlier inspect are still in {escape(str(folder))} "
+                      f"({escape(', '.join(p.name for p in stale[:4]))}{', ...' if len(stale) > 4 else ''}); "
+                      "--overwrite removes them[/yellow]")
+
+
+def _prepare_plots(args: argparse.Namespace, folder: Path, console: Console) -> set[Path]:
+    """The PNGs of ours already in `folder`: removed with --overwrite (then none is left)."""
+    earlier = _earlier_pngs(folder)
+    if args.overwrite and earlier:
+        for path in earlier:
+            path.unlink()
+        console.print(f"removed {len(earlier)} PNG(s) of an earlier inspect from {escape(str(folder))}")
+        return set()
+    return earlier
+
+
+def _fmt(x: float | None, spec: str = ".3f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def print_training_runs(runs: list[TrainingRun], console: Console) -> None:
+    """One line per run (per stage of a train-stages folder): steps, last losses, grad norm,
+    throughput and the checkpoints found."""
+    table = Table(title=f"training run{'s' if len(runs) > 1 else ''} (from metrics.jsonl)", header_style="bold")
+    vision = any(run.has("vision_loss") for run in runs)
+    columns = ["run", "steps", "last loss"] + (["text loss", "vision loss"] if vision else [])
+    columns += ["lr", "grad norm", "tokens/s (last 10)", "checkpoints"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("run", "checkpoints") else "right")
+    for run in runs:
+        planned = f" of {run.planned_steps:,}" if run.planned_steps else ""
+        ckpts = ", ".join(str(s) for s in run.checkpoint_steps)
+        ckpts = (f"steps {ckpts}" if ckpts else "no step checkpoint") + ("; final" if run.final else "; no final")
+        cells = [Text(run.name), f"{run.last_step:,}{planned}", _fmt(run.last("loss"))]
+        cells += [_fmt(run.last("text_loss")), _fmt(run.last("vision_loss"))] if vision else []
+        cells += [_fmt(run.last(run.lr_key), ".3g") if run.lr_key else "not logged", _fmt(run.last("grad_norm"), ".3g"),
+                  _fmt(run.mean("tokens_per_s"), ",.0f"), Text(ckpts)]
+        table.add_row(*cells)
+    console.print(table)
+    for run in runs:
+        first = run.series("loss")[1]
+        if first.size:
+            console.print(Text(f"{run.name}: loss {first[0]:.3f} at step {int(run.series('loss')[0][0])} -> {first[-1]:.3f} "
+                               f"at step {run.last_step}; checkpoints under {join_url(run.path, 'checkpoints')}"))
+        if run.bad_lines:
+            console.print(f"[yellow]{escape(run.name)}: {run.bad_lines} line(s) of metrics.jsonl could not be read (skipped)[/yellow]")
+
+
+def run_training_inspect(args: argparse.Namespace, runs: list[TrainingRun], console: Console) -> int:
+    """`longctx inspect RUN` on a training run (or a train-stages folder): summary and PNGs."""
+    if args.row is not None or args.stage is not None or args.vqgan:
+        console.print("[red]--row, --stage and --vqgan read a data job's shards; this is a training run[/red]")
+        return 2
+    print_training_runs(runs, console)
+    if args.no_plots:
+        return 0
+    from curation.plots import plot_training_runs
+
+    folder = _plots_folder(args)
+    earlier = _prepare_plots(args, folder, console)
+    written = [str(p) for p in plot_training_runs(runs, folder)]
+    _report_plots(folder, written, earlier, console)
+    return 0
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
     """`longctx inspect`: 0 on success, 2 when DIR or a flag does not fit the output."""
     fs, manifest_path = fsspec.core.url_to_fs(join_url(args.dir, "manifest.json"))
     if not fs.exists(manifest_path):
-        console.print(f"[red]{escape(args.dir)} has no manifest.json: not a finished longctx job's output[/red]")
+        runs = training_runs(args.dir)
+        if runs:
+            return run_training_inspect(args, runs, console)
+        console.print(f"[red]{escape(args.dir)} has no manifest.json (a data job's output) and no config.yaml + "
+                      "metrics.jsonl (a training run, or a train-stages folder of them): nothing to inspect[/red]")
         return 2
     summary = summarize_output(args.dir)
     stages = [s.name for s in summary.stages]
@@ -241,13 +344,12 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
     from curation.plots import write_summary_plots  # matplotlib loads only when plots are asked for
 
     folder = _plots_folder(args)
+    earlier = _prepare_plots(args, folder, console)
     written = [str(p) for p in write_summary_plots(summary, folder)]
     if summary.has_vision:
         vision_stage = args.stage or next(s.name for s in summary.stages if s.vision_tokens is not None)
         grid = _frame_grid(args, summary, vision_stage, folder, console)
         if grid is not None:
             written.append(str(grid))
-    console.print(f"plots written to [bold]{escape(str(folder))}[/bold]:")
-    for path in written:
-        console.print(Text(f"  {path}"))
+    _report_plots(folder, written, earlier, console)
     return 0

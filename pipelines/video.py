@@ -109,7 +109,9 @@ class EncodeVideos(VisionTextDoFn):
                 yield self._example(doc, stage.name, g * per_example, frames, text)
             placed = True
         if not placed:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, "no stage holds one frame and the text"))
+            n = event[TOKENS_IN]
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value,
+                                                           f"{n} tokens; no stage holds one frame and the text", tokens=n))
             return
         yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)
 
@@ -131,7 +133,7 @@ class BuildVideoShards(ShardJob):
 
     def expand(self, pbegin):
         c = self.config
-        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, meta_fields=(c.video_field,))
+        source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, split_bytes=c.read_split_bytes, meta_fields=(c.video_field,))
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
         encoded = read.docs | "Encode" >> beam.ParDo(EncodeVideos(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         packed = encoded.segments | "PackAndWrite" >> PackAndWriteShards(

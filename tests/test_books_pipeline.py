@@ -70,7 +70,10 @@ def test_every_record_is_accounted_for(run, corrupt_dir):
     # 7 books + good-1 + the gz records before the cut (all in the small stage) are kept.
     assert manifest["kept"] >= 8
     assert {r["source"] for r in rejects} <= {str(p) for p in corrupt_dir[0].iterdir()}
-    assert all(set(r) == {"source", "id", "reason", "detail"} for r in rejects)
+    # A record dropped after it was tokenized (no_stage) also carries its token count.
+    assert all(set(r) == {"source", "id", "reason", "detail"} | ({"tokens"} if r["reason"] == "no_stage" else set())
+               for r in rejects)
+    assert all(r["tokens"] == int(r["detail"].split()[0]) > 0 for r in rejects if r["reason"] == "no_stage")
 
 
 def test_shards_are_exact_length_rows_readable_by_datasets_and_pyarrow(run):
