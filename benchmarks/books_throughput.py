@@ -16,17 +16,19 @@ import gzip
 import json
 import logging
 import os
+import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from curation.tokenize import load_tokenizer
-from pipelines.config import BooksConfig, load_yaml
-from pipelines.launch import run_books
+if __package__ in (None, ""):  # run as `python benchmarks/books_throughput.py`: the repo root, for `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.harness import REPO, best_of, load_average  # noqa: E402
+from curation.tokenize import load_tokenizer  # noqa: E402
+from pipelines.config import BooksConfig, load_yaml  # noqa: E402
+from pipelines.launch import run_books  # noqa: E402
+
 DEMO_CONFIG = REPO / "configs" / "books" / "demo.yaml"
 SAMPLE = REPO / "data" / "sample" / "books.jsonl.gz"
 
@@ -59,21 +61,11 @@ def replicate(corpus: Path, copies: int, folder: Path) -> Path:
     return path
 
 
-def best_of(repeats: int, fn: Callable[[], Any]) -> tuple[float, Any]:
-    """Fastest wall time of `repeats` calls, and the result of the last call."""
-    best, result = float("inf"), None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
-
-
 def raw_encode(spec: str, texts: list[str], repeats: int) -> tuple[float, int]:
     """Best time of one batch encode of `texts` by the tokenizer's reference encoder
     (`sentencepiece` for a .model, the fast tokenizer otherwise; no BOS/EOS), and the token count."""
     tok, _ = load_tokenizer(spec)
-    seconds, ids = best_of(repeats, lambda: tok.encode_ids(texts))
+    seconds, ids = best_of(lambda: tok.encode_ids(texts), repeats)
     return seconds, sum(len(i) for i in ids)
 
 
@@ -83,12 +75,12 @@ def pipeline_run(base: dict[str, Any], beam_args: list[str], repeats: int, workd
         out = tempfile.mkdtemp(prefix="out-", dir=workdir)
         return run_books(BooksConfig.model_validate({**base, "output": out, "near_duplicates": False}), beam_args)
 
-    return best_of(repeats, once)
+    return best_of(once, repeats)
 
 
 def fmt_load() -> str:
     """Other processes on the same cores skew every number here; record how busy the host was."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg()) + f" ({os.cpu_count()} CPUs)"
+    return f"{load_average()} ({os.cpu_count()} CPUs)"
 
 
 def main(argv: list[str] | None = None) -> None:

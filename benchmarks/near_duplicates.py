@@ -20,13 +20,18 @@ import json
 import logging
 import random
 import re
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+if __package__ in (None, ""):  # run as `python benchmarks/near_duplicates.py`: the repo root, for `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import REPO, LoadSpan  # noqa: E402
+
 SAMPLE = REPO / "data" / "sample" / "books.jsonl.gz"
 
 _HEADING = re.compile(r"(?m)^[ \t]*(?:CHAPTER|Chapter)\b[^\n]*$")
@@ -249,7 +254,7 @@ def main(argv: list[str] | None = None) -> None:
     # The overhead: on the 7 whole novels (no near-duplicates: both runs keep and tokenize the
     # same documents), and the net effect on the editions (duplicates are never tokenized).
     corpora = {"7 distinct whole novels": read_novels(), f"the {len(corpus)} editions": corpus}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, LoadSpan() as load:
         for c, (name, records) in enumerate(corpora.items()):
             inputs = write_jsonl_gz(records, Path(tmp) / f"corpus-{c}.jsonl.gz")
             times: dict[bool, list[float]] = {True: [], False: []}
@@ -263,6 +268,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: pipeline without near-duplicate detection {without:.1f} s (kept {kept[False][0]}), "
                   f"with {with_dedup:.1f} s (kept {kept[True][0]}, rejected {kept[True][1] or 0}); best of {args.repeats}; "
                   f"ratio with/without {with_dedup / without:.2f}")
+    print(f"load average before -> after the pipeline runs: {load}")
+
 
 if __name__ == "__main__":
     main()

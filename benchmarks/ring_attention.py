@@ -19,13 +19,19 @@ import os
 os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 
 import argparse  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+if __package__ in (None, ""):  # run as `python benchmarks/ring_attention.py`: the repo root, for `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from jax.sharding import Mesh  # noqa: E402
 
+from benchmarks.harness import best_of, mib  # noqa: E402
 from training.ring_attention import (  # noqa: E402
     attention_reference,
     load_balance_permutation,
@@ -76,11 +82,7 @@ def time_all(mesh: Mesh, seq: int, chunk: int, repeats: int) -> list[tuple[str, 
         compiled = fn.lower(*args).compile()
         compile_s = time.perf_counter() - t0
         jax.block_until_ready(compiled(*args))  # warm-up
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(compiled(*args))
-            best = min(best, time.perf_counter() - t0)
+        best, _ = best_of(lambda: jax.block_until_ready(compiled(*args)), repeats)  # called at once: this iteration's `compiled`
         rows.append((name, best, compile_s))
     return rows
 
@@ -119,10 +121,6 @@ def memory_table(mesh: Mesh, seqs: list[int], chunk: int, dense_max: int) -> lis
             row[name] = temp_bytes(attn, seq) if name.startswith("ring") or seq <= dense_max else None
         rows.append((seq, row))
     return rows
-
-
-def mib(x: int | None) -> str:
-    return "-" if x is None else f"{x / 2**20:,.1f}"
 
 
 def main() -> None:

@@ -30,9 +30,15 @@ The script refuses to run a preset whose compiled program needs more than the av
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as `python benchmarks/train_step.py`: the repo root, for `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# No JAX in the harness: XLA_FLAGS below is still set before JAX is first imported.
+from benchmarks.harness import best_of, mem_available_bytes, si  # noqa: E402
 
 DEFAULTS = {
     # preset: (seq, batch, compute dtype, param dtype, remat, timed steps)
@@ -116,23 +122,8 @@ def matmul_reference(dtype: str, n: int = 2048, repeats: int = 5) -> float:
     b = jax.random.normal(kb, (n, n), jnp.dtype(dtype))
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        dot(a, b).block_until_ready()
-        best = min(best, time.perf_counter() - t0)
+    best, _ = best_of(lambda: dot(a, b).block_until_ready(), repeats)
     return 2 * n**3 / best
-
-
-def mem_available() -> float:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return float("inf")
 
 
 def peak_rss() -> float:
@@ -258,15 +249,6 @@ def _opt_shardings(optimizer, abstract_params, replicated):
                                  transform_non_params=lambda _: replicated)
 
 
-def fmt_flops(x: float) -> str:
-    if not math.isfinite(x):
-        return "-"
-    for unit, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6)):
-        if x >= scale:
-            return f"{x / scale:,.2f} {unit}"
-    return f"{x:,.0f}"
-
-
 def main(args: argparse.Namespace) -> None:
     t_start = time.perf_counter()
     devs = jax.devices()
@@ -276,7 +258,7 @@ def main(args: argparse.Namespace) -> None:
     # The reference is taken before and after the presets (other load on a shared machine moves it);
     # the higher of the two is the practical peak used for MFU.
     before = {dt: matmul_reference(dt) for dt in dtypes}
-    mem_limit = args.mem_limit_gib * GiB if args.mem_limit_gib else mem_available()
+    mem_limit = args.mem_limit_gib * GiB if args.mem_limit_gib else mem_available_bytes()
     print(f"memory limit for a compiled step: {mem_limit / GiB:.1f} GiB (MemAvailable unless --mem-limit-gib)")
 
     rows = []
@@ -293,14 +275,14 @@ def main(args: argparse.Namespace) -> None:
     peaks = {dt: max(before[dt], after[dt]) for dt in dtypes}
     print("\nmatmul reference (2048x2048 @ 2048x2048 jnp.dot, best of 5), before / after the presets:")
     for dt in dtypes:
-        print(f"  {dt:>9}: {fmt_flops(before[dt])}FLOP/s / {fmt_flops(after[dt])}FLOP/s -> peak {fmt_flops(peaks[dt])}FLOP/s")
+        print(f"  {dt:>9}: {si(before[dt])}FLOP/s / {si(after[dt])}FLOP/s -> peak {si(peaks[dt])}FLOP/s")
     for row in rows:
         if "skipped" in row or args.peak_flops:
             continue
         row["peak"] = peaks[row["dtype"]]
         row["mfu"] = row["achieved"] / row["peak"]
     if args.peak_flops:
-        print(f"  --peak-flops {fmt_flops(args.peak_flops)}FLOP/s per device is used for MFU; "
+        print(f"  --peak-flops {si(args.peak_flops)}FLOP/s per device is used for MFU; "
               f"measured fp32 reference / given peak = {peaks['float32'] / args.peak_flops:.3f}")
 
     print("\ntrain step (make_train_step: fwd+bwd+clip+AdamW), grad_accum 1, best of N timed steps after compile + 1 warm-up step")
@@ -313,11 +295,11 @@ def main(args: argparse.Namespace) -> None:
                 f"{r['dtype']} / {r['param_dtype']} / {r['remat']} | {r['compile_s']:.1f} | ")
         need = f"{r['need_gib']:.2f}" if "need_gib" in r else "-"
         if "skipped" in r:
-            print(head + f"- | skipped: {r['skipped']} | - | - | {fmt_flops(r['hlo_flops'])} | - | - | - | - | {need} | - |")
+            print(head + f"- | skipped: {r['skipped']} | - | - | {si(r['hlo_flops'])} | - | - | - | - | {need} | - |")
             continue
         print(head + f"{r['steps']} | {r['best_s'] * 1e3:,.1f} ({r['median_s'] * 1e3:,.1f}) | {r['tok_s']:,.1f} | "
-              f"{fmt_flops(r['model_flops'])} | {fmt_flops(r['hlo_flops'])} | {fmt_flops(r['achieved'])}FLOP/s | "
-              f"{fmt_flops(r['peak'])}FLOP/s ({r['peak_src']}) | {r['mfu'] * 100:.1f}% | {r['cores']:.2f} of {os.cpu_count()} | {need} | {r['rss_gib']:.2f} |")
+              f"{si(r['model_flops'])} | {si(r['hlo_flops'])} | {si(r['achieved'])}FLOP/s | "
+              f"{si(r['peak'])}FLOP/s ({r['peak_src']}) | {r['mfu'] * 100:.1f}% | {r['cores']:.2f} of {os.cpu_count()} | {need} | {r['rss_gib']:.2f} |")
     print(f"\ntotal wall {time.perf_counter() - t_start:.1f} s. Model FLOPs = flops_per_token x tokens (no remat "
           "recompute); HLO FLOPs = XLA cost_analysis of the compiled step (includes recompute and the optimiser). "
           "peak RSS is the process high-water mark so far.")

@@ -1,7 +1,7 @@
 """Throughput of the video pipeline (frames/s) against its parts, and our Flax VQGAN against
 diffusers' PyTorch VQModel, on CPU, in one process.
 
-Setup: `--videos` synthetic videos are written with PyAV (`tests/test_video.py`'s `_write_video`:
+Setup: `--videos` synthetic videos are written with PyAV (`benchmarks/synthetic.py`'s `write_video`:
 a bright square moving over a blue gradient, `--width`x`--height`, `--video-fps`, `--video-frames`
 frames). A random diffusers `VQModel` with the `--config` shapes (`tiny`: 32px -> 16x16 codes;
 `amused`: the aMUSEd 256px VQ-GAN shapes) is saved with `save_pretrained` and loaded into ours with
@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -41,38 +40,15 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+if __package__ in (None, ""):  # run as `python benchmarks/video_throughput.py`: the repo root, for `benchmarks.*`
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.harness import best_of, cpu_model, load_average  # noqa: E402
 from curation.video import iter_video_frames, sample_indices  # noqa: E402
 from curation.vqgan import VQGAN, VQGANConfig, load_diffusers_vqmodel, save_params  # noqa: E402
 
 DEMO_TOKENIZER = "package:mistral_common/data/tokenizer.model.v1"
 IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
-
-
-def fmt_load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def best_of(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(max(1, repeats)):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,16 +69,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-torch", action="store_true")
     args = p.parse_args(argv)
     size = args.frame_size or (32 if args.config == "tiny" else 256)
-    load_before = fmt_load()
+    repeats = max(1, args.repeats)  # --repeats 0 still times one call
+    load_before = load_average()
     started = datetime.now(UTC)
 
     import jax
 
-    from tests.test_video import _write_video
+    from benchmarks.synthetic import write_video
 
     work = Path(tempfile.mkdtemp(prefix="video-bench-"))
     t0 = time.perf_counter()
-    paths = [_write_video(work / f"v{i}.mp4", args.width, args.height, n=args.video_frames, fps=args.video_fps)
+    paths = [write_video(work / f"v{i}.mp4", args.width, args.height, n=args.video_frames, fps=args.video_fps)
              for i in range(args.videos)]
     write_s = time.perf_counter() - t0
 
@@ -127,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     def decode_all():
         return np.concatenate([b for path in paths for b in iter_video_frames(path, idx, args.batch, size)])
 
-    decode_s, frames = best_of(decode_all, args.repeats)
+    decode_s, frames = best_of(decode_all, repeats)
     n = len(frames)
 
     # --- encode alone (ours) -------------------------------------------------------------------
@@ -135,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     vq.encode(frames[: args.batch])
     compile_s = time.perf_counter() - t0
-    encode_s, codes = best_of(lambda: vq.encode(frames), args.repeats)
+    encode_s, codes = best_of(lambda: vq.encode(frames), repeats)
 
     # --- encode (diffusers, same weights, same batch) --------------------------------------------
     torch_s = agree = None
@@ -153,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.no_grad():  # warm-up: one batch
             x = torch.from_numpy(frames[: args.batch]).permute(0, 3, 1, 2).float() / 127.5 - 1.0
             tmodel.quantize(tmodel.encode(x).latents)
-        torch_s, tcodes = best_of(torch_encode, args.repeats)
+        torch_s, tcodes = best_of(torch_encode, repeats)
         agree = float((tcodes == codes).mean())
 
     # --- the whole pipeline -------------------------------------------------------------------
@@ -175,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         if manifest["kept"] != len(paths):
             print(f"WARNING: pipeline kept {manifest['kept']} of {len(paths)} videos", file=sys.stderr)
 
-    load_after = fmt_load()
+    load_after = load_average()
 
     # --- report ----------------------------------------------------------------------------------
     print(f"\n## Video throughput (CPU) — config {args.config}, {size}px, batch {args.batch}")

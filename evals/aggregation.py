@@ -3,9 +3,9 @@
 - `cwe`: a numbered list of words ("1. lantern 2. brisk 3. ..."); ten common words appear 30 times
   each and the others 3 times each (6 and 1 below a 4K context, as RULER), shuffled; the model
   lists the ten common ones. A one-shot example with its answer comes first, as in RULER. Words
-  come from our bundled list (evals/words.py, none a substring of another), which bounds the
-  list: past about 14K tokens the prompt is shorter than the budget, as RULER's is once its word
-  list is used up (see `max_units`).
+  come from evals/words.py `vocabulary()` (none a substring of another): wonderwords' lists when
+  installed, else the sample novels' word types, with our bundled list; ~6,000-7,700 words, enough
+  for prompts past 128K tokens (the bundled list alone stops at ~23K; `max_units` bounds it).
 - `fwe`: "coded" words (random six-letter strings) drawn by a Zipf law with exponent 2 over a
   vocabulary of length/50 words: word k appears floor(N k^-2 / zeta(2)) times, the most frequent
   one is replaced by "...", and the model names the next three.
@@ -20,7 +20,7 @@ import string
 import numpy as np
 
 from evals.common import Task, TaskText, rng
-from evals.words import vocabulary
+from evals.words import default_source, vocabulary
 
 CWE_TEMPLATE = ("Below is a numbered list of words. In these words, some appear more often than others. "
                 "Memorize the ones that appear most often.\n{context}\n"
@@ -50,10 +50,9 @@ def cwe_frequencies(length: int) -> tuple[tuple[int, int, int], tuple[int, int, 
 
 
 def _word_list(pick: np.random.Generator, order: np.random.Generator, distinct: int, common_repeats: int,
-               rare_repeats: int) -> tuple[list[str], list[str]]:
+               rare_repeats: int, vocab: tuple[str, ...]) -> tuple[list[str], list[str]]:
     """`pick` chooses the words (the first ones are the same whatever `distinct` is, so one more
     rare word lengthens the prompt by its repeats and nothing else), `order` shuffles the list."""
-    vocab = vocabulary()
     chosen = [vocab[i] for i in pick.permutation(len(vocab))[:distinct]]
     common, rare = chosen[:COMMON], chosen[COMMON:]
     words = common * common_repeats + rare * rare_repeats
@@ -61,19 +60,25 @@ def _word_list(pick: np.random.Generator, order: np.random.Generator, distinct: 
     return words, common
 
 
-def build_cwe(seeds: tuple[int, ...], n: int) -> TaskText:
-    """`n` rare words besides the ten common ones. seeds[2] is the context length (task_seeds)."""
+def build_cwe(seeds: tuple[int, ...], n: int, source: str | None = None) -> TaskText:
+    """`n` rare words besides the ten common ones. seeds[2] is the context length (task_seeds);
+    `source` the vocabulary's (evals/words.py; default: the best one installed)."""
+    source = source or default_source()
+    vocab = vocabulary(source)
     (ex_distinct, ex_common, ex_rare), (_, common_repeats, rare_repeats) = cwe_frequencies(seeds[2])
-    ex_words, ex_answer = _word_list(rng(seeds, 10), rng(seeds, 11), ex_distinct, ex_common, ex_rare)
+    ex_words, ex_answer = _word_list(rng(seeds, 10), rng(seeds, 11), ex_distinct, ex_common, ex_rare, vocab)
     shot = CWE_TEMPLATE.format(context=numbered(ex_words)) + CWE_PREFIX + " " + numbered(ex_answer) + "\n"
-    words, common = _word_list(rng(seeds, 0), rng(seeds, 1, n), COMMON + n, common_repeats, rare_repeats)
+    words, common = _word_list(rng(seeds, 0), rng(seeds, 1, n), COMMON + n, common_repeats, rare_repeats, vocab)
     text = shot + CWE_TEMPLATE.format(context=numbered(words))
-    return TaskText(text, CWE_PREFIX, common, [], {"list_start": len(shot), "repeats": [common_repeats, rare_repeats]})
+    return TaskText(text, CWE_PREFIX, common, [], {"list_start": len(shot), "repeats": [common_repeats, rare_repeats],
+                                                   "words": source, "vocabulary": len(vocab)})
 
 
-def cwe_task() -> Task:
-    return Task("cwe", "aggregation", build_cwe, "all", CWE_MAX_NEW_TOKENS, min_units=0,
-                max_units=len(vocabulary()) - COMMON)
+def cwe_task(source: str | None = None) -> Task:
+    """The task with its vocabulary fixed when it is made (so every sample of a run uses one)."""
+    source = source or default_source()
+    return Task("cwe", "aggregation", lambda seeds, n: build_cwe(seeds, n, source), "all", CWE_MAX_NEW_TOKENS,
+                min_units=0, max_units=len(vocabulary(source)) - COMMON)
 
 
 def fwe_counts(total: int, vocab_size: int) -> list[int]:

@@ -7,7 +7,7 @@ with the model's own tokenizer, as RULER does: the budget is the context length 
 the answer may take (RULER's `tokens_to_generate`), so prompt plus answer fit the context.
 
 The prompt is the model's frame (its chat template, or LWM's plain `<s>SYSTEM USER: ... ASSISTANT:`
-layout, training/niah.py `PromptFrame`) around the task text, followed by the task's answer prefix
+layout, evals/niah.py `PromptFrame`) around the task text, followed by the task's answer prefix
 (RULER's `answer_prefix`, e.g. " Answer: The top 10 words ... are:"); the model's continuation is
 the prediction.
 
@@ -205,7 +205,7 @@ def insert_lines(units: list[str], inserts: Sequence[str], slots: Sequence[int],
 
 
 class PromptBuilder:
-    """Token ids of a task text in the model's frame. `tokenizer` is training/niah.py's
+    """Token ids of a task text in the model's frame. `tokenizer` is evals/niah.py's
     `NiahTokenizer`; `frame` its `PromptFrame` (the model's chat template when it has one)."""
 
     def __init__(self, tokenizer: Any, frame: Any):

@@ -34,7 +34,7 @@ class BookWords:
     @classmethod
     def load(cls, source: str | Path = SAMPLE_BOOKS, max_words: int | None = None) -> BookWords:
         """Books as `longctx books` reads them (JSONL / Parquet / txt files, folders, globs)."""
-        from training.niah import read_texts
+        from evals.niah import read_texts
 
         words: list[str] = []
         for text in read_texts(str(source)):

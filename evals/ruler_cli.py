@@ -3,7 +3,7 @@
 Writes OUT/results.jsonl (one record per prompt, as it runs; cells already there are skipped on a
 rerun), OUT/summary.json and OUT/summary.csv (mean score in percent per task and length, the
 all-task average, the effective length), and prints the table. Models load as for `longctx eval
-niah` (training/niah.py): our JAX checkpoints, or any local transformers causal LM.
+niah` (evals/niah.py): our JAX checkpoints, or any local transformers causal LM.
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def _select_tasks(args: argparse.Namespace, console: Console) -> list[str]:
 
 
 def _load_model(args: argparse.Namespace, name: str, max_length: int, console: Console):
-    from training import niah
+    from evals import niah
 
     if args.hf_model:
-        from qa_synth.generator_model import resolve_generator
+        from curation.hf_models import resolve_generator
 
         folder, _ = resolve_generator(args.hf_model)
         tokenizer = niah.load_niah_tokenizer(args.tokenizer or folder)
@@ -95,7 +95,7 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     from evals.common import PromptBuilder
     from evals.runner import GeneratorBackend, run_suite
     from evals.tasks import build_tasks
-    from training import niah
+    from evals import niah
 
     lengths = niah.parse_lengths(args.lengths)
     if args.samples < 1:
@@ -129,7 +129,7 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
 
 def summary_table(summary: dict) -> Table:
     """Tasks down, lengths across, the average last; cells in percent, green at or above the threshold."""
-    from training.niah_plot import length_label
+    from evals.niah_plot import length_label
 
     lengths = [str(length) for length in summary["lengths"]]
     table = Table(title=f"RULER score (%), threshold {summary['threshold']}")

@@ -34,7 +34,7 @@ class Backend(Protocol):
 
 @dataclass
 class GeneratorBackend:
-    """training/niah.py's generators (our JAX checkpoints, transformers models): prompt ids in,
+    """evals/niah.py's generators (our JAX checkpoints, transformers models): prompt ids in,
     greedy answer ids out, decoded with the model's tokenizer."""
 
     generator: Any  # niah.Generator

@@ -1,13 +1,29 @@
-"""Our own bundled English word lists (common adjectives, nouns and verbs), for needle keys
-("adjective-noun", as RULER's word keys) and the common-words-extraction vocabulary.
+"""English word lists for needle keys ("adjective-noun", as RULER's word keys) and the
+common-words-extraction (`cwe`) vocabulary.
 
-Written for this project; no package needed. `vocabulary()` drops any word that is a substring of
-another, so RULER's substring scoring cannot credit a word for a longer one that contains it.
+Our own bundled lists (common adjectives, nouns and verbs, ~940 words) make the keys. The `cwe`
+vocabulary needs far more: each list word takes ~5-9 tokens ("12345. word") and appears at least
+3 times, so a 128K-token prompt needs ~5,000 distinct words and the bundled list alone runs out
+at ~23K tokens (the demo tokenizer). `vocabulary()` therefore adds, in this order of preference:
+- `wonderwords` (RULER's own source: its noun, adjective and verb lists, ~8,000 words) when the
+  package is installed (the `evals` extra), else
+- the word types of the repo's sample novels (data/sample/books.jsonl.gz): lower-case alphabetic
+  words of 3-14 letters seen at least 3 times, read deterministically.
+Every vocabulary drops any word that is a substring of another, so RULER's substring scoring cannot
+credit a word for a longer one that contains it. `cwe` records which source it used.
 """
 
 from __future__ import annotations
 
+import importlib.util
+import re
+from collections import Counter
 from functools import lru_cache
+from pathlib import Path
+
+SOURCES = ("wonderwords", "books", "bundled")
+SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
+_WORD = re.compile(r"[a-z]{3,14}")
 
 ADJECTIVES = """
 able absent abstract abundant acidic active actual adorable agile alert alive amber ample ancient
@@ -101,8 +117,51 @@ def key_words() -> tuple[str, ...]:
     return tuple(f"{a}-{n}" for a in _split(ADJECTIVES) for n in _split(NOUNS))
 
 
-@lru_cache(maxsize=1)
-def vocabulary() -> tuple[str, ...]:
-    """All single words, sorted, none a substring of another."""
-    words = sorted(set(_split(ADJECTIVES) + _split(NOUNS) + _split(VERBS)))
-    return tuple(w for w in words if not any(w != other and w in other for other in words))
+def substring_free(words: set[str] | list[str]) -> tuple[str, ...]:
+    """The words (sorted) that are not a substring of another one: every proper substring of every
+    word is collected once (sum of len^2, not a quadratic scan over word pairs)."""
+    unique = set(words)
+    inside = {w[i:j] for w in unique for i in range(len(w)) for j in range(i + 1, len(w) + 1) if j - i < len(w)}
+    return tuple(sorted(unique - inside))
+
+
+def bundled_words() -> list[str]:
+    return _split(ADJECTIVES) + _split(NOUNS) + _split(VERBS)
+
+
+def wonderwords_words() -> list[str]:
+    """wonderwords' noun, adjective and verb lists (lower-case alphabetic entries)."""
+    from importlib.resources import files
+
+    words = []
+    for name in ("nounlist.txt", "adjectivelist.txt", "verblist.txt"):
+        text = files("wonderwords.assets").joinpath(name).read_text(encoding="utf-8")
+        words += [w for w in text.split() if w.isalpha() and w.islower() and w.isascii()]
+    return words
+
+
+def book_words(source: str | Path = SAMPLE_BOOKS, min_count: int = 3) -> list[str]:
+    """Word types of the books: lower-case runs of 3-14 letters seen at least `min_count` times."""
+    from evals.niah import read_texts
+
+    counts: Counter[str] = Counter()
+    for text in read_texts(str(source)):
+        counts.update(w for w in _WORD.findall(text) if w.isascii())
+    return sorted(w for w, c in counts.items() if c >= min_count)
+
+
+def default_source() -> str:
+    if importlib.util.find_spec("wonderwords") is not None:
+        return "wonderwords"
+    return "books" if SAMPLE_BOOKS.is_file() else "bundled"
+
+
+@lru_cache(maxsize=4)
+def vocabulary(source: str | None = None) -> tuple[str, ...]:
+    """The cwe vocabulary: the bundled words plus those of `source` (default: `default_source()`),
+    sorted, none a substring of another."""
+    source = source or default_source()
+    if source not in SOURCES:
+        raise ValueError(f"word source must be one of {SOURCES}, got {source!r}")
+    extra = {"wonderwords": wonderwords_words, "books": book_words, "bundled": list}[source]()
+    return substring_free(bundled_words() + extra)

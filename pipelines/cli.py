@@ -63,14 +63,15 @@ def _parser() -> argparse.ArgumentParser:
 
     add_inspect_parser(commands)
 
-    from training.niah_cli import add_niah_arguments
-
+    from evals.loss_cli import add_loss_arguments
+    from evals.niah_cli import add_niah_arguments
     from evals.ruler_cli import add_ruler_arguments
 
-    evaluate = commands.add_parser("eval", help="evaluate a model (needle in a haystack, RULER)")
+    evaluate = commands.add_parser("eval", help="evaluate a model (needle in a haystack, RULER, loss by position)")
     evals = evaluate.add_subparsers(dest="eval_command", required=True)
     add_niah_arguments(evals.add_parser("niah", help="needle in a haystack over context lengths x depths, as in LWM"))
     add_ruler_arguments(evals.add_parser("ruler", help="RULER's 13 long-context tasks over lengths, with the effective length"))
+    add_loss_arguments(evals.add_parser("loss-by-position", help="mean next-token loss per position bucket over a stage's rows"))
     return parser
 
 
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(err))
         except ValueError as err:  # pydantic validation, bad YAML
             parser.error(str(err))
-        print_summary(manifest, config.output, console)
+        return print_summary(manifest, config.output, console)
     elif args.command == "train":
         from training.config import TrainConfig
         from training.summary import print_training_summary
@@ -189,7 +190,11 @@ def main(argv: list[str] | None = None) -> int:
                 from evals.ruler_cli import run_ruler
 
                 return run_ruler(args, console)
-            from training.niah_cli import run_niah
+            if args.eval_command == "loss-by-position":
+                from evals.loss_cli import run_loss_by_position
+
+                return run_loss_by_position(args, console)
+            from evals.niah_cli import run_niah
 
             return run_niah(args, console)
         except (ValueError, FileNotFoundError) as err:

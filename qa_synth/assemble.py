@@ -20,27 +20,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from curation.chat_format import LWM_SYSTEM, ChatFormat  # noqa: F401  (re-exported: qa_synth.assemble.ChatFormat)
 from curation.packing import SegmentRef, StageSegment
 from curation.tokenize import TokenizerInfo
 from qa_synth.chunking import Chunk
 from qa_synth.parse import QAPair
 
-LWM_SYSTEM = "You are a helpful assistant."
 ORDERS = ("in_order", "shuffled")
 _SENTINEL = re.compile("\ue000([CQA])(\\d*)\ue001")
 _SPACE_MARKERS = ("\u2581", "\u0120", " ")  # SentencePiece, GPT-2 byte-level, plain
-
-
-@dataclass(frozen=True)
-class ChatFormat:
-    """How turns are written. By default the LWM plain template; with `hf_tokenizer` (a
-    transformers tokenizer of the TRAINING tokenizer that has a chat template) that template."""
-
-    system: str = LWM_SYSTEM
-    user: str = "USER:"
-    assistant: str = "ASSISTANT:"
-    context_separator: str = "\n\n"
-    hf_tokenizer: object | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)

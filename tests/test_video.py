@@ -11,6 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# The synthetic video writer is shared with benchmarks/video_throughput.py (tests/test_video_pipeline.py
+# and tests/test_vision_rejects.py import `_write_video` from here).
+from benchmarks.synthetic import square_center as _square_center, write_video as _write_video
 from curation.vision_layout import VisionVocab, layout_image, layout_video
 from curation.video import (
     VideoError,
@@ -25,38 +28,6 @@ decord = pytest.importorskip("decord", reason="decord reads videos (pip install 
 
 FPS = 10
 NUM = 40
-SQ = 24  # side of the moving bright square
-
-
-def _square_center(t: int, w: int, h: int) -> tuple[float, float]:
-    """Center (x, y) of the bright square in frame t of a w x h video, in source pixels: it moves
-    along the long side, inside the centered square the crop keeps (70..250 for 320 px)."""
-    x0 = 75 + 3 * t if w >= h else (w - SQ) // 2
-    y0 = (h - SQ) // 2 if w >= h else 75 + 3 * t
-    return x0 + SQ / 2, y0 + SQ / 2
-
-
-def _write_video(path: Path, w: int, h: int, n: int = NUM, fps: int = FPS,
-                 faststart: bool = False) -> Path:
-    options = {"movflags": "faststart"} if faststart else {}
-    with av.open(str(path), "w", options=options) as out:
-        try:
-            stream = out.add_stream("libx264", rate=fps)
-            stream.options = {"preset": "ultrafast", "g": "10"}
-        except Exception:  # a PyAV build without x264
-            stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        for t in range(n):
-            img = np.full((h, w, 3), 30, np.uint8)
-            img[:, :, 2] = np.linspace(0, 80, w, dtype=np.uint8)[None, :]  # a blue gradient
-            cx, cy = _square_center(t, w, h)
-            x0, y0 = int(cx - SQ / 2), int(cy - SQ / 2)
-            img[y0:y0 + SQ, x0:x0 + SQ] = 250
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
 
 
 @pytest.fixture(scope="module")

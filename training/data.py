@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 # stage_shard_urls, unfinished_reason and UnfinishedDataError live with the shard format; they are
-# imported here too because callers (training.niah, tests) take them from the trainer's data module.
+# imported here too because callers (evals.niah, tests) take them from the trainer's data module.
 from curation.shards import (  # noqa: F401
     ShardMetadata,
     ShardReader,

@@ -1,5 +1,5 @@
 """Greedy (or sampled) decoding from a params checkpoint, with a KV cache, for `longctx generate`
-and the needle-in-a-haystack evaluation (training/niah.py).
+and the needle-in-a-haystack evaluation (evals/niah.py).
 
 Two compiled programs per model and buffer size:
 - prefill: one forward pass over a fixed buffer (the prompt, then room for the new tokens) that

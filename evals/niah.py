@@ -18,9 +18,22 @@ Everything is built in token space, so where a needle lands is exact, not approx
 
 The haystack is the book text tokenized once and read from a seeded offset, cycling back to its
 start when a context is longer than the text. Facts (city, 7-digit number) are seeded per cell.
-Scoring: `contains` is the fraction of asked numbers found in the answer; `exact` is 1 when the
-answer, stripped of surrounding whitespace and closing punctuation, is exactly the asked numbers
-(separated by commas, spaces or "and", in any order) and 0 otherwise.
+Scoring: `contains` (the default, as the LWM release scores: the number appears in the answer) is
+the fraction of asked numbers found in the answer; `exact` is 1 when the answer, stripped of
+surrounding whitespace and closing punctuation, is exactly the asked numbers (separated by commas,
+spaces or "and", in any order) and 0 otherwise.
+
+Two formats (`fmt`): `longctx`, the layout above, and `lwm`, the LWM release's own
+(scripts/eval_needle.py and eval_needle_multi.py in largeworldmodel/LWM): the needle
+"\nThe special magic {city} number is: {7 digits}\n", its question ("What is the special magic
+{city} number?"; with several needles "What is the special magic number for {city}?" / "What are
+the special magic numbers for A, B, and C?") followed by its instruction ("Don't give information
+outside the document or repeat your findings. Keep your response short and direct."; several
+needles: "Don't give information outside the document."), a space between the context and the
+question, its city list, and its placement: from the depth's insertion point the needle backs up
+to just after the previous token that ends a sentence with a period (or to the haystack's start),
+except at depth 100 where it goes last. The prompt keeps the model's frame (chat template, or the
+plain `USER: ... ASSISTANT:` layout) and stays exactly `length` tokens.
 
 Models plug in through `Generator` (prompt ids -> answer ids): our Flax checkpoints (KV-cache
 decoding, sequence-parallel prefill; training/generate.py) and any transformers causal LM.
@@ -33,7 +46,7 @@ import json
 import math
 import re
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -42,10 +55,11 @@ from typing import Any, Protocol
 import numpy as np
 from tokenizers import Tokenizer
 
+from curation.chat_format import ChatFormat
 from curation.tokenize import encode_long, load_tokenizer
-from qa_synth.assemble import ChatFormat
 
 SCORINGS = ("contains", "exact")
+FORMATS = ("longctx", "lwm")
 NEEDLE = "The special magic number for {city} is: {value}."
 QUESTION_ONE = ("What is the special magic number for {cities} mentioned in the provided text? "
                 "Answer with the number only.")
@@ -56,6 +70,25 @@ CITIES = (
     "Valparaiso", "Bergen", "Marrakesh", "Busan", "Halifax", "Cusco", "Tallinn", "Zanzibar", "Adelaide", "Porto",
     "Ljubljana", "Medellin", "Tashkent", "Kyoto", "Antwerp", "Windhoek", "Cebu", "Seville", "Tromso", "Bamako",
     "Ushuaia", "Lhasa", "Trieste", "Asmara", "Galway", "Hobart", "Almaty", "Cartagena", "Gdansk", "Mombasa",
+)
+# The LWM release's strings (largeworldmodel/LWM scripts/eval_needle.py, eval_needle_multi.py).
+LWM_NEEDLE = "\nThe special magic {city} number is: {value}\n"
+LWM_QUESTION = "What is the special magic {cities} number?"
+LWM_INSTRUCTION = "Don't give information outside the document or repeat your findings. Keep your response short and direct."
+LWM_QUESTION_MULTI_ONE = "What is the special magic number for {cities}?"
+LWM_QUESTION_MULTI = "What are the special magic numbers for {cities}?"
+LWM_INSTRUCTION_MULTI = "Don't give information outside the document."
+LWM_SEPARATOR = " "  # "USER: {context} {question} ..."
+# The release's city list, its repeats dropped (needles of one prompt need distinct cities).
+LWM_CITIES = (
+    "Chicago", "Yangon", "Antananarivo", "Colombo", "Almaty", "Sydney", "Mexico City", "Seattle", "Lagos",
+    "Amsterdam", "Belgrade", "Cairo", "Baghdad", "Damascus", "Kigali", "Dakar", "Sofia", "Victoria", "Tashkent",
+    "Mumbai", "Barcelona", "Amman", "Toronto", "Bratislava", "Johannesburg", "Thimphu", "Bangkok", "Santiago",
+    "San Francisco", "Paris", "Rabat", "Copenhagen", "Madrid", "Ho Chi Minh City", "Sarajevo", "Delhi", "Istanbul",
+    "Khartoum", "Helsinki", "Doha", "Kuala Lumpur", "Budapest", "Shanghai", "Moscow", "Los Angeles", "Oslo",
+    "Berlin", "Bangalore", "Tokyo", "Melbourne", "Port Louis", "Lisbon", "Nairobi", "Kampala", "Lima", "Maputo",
+    "Vancouver", "Dubai", "Jakarta", "Yerevan", "Beirut", "Athens", "Bucharest", "Brussels", "Tunis", "Astana",
+    "Seoul", "Buenos Aires", "Vienna",
 )
 # Sentinels that no chat template writes: the template is rendered around them, then split there.
 _CONTEXT, _QUESTION = "\ue000C\ue001", "\ue000Q\ue001"
@@ -84,6 +117,15 @@ class NiahTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.tok.decode(list(ids), skip_special_tokens=True)
 
+    def encode_continuation(self, text: str) -> list[int]:
+        """`text` tokenized as it is when it follows other text: SentencePiece-style tokenizers
+        prepend a word marker to every separately encoded string ("\\nThe" alone gives
+        ["▁", "<0x0A>", "The"], after a word ["<0x0A>", "The"]); encoding it after an anchor word
+        and dropping the anchor's tokens gives the in-context ids."""
+        anchor = self.encode("a")
+        ids = self.encode("a" + text)
+        return ids[len(anchor):] if ids[: len(anchor)] == anchor else self.encode(text)
+
 
 def load_niah_tokenizer(spec: str) -> NiahTokenizer:
     """A tokenizer spec as for `longctx books`; a model folder with a chat template also gets it."""
@@ -110,11 +152,15 @@ class PromptFrame:
     tail: str
 
     @classmethod
-    def for_tokenizer(cls, tokenizer: NiahTokenizer) -> PromptFrame:
+    def for_tokenizer(cls, tokenizer: NiahTokenizer, fmt: str = "longctx") -> PromptFrame:
         """The model's chat template when the tokenizer has one; otherwise LWM's plain layout,
-        the one our QA data trains on (qa_synth/assemble.py): `<s>SYSTEM USER: {context}\\n\\n{question} ASSISTANT:`."""
+        the one our QA data trains on (qa_synth/assemble.py, curation/chat_format.py): `<s>SYSTEM USER: {context}\\n\\n{question} ASSISTANT:`.
+        `fmt="lwm"` separates context and question by a space, as the LWM release's prompt does."""
+        if fmt not in FORMATS:
+            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        separator = LWM_SEPARATOR if fmt == "lwm" else None
         if tokenizer.chat is not None:
-            content = f"{_CONTEXT}\n\n{_QUESTION}"
+            content = f"{_CONTEXT}{separator or chr(10) * 2}{_QUESTION}"
             rendered = tokenizer.chat.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                           add_generation_prompt=True)
             head, rest = rendered.split(_CONTEXT)
@@ -122,9 +168,12 @@ class PromptFrame:
             return cls(tuple(tokenizer.encode(head)), middle, tail)
         fmt = ChatFormat()
         bos = [] if tokenizer.bos_id is None else [tokenizer.bos_id]
-        return cls(tuple(bos + tokenizer.encode(f"{fmt.system} {fmt.user}")), fmt.context_separator, f" {fmt.assistant}")
+        return cls(tuple(bos + tokenizer.encode(f"{fmt.system} {fmt.user}")), separator or fmt.context_separator,
+                   f" {fmt.assistant}")
 
-    def tail_ids(self, tokenizer: NiahTokenizer, question: str) -> list[int]:
+    def tail_ids(self, tokenizer: NiahTokenizer, question: str, fmt: str = "longctx") -> list[int]:
+        if fmt == "lwm":  # the release tokenizes the prompt whole: the tail as it follows the context
+            return tokenizer.encode_continuation(self.middle + question + self.tail)
         return tokenizer.encode(self.middle + question + self.tail)
 
 
@@ -183,26 +232,27 @@ def haystack_from_shards(stage: str, tokenizer: NiahTokenizer, max_tokens: int |
     from training.data import StageData
 
     data = StageData.open(stage)
-    made_with = json.loads(data.metadata.get("longctx.tokenizer", "{}"))
+    made_with = data.info.tokenizer or {}
     if made_with.get("sha256") not in (None, tokenizer.sha256):
         raise ValueError(f"shards under {stage} were tokenized with {made_with.get('name')!r}, not {tokenizer.name!r}: "
                          "pass that --tokenizer or a books file as --haystack")
     drop = [t for t in (tokenizer.bos_id, *tokenizer.eos_ids) if t is not None]
     parts, total = [], 0
     for shard in data.shards:
-        ids, seg = shard.arrays["input_ids"], shard.arrays["segment_ids"]
-        for row in range(shard.num_rows):
-            tokens = ids[row][(seg[row] > 0) & ~np.isin(ids[row], drop)]
-            parts.append(tokens)
-            total += len(tokens)
-            if max_tokens is not None and total >= max_tokens:
-                return Haystack(np.concatenate(parts))
+        for lo in range(0, shard.num_rows, 16):  # a few rows at a time: a gs:// haystack stops at max_tokens
+            block = shard.read(np.arange(lo, min(lo + 16, shard.num_rows)), names=["input_ids", "segment_ids"])
+            for ids, seg in zip(block["input_ids"], block["segment_ids"]):
+                tokens = ids[(seg > 0) & ~np.isin(ids, drop)]
+                parts.append(tokens)
+                total += len(tokens)
+                if max_tokens is not None and total >= max_tokens:
+                    return Haystack(np.concatenate(parts))
     return Haystack(np.concatenate(parts) if parts else np.zeros(0, np.int32))
 
 
 def load_haystack(source: str, tokenizer: NiahTokenizer, max_tokens: int | None = None) -> Haystack:
     """A stage folder of shards, or book files (see `read_texts`)."""
-    from training.data import stage_shard_urls
+    from curation.shards import stage_shard_urls
 
     if Path(source).is_dir() and stage_shard_urls(source):
         return haystack_from_shards(source, tokenizer, max_tokens)
@@ -226,16 +276,38 @@ def needle_depths(depth: float, needles: int) -> list[float]:
     return [depth + i * (100 - depth) / needles for i in range(needles)]
 
 
+def sentence_start(hay: np.ndarray, point: int, ends_sentence: Callable[[int], bool]) -> int:
+    """The LWM release's placement: back up from `point` to just after the nearest earlier token
+    that ends a sentence (0 when there is none)."""
+    while point > 0 and not ends_sentence(int(hay[point - 1])):
+        point -= 1
+    return point
+
+
+def period_test(tokenizer: NiahTokenizer) -> Callable[[int], bool]:
+    """Whether a token id ends a sentence: its text ends with a period (as the release's test for
+    the '.' token), cached per id."""
+    cache: dict[int, bool] = {}
+
+    def ends(token: int) -> bool:
+        if token not in cache:
+            cache[token] = tokenizer.decode([token]).rstrip().endswith(".")
+        return cache[token]
+
+    return ends
+
+
 @dataclass(frozen=True)
 class Needle:
     city: str
     value: str
     depth: float
     ids: tuple[int, ...]
+    fmt: str = "longctx"
 
     @property
     def text(self) -> str:
-        return NEEDLE.format(city=self.city, value=self.value)
+        return (LWM_NEEDLE if self.fmt == "lwm" else NEEDLE).format(city=self.city, value=self.value)
 
 
 @dataclass(frozen=True)
@@ -253,6 +325,7 @@ class NiahCase:
     question: str
     haystack_offset: int  # where in the haystack's token stream this prompt's text starts
     haystack_tokens: int  # H, the haystack budget the depths are measured in
+    fmt: str = "longctx"
 
     @property
     def expected(self) -> list[str]:
@@ -264,37 +337,64 @@ def _question(cities: Sequence[str]) -> str:
     return (QUESTION_ONE if len(cities) == 1 else QUESTION_MANY).format(cities=names)
 
 
+def lwm_question(cities: Sequence[str], needles: int) -> str:
+    """The release's question and instruction: eval_needle.py's for one needle, eval_needle_multi.py's
+    for several (its cities joined "A, B, and C")."""
+    if needles == 1:
+        return f"{LWM_QUESTION.format(cities=cities[0])} {LWM_INSTRUCTION}"
+    if len(cities) == 1:
+        return f"{LWM_QUESTION_MULTI_ONE.format(cities=cities[0])} {LWM_INSTRUCTION_MULTI}"
+    names = ", ".join(cities[:-1]) + ", and " + cities[-1]
+    return f"{LWM_QUESTION_MULTI.format(cities=names)} {LWM_INSTRUCTION_MULTI}"
+
+
 def build_case(tokenizer: NiahTokenizer, frame: PromptFrame, haystack: Haystack, length: int, depth: float, *,
-               needles: int = 1, ask: int = 1, sample: int = 0, seed: int = 0) -> NiahCase:
-    """The prompt of one grid cell, exactly `length` tokens (see module docstring for the layout)."""
-    if not 1 <= ask <= needles <= len(CITIES):
-        raise ValueError(f"need 1 <= ask ({ask}) <= needles ({needles}) <= {len(CITIES)}")
+               needles: int = 1, ask: int = 1, sample: int = 0, seed: int = 0, fmt: str = "longctx",
+               ends_sentence: Callable[[int], bool] | None = None) -> NiahCase:
+    """The prompt of one grid cell, exactly `length` tokens (see module docstring for the layout).
+    `frame` must be made for the same `fmt`; `ends_sentence` (lwm) caches `period_test`."""
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+    pool = LWM_CITIES if fmt == "lwm" else CITIES
+    if not 1 <= ask <= needles <= len(pool):
+        raise ValueError(f"need 1 <= ask ({ask}) <= needles ({needles}) <= {len(pool)}")
     # The haystack text depends on the sample only, so cells of one sample differ only in length and depth.
     offset = int(np.random.default_rng([seed, sample]).integers(len(haystack.tokens)))
     rng = np.random.default_rng([seed, sample, length, round(depth * 1000)])
-    cities = [CITIES[i] for i in rng.choice(len(CITIES), needles, replace=False)]
+    cities = [pool[i] for i in rng.choice(len(pool), needles, replace=False)]
     values = [str(1_000_000 + v) for v in rng.choice(9_000_000, needles, replace=False)]  # 7 digits, distinct
     asked = sorted(int(i) for i in rng.choice(needles, ask, replace=False))
-    # A leading space: the needle starts a word for SentencePiece and byte-level BPE alike.
-    placed = [Needle(c, v, d, tuple(tokenizer.encode(" " + NEEDLE.format(city=c, value=v))))
-              for c, v, d in zip(cities, values, needle_depths(depth, needles))]
-    question = _question([cities[i] for i in asked])
-    tail = frame.tail_ids(tokenizer, question)
+    if fmt == "lwm":
+        # Newline-delimited, tokenized as inside running text (no word marker before its newline).
+        placed = [Needle(c, v, d, tuple(tokenizer.encode_continuation(LWM_NEEDLE.format(city=c, value=v))), fmt)
+                  for c, v, d in zip(cities, values, needle_depths(depth, needles))]
+        question = lwm_question([cities[i] for i in asked], needles)
+    else:
+        # A leading space: the needle starts a word for SentencePiece and byte-level BPE alike.
+        placed = [Needle(c, v, d, tuple(tokenizer.encode(" " + NEEDLE.format(city=c, value=v))))
+                  for c, v, d in zip(cities, values, needle_depths(depth, needles))]
+        question = _question([cities[i] for i in asked])
+    tail = frame.tail_ids(tokenizer, question, fmt)
     budget = length - len(frame.head) - len(tail) - sum(len(n.ids) for n in placed)
     if budget < 0:
         raise ValueError(f"context length {length} is shorter than the prompt frame, question and needles "
                          f"({length - budget} tokens)")
     hay = haystack.window(offset, budget)
+    if fmt == "lwm" and ends_sentence is None:
+        ends_sentence = period_test(tokenizer)
     ids, positions, start = list(frame.head), [], 0
     for needle in placed:
         point = insertion_point(needle.depth, budget)
+        if fmt == "lwm" and needle.depth < 100:
+            # Never before the previous needle: backing up is monotone, so this only guards ties.
+            point = max(start, sentence_start(hay, point, ends_sentence))
         ids += hay[start:point].tolist()
         positions.append(len(ids))
         ids += needle.ids
         start = point
     ids += hay[start:].tolist() + tail
     assert len(ids) == length, (len(ids), length)
-    return NiahCase(length, depth, sample, ids, placed, positions, asked, question, offset, budget)
+    return NiahCase(length, depth, sample, ids, placed, positions, asked, question, offset, budget, fmt)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -369,7 +469,7 @@ class HFGenerator:
         import torch
         from transformers import AutoModelForCausalLM
 
-        from qa_synth.generator_model import resolve_generator
+        from curation.hf_models import resolve_generator
 
         self.folder, gguf = resolve_generator(self.path)
         kwargs = {"gguf_file": gguf} if gguf else {}
@@ -410,6 +510,7 @@ class NiahRecord:
     answer: str
     positions: list[int]
     seconds: float
+    format: str = "longctx"
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -418,27 +519,29 @@ class NiahRecord:
 def run_grid(generator: Generator, tokenizer: NiahTokenizer, haystack: Haystack, lengths: Sequence[int],
              depths: Sequence[float], *, needles: int = 1, ask: int = 1, samples: int = 1, seed: int = 0,
              scoring: str = "contains", max_new_tokens: int | None = None,
-             frame: PromptFrame | None = None) -> Iterator[NiahRecord]:
+             frame: PromptFrame | None = None, fmt: str = "longctx") -> Iterator[NiahRecord]:
     """One record per (length, depth, sample), lengths outermost (so a model compiles each length once)."""
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-    frame = frame or PromptFrame.for_tokenizer(tokenizer)
+    frame = frame or PromptFrame.for_tokenizer(tokenizer, fmt)
+    ends_sentence = period_test(tokenizer) if fmt == "lwm" else None
     max_new_tokens = max_new_tokens or 16 + 12 * ask  # 7 digits (a token each here) and a few words per value
     for length in lengths:
         for depth in depths:
             for sample in range(samples):
                 case = build_case(tokenizer, frame, haystack, length, depth, needles=needles, ask=ask,
-                                  sample=sample, seed=seed)
+                                  sample=sample, seed=seed, fmt=fmt, ends_sentence=ends_sentence)
                 start = time.perf_counter()
                 answer_ids = generator.generate(case.prompt_ids, max_new_tokens)
                 seconds = time.perf_counter() - start
                 answer = tokenizer.decode(answer_ids).strip()
                 yield NiahRecord(generator.name, length, depth, sample, needles, ask, scoring,
                                  score_answer(answer, case.expected, scoring), case.expected, answer, case.positions,
-                                 round(seconds, 3))
+                                 round(seconds, 3), fmt)
 
 
-CSV_COLUMNS = ("model", "length", "depth", "sample", "needles", "ask", "scoring", "score", "expected", "answer", "seconds")
+CSV_COLUMNS = ("model", "format", "length", "depth", "sample", "needles", "ask", "scoring", "score", "expected", "answer",
+               "seconds")
 
 
 def write_csv(records: Iterable[NiahRecord], path: str | Path) -> Path:

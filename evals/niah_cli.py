@@ -1,5 +1,6 @@
 """`longctx eval niah`: the needle-in-a-haystack grid from the command line (pipelines/cli.py wires it).
 
+`--format lwm` asks in the LWM release's own words and placement (evals/niah.py).
 Writes OUT/results.jsonl (one record per prompt, as it runs), OUT/results.csv and OUT/heatmap.png,
 and prints the score grid. Heavy imports (JAX, torch) wait until a model is actually loaded.
 """
@@ -32,8 +33,12 @@ def add_niah_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--depths", default="5", help="needle depths: a count (evenly 0..100 %%) or percents 0,25,50")
     parser.add_argument("--needles", type=int, default=1, help="needles inserted per prompt (N)")
     parser.add_argument("--ask", type=int, default=1, help="needles asked for per prompt (R <= N)")
+    parser.add_argument("--format", dest="niah_format", choices=("longctx", "lwm"), default="longctx",
+                        help="longctx: our needle at an exact token depth; lwm: the LWM release's needle, question, "
+                             "instruction and sentence-end placement (default: %(default)s)")
     parser.add_argument("--scoring", choices=("contains", "exact"), default="contains",
-                        help="contains: fraction of asked numbers in the answer; exact: the answer is exactly them")
+                        help="contains (default, as the LWM release scores): the fraction of asked numbers that "
+                             "appear in the answer; exact: the answer is those numbers and nothing else")
     parser.add_argument("--samples", type=int, default=1, help="prompts per (length, depth) cell")
     parser.add_argument("--seed", type=int, default=0, help="seeds the facts and the haystack offsets")
     parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for the prefill and the KV cache (--checkpoint)")
@@ -55,13 +60,13 @@ def _model_name(args: argparse.Namespace) -> str:
 
 
 def run_niah(args: argparse.Namespace, console: Console) -> int:
-    from training import niah
-    from training.niah_plot import length_label, plot_heatmap
+    from evals import niah
+    from evals.niah_plot import length_label, plot_heatmap
 
     lengths, depths = niah.parse_lengths(args.lengths), niah.parse_depths(args.depths)
     name = _model_name(args)
     if args.hf_model:
-        from qa_synth.generator_model import resolve_generator
+        from curation.hf_models import resolve_generator
 
         folder, _ = resolve_generator(args.hf_model)
         tokenizer = niah.load_niah_tokenizer(args.tokenizer or folder)
@@ -89,7 +94,7 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     def progress():
         for record in niah.run_grid(generator, tokenizer, haystack, lengths, depths, needles=args.needles,
                                     ask=args.ask, samples=args.samples, seed=args.seed, scoring=args.scoring,
-                                    max_new_tokens=args.max_new_tokens):
+                                    max_new_tokens=args.max_new_tokens, fmt=args.niah_format):
             records.append(record)
             console.print(f"{length_label(record.length):>6} depth {record.depth:5.1f}% sample {record.sample}: "
                           f"score {record.score:.2f} ({record.seconds:.1f} s) expected {' '.join(record.expected)}, "
@@ -100,6 +105,7 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     niah.write_csv(records, out / "results.csv")
     grid_lengths, grid_depths, scores = niah.score_grid(records)
     variant = "" if args.needles == 1 else f", {args.needles} needles, {args.ask} asked"
+    variant += ", LWM format" if args.niah_format == "lwm" else ""
     plot_heatmap(grid_lengths, grid_depths, scores, out / "heatmap.png", model=f"{name}{variant} ({args.scoring})")
     console.print(score_table(grid_lengths, grid_depths, scores))
     console.print(f"{name}: mean score {float(np.nanmean(scores)):.2f} over {len(records)} prompts", highlight=False)
@@ -109,7 +115,7 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
 
 def score_table(lengths: list[int], depths: list[float], scores: np.ndarray) -> Table:
     """The grid as a rich table: depths down, lengths across, as in the heatmap."""
-    from training.niah_plot import length_label
+    from evals.niah_plot import length_label
 
     table = Table(title="mean score")
     table.add_column("depth %", justify="right")

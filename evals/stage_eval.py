@@ -1,0 +1,159 @@
+"""Evaluating a training stage when it ends: the `eval:` section of a `train-stages` plan.
+
+    eval:
+      ruler: {tasks: "niah_single_1,niah_multikey_2,vt,cwe,fwe", samples: 5}
+      niah: {format: lwm, depths: "0,25,50,75,100"}
+      loss_by_position: {rows: 32}
+
+Each stage is evaluated at its own length: `lengths` (when given) are cut at the stage's
+`seq_len`; by default a stage of length L runs L/8, L/4, L/2 and L (those of at least 1K, and L
+itself always). Outputs go to STAGE_OUT/eval/ (ruler/, niah/, loss_by_position/) and a
+STAGE_OUT/eval/summary.json that lays the headline numbers side by side. The model is the stage's
+final checkpoint, run with our JAX decoder; the tokenizer is the one the stage's shards record
+unless the section names one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from evals.haystack import SAMPLE_BOOKS
+
+DEFAULT_RULER_TASKS = "niah_single_1,niah_single_2,niah_multikey_2,niah_multivalue,niah_multiquery,vt,cwe,fwe"
+
+
+class RulerSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tasks: str = Field(DEFAULT_RULER_TASKS, description="`all` or comma-separated RULER task names")
+    samples: int = Field(5, ge=1, description="prompts per (task, length)")
+    threshold: float = Field(85.6, description="effective length bar (all-task average, percent)")
+    max_new_tokens: int | None = Field(None, ge=1, description="answer budget for every task (default: RULER's)")
+
+
+class NiahSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    format: Literal["longctx", "lwm"] = "lwm"
+    depths: str = Field("5", description="a count (evenly 0..100 %) or percents 0,25,50")
+    samples: int = Field(1, ge=1)
+    needles: int = Field(1, ge=1)
+    ask: int = Field(1, ge=1)
+
+
+class LossSection(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rows: int = Field(32, ge=1, description="rows of the stage scored, evenly spaced")
+    batch_rows: int = Field(2, ge=1)
+    buckets: str = Field("log", description="log, or a window width in tokens")
+
+
+class EvalSection(BaseModel):
+    """What to run after each stage (any of the three may be left out with `null`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    lengths: list[int | str] | None = Field(None, description="context lengths (4k, 8192, ...), cut at the stage's")
+    tokenizer: str | None = Field(None, description="default: the tokenizer the stage's shards record")
+    haystack: str = Field(str(SAMPLE_BOOKS), description="book text for the haystacks")
+    seed: int = 0
+    sp: int = Field(1, ge=1, description="sequence-parallel devices for prefill and loss")
+    chunk: int = Field(512, ge=1, description="ring attention query/key chunk")
+    ruler: RulerSection | None = Field(default_factory=RulerSection)
+    niah: NiahSection | None = Field(default_factory=NiahSection)
+    loss_by_position: LossSection | None = Field(default_factory=LossSection)
+
+
+def stage_lengths(seq_len: int, lengths: list[int | str] | None) -> list[int]:
+    """The lengths a stage of `seq_len` is evaluated at (see module docstring)."""
+    from evals.niah import parse_length
+
+    if lengths:
+        chosen = sorted({parse_length(str(n)) for n in lengths if parse_length(str(n)) <= seq_len})
+        if not chosen:
+            raise ValueError(f"eval lengths {lengths} are all longer than the stage's {seq_len} tokens")
+        return chosen
+    return sorted({n for n in (seq_len // 8, seq_len // 4, seq_len // 2) if n >= 1024} | {seq_len})
+
+
+def _stage_tokenizer(data: str, section: EvalSection) -> str:
+    if section.tokenizer:
+        return section.tokenizer
+    from training.data import StageData
+
+    name = StageData.open(data).info.tokenizer.get("name")
+    if not name:
+        raise ValueError(f"the shards under {data} record no tokenizer name: give eval.tokenizer")
+    return str(name)
+
+
+def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | None = None,
+                   log: Any = None) -> dict[str, Any]:
+    """Run the section's evaluations on a finished stage (`stage_config`: its TrainConfig) and
+    return (and write to STAGE_OUT/eval/summary.json) their headline numbers."""
+    from evals import niah
+    from evals.common import PromptBuilder
+    from evals.loss_by_position import loss_by_position, write_outputs
+    from evals.runner import GeneratorBackend, run_suite
+    from evals.tasks import build_tasks, parse_tasks
+    from training.checkpoint import load_any_params
+
+    say = log or (lambda message: None)
+    checkpoint = checkpoint or f"{str(stage_config.out).rstrip('/')}/checkpoints/final"
+    out = Path(str(stage_config.out)) / "eval"
+    lengths = stage_lengths(stage_config.seq_len, section.lengths)
+    name = Path(str(stage_config.out)).name
+    config, params = load_any_params(checkpoint)
+    summary: dict[str, Any] = {"stage": name, "checkpoint": checkpoint, "seq_len": stage_config.seq_len,
+                               "lengths": lengths}
+
+    if section.loss_by_position is not None:
+        from training.data import StageData
+
+        lp = section.loss_by_position
+        from evals.loss_by_position import parse_buckets
+
+        result = loss_by_position(config, params, StageData.open(stage_config.data), rows=lp.rows,
+                                  batch_rows=lp.batch_rows, buckets=parse_buckets(lp.buckets), sp=section.sp,
+                                  chunk=section.chunk)
+        result = {"model": name, "checkpoint": checkpoint, "data": stage_config.data, **result}
+        write_outputs(result, out / "loss_by_position", name)
+        summary["loss_by_position"] = {"loss": result["loss"], "tokens": result["tokens"],
+                                       "buckets": {f"{b['start']}-{b['end'] - 1}": b["loss"] for b in result["buckets"]}}
+        say(f"stage {name}: loss by position written ({result['tokens']} targets, mean {result['loss']:.4f})")
+
+    if section.ruler is not None or section.niah is not None:
+        tokenizer = niah.load_niah_tokenizer(_stage_tokenizer(stage_config.data, section))
+        generator = niah.FlaxGenerator(config, params, tokenizer.eos_ids, sp=section.sp, name=name,
+                                       q_chunk=section.chunk, kv_chunk=section.chunk)
+        if section.ruler is not None:
+            rs = section.ruler
+            tasks = build_tasks(parse_tasks(rs.tasks), haystack=section.haystack,
+                                book_words=max(400_000, 2 * max(lengths)))
+            builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
+            ruler = run_suite(GeneratorBackend(generator, tokenizer, name), builder, tasks, lengths, rs.samples,
+                              out / "ruler", seed=section.seed, threshold=rs.threshold, max_new_tokens=rs.max_new_tokens)
+            summary["ruler"] = {"average": ruler["average"], "effective_length": ruler["effective_length"],
+                                "threshold": ruler["threshold"]}
+            say(f"stage {name}: RULER effective length {ruler['effective_length']}")
+        if section.niah is not None:
+            ns = section.niah
+            haystack = niah.load_haystack(section.haystack, tokenizer, max_tokens=2 * max(lengths))
+            records = list(niah.run_grid(generator, tokenizer, haystack, lengths, niah.parse_depths(ns.depths),
+                                         needles=ns.needles, ask=ns.ask, samples=ns.samples, seed=section.seed,
+                                         fmt=ns.format))
+            (out / "niah").mkdir(parents=True, exist_ok=True)
+            niah.write_jsonl(records, out / "niah" / "results.jsonl")
+            niah.write_csv(records, out / "niah" / "results.csv")
+            grid_lengths, grid_depths, scores = niah.score_grid(records)
+            from evals.niah_plot import plot_heatmap
+
+            plot_heatmap(grid_lengths, grid_depths, scores, out / "niah" / "heatmap.png", model=f"{name} ({ns.format})")
+            summary["niah"] = {"format": ns.format, "mean": {str(n): float(scores[:, j].mean())
+                                                             for j, n in enumerate(grid_lengths)}}
+            say(f"stage {name}: NIAH ({ns.format}) written")
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+    return summary
