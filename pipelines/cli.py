@@ -153,7 +153,13 @@ def main(argv: list[str] | None = None) -> int:
             plan = load_stage_plan(args.plan)
             if args.out:
                 plan = plan.model_copy(update={"out": args.out})
-            results = train_stages(plan)
+            after = None
+            if plan.eval is not None:
+                from evals.stage_eval import EvalSection, evaluate_stage
+
+                section = EvalSection.model_validate(plan.eval)  # a typo stops the plan before stage 1 trains
+                after = lambda name, config: evaluate_stage(config, section, log=console.print)  # noqa: E731
+            results = train_stages(plan, after)
         except (ConfigMismatch, ValueError) as err:  # a bad plan, unfinished data, a damaged checkpoint
             parser.error(str(err))
         _print_on_process_zero(print_training_summary, results, console)

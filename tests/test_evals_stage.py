@@ -53,3 +53,33 @@ def test_evaluate_stage_writes_into_the_stage_folder(book_shards, tmp_path):
     niah_rows = [json.loads(line) for line in (out / "niah" / "results.jsonl").read_text().splitlines()]
     assert [(r["format"], r["depth"]) for r in niah_rows] == [("lwm", 0.0), ("lwm", 100.0)]
     assert (out / "niah" / "heatmap.png").is_file() and (out / "loss_by_position" / "loss_by_position.png").is_file()
+
+
+def test_train_stages_evaluates_each_stage_as_it_ends(book_shards, tmp_path, capsys):
+    """`longctx train-stages` with an `eval:` section: the stage trains, then is evaluated at its
+    own length into STAGE/eval/; a typo in the section stops the plan before anything trains."""
+    import yaml
+
+    from pipelines.cli import main
+
+    stage = {"name": "s256", "data": str(book_shards / "s256"), "overrides": {}}
+    base = {"model": "toy", "seq_len": 256, "global_batch": 2, "steps": 2, "attention": "dense", "progress": False,
+            "mesh": "dp=1,fsdp=1,tp=1,sp=1"}
+    section = {"ruler": {"tasks": "niah_single_1", "samples": 1, "max_new_tokens": 4}, "niah": None,
+               "loss_by_position": {"rows": 2}}
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(yaml.safe_dump({"out": str(tmp_path / "run"), "base": base, "stages": [stage], "eval": section}))
+    assert main(["train-stages", "--plan", str(plan)]) == 0
+    summary = json.loads((tmp_path / "run" / "s256" / "eval" / "summary.json").read_text())
+    assert summary["stage"] == "s256" and summary["lengths"] == [256] and summary.get("niah") is None
+    assert set(summary["ruler"]["average"]) == {"256"} and summary["loss_by_position"]["tokens"] > 0
+    assert (tmp_path / "run" / "s256" / "checkpoints" / "final").is_dir()
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"out": str(tmp_path / "run2"), "base": base, "stages": [stage],
+                                   "eval": {"ruler": {"step": 1}}}))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train-stages", "--plan", str(bad)])
+    assert exit_info.value.code == 2 and "step" in capsys.readouterr().err
+    assert not (tmp_path / "run2").exists()

@@ -88,6 +88,8 @@ class StagePlan(BaseModel):
                                  "`longctx plan --plan` compiles for it when --topology is not given")
     base: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageEntry]
+    eval: dict[str, Any] | None = Field(None, description="evaluate each stage at its own length when it ends "
+                                        "(evals.stage_eval.EvalSection: ruler, niah, loss_by_position)")
 
     def stage_configs(self) -> list[tuple[str, TrainConfig]]:
         configs = []

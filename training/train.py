@@ -6,6 +6,7 @@ import json
 import logging
 import resource
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -587,8 +588,11 @@ class _progress:
         return False
 
 
-def train_stages(plan: StagePlan) -> list[dict[str, Any]]:
-    """Each stage in order, initialised from the previous stage's final params (fresh optimiser)."""
+def train_stages(plan: StagePlan, after_stage: Callable[[str, TrainConfig], dict[str, Any] | None] | None = None
+                 ) -> list[dict[str, Any]]:
+    """Each stage in order, initialised from the previous stage's final params (fresh optimiser).
+    `after_stage(name, config)` runs when a stage ends (the plan's `eval:` section, wired by the
+    front door: training does not import evaluation); its result is kept under "eval"."""
     results = []
     configs = plan.stage_configs()
     for name, config in configs:  # a bad later stage is said now, not after the earlier ones trained
@@ -598,7 +602,16 @@ def train_stages(plan: StagePlan) -> list[dict[str, Any]]:
             raise ConfigMismatch(f"stage {name}: {err}") from None
     for name, config in configs:
         log.info("stage %s: seq_len %d, rope_theta %s, init_from %s", name, config.seq_len, config.rope_theta, config.init_from)
-        results.append({"stage": name, **train(config)})
+        result = {"stage": name, **train(config)}
+        if after_stage is not None:
+            if jax.process_count() > 1:  # one process cannot drive a multi-host model alone
+                log.warning("stage %s: the plan's eval: runs in single-process runs only; run `longctx eval` on %s",
+                            name, result.get("final"))
+            else:
+                evaluation = after_stage(name, config)
+                if evaluation is not None:
+                    result["eval"] = evaluation
+        results.append(result)
     return results
 
 
