@@ -8,6 +8,9 @@ Two things differ from a plain language model because of long-context training:
 - attention is pluggable: `attention_fn(q, k, v, segment_ids)` (the trainer passes Blockwise
   RingAttention); the default `dense_attention` is causal and never attends across segments.
 
+The layers run as one `jax.lax.scan` over a stacked view of their params (`scan_layers`, on by
+default) so compile time does not grow with depth; the stored tree stays `layers_0..N-1`.
+
 Vision-language models (LWM) read rows whose `vision_mask` marks VQGAN codes (see
 `curation/vision_layout.py`). With `vision_layout="separate"` the model has a second embedding
 table and output head of `vision_vocab_size` ids, chosen per position by `vision_mask`; with
@@ -99,6 +102,10 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations and matmuls
     logits_fp32: bool = True
     remat: str = "none"  # "none" | "full" | "dots_saveable"
+    # Run the layers as one jax.lax.scan over a stacked view of the per-layer params (the stored tree
+    # stays layers_0..N-1): compile time no longer grows with depth; same losses and gradients.
+    # Generation's KV-cache path (mutable "cache") and init keep the Python loop.
+    scan_layers: bool = True
     # "none": text only. "separate": own vision embedding + head of vision_vocab_size ids (LWM's 8448).
     # "unified": the last vision_vocab_size ids of vocab_size are vision (8196 after the text ids).
     vision_layout: str = "none"
@@ -116,6 +123,8 @@ class ModelConfig:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
+        if not isinstance(self.scan_layers, bool):  # a YAML "yes"/"no" string would be truthy either way
+            raise ValueError(f"scan_layers must be true or false, got {self.scan_layers!r}")
         if self.remat not in REMAT_POLICIES:
             raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
         if self.vision_layout not in VISION_LAYOUTS:
@@ -357,12 +366,16 @@ class LlamaModel(nn.Module):
         else:
             x = _lookup(embed, input_ids, c.dtype)
         x = _hidden(x)
-        # attention_fn is a module attribute, not a call argument, so nn.remat needs no static_argnums.
-        layer_cls = DecoderLayer
-        if c.remat != "none":
-            layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
-        for i in range(c.num_layers):
-            x = layer_cls(c, attention_fn, name=f"layers_{i}")(x, positions, segment_ids)
+        # init creates the per-layer params and the KV cache is per-layer mutable state: both loop.
+        if c.scan_layers and not self.is_initializing() and not self.is_mutable_collection("cache"):
+            x = self._scanned_layers(x, positions, segment_ids, attention_fn)
+        else:
+            # attention_fn is a module attribute, not a call argument, so nn.remat needs no static_argnums.
+            layer_cls = DecoderLayer
+            if c.remat != "none":
+                layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
+            for i in range(c.num_layers):
+                x = layer_cls(c, attention_fn, name=f"layers_{i}")(x, positions, segment_ids)
         x = _hidden(RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="norm")(x))
         if return_hidden and not self.is_initializing():
             return x
@@ -380,6 +393,42 @@ class LlamaModel(nn.Module):
         if c.has_vision_head:
             return vocab(logits), vocab(head(c.vision_vocab_size, "vision_head")(x))
         return vocab(logits)
+
+    def _scanned_layers(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
+                        attention_fn: AttentionFn | None) -> jax.Array:
+        """The decoder layers as one `jax.lax.scan`: XLA traces, partitions and compiles one layer body
+        whatever the depth (a Python loop inlines num_layers copies of it).
+
+        The params keep their per-layer tree (`layers_0..N-1`, what checkpoints, the HF converter,
+        vision growth and `param_partition_specs` see); each leaf is stacked here into a
+        [num_layers, ...] view and one unbound `DecoderLayer` is applied functionally per slice. The
+        gradient of the stack is the per-layer slices, so gradients land on the per-layer leaves.
+        Cost: the stacked view is one more copy of each device's param shard (kept for the backward
+        pass; kernels in the compute dtype, so half the fp32 size under bf16), and the backward pass
+        builds the stacked gradient before slicing it per layer.
+        """
+        c = self.config
+        params = self.variables.get("params", {})
+        missing = [f"layers_{i}" for i in range(c.num_layers) if f"layers_{i}" not in params]
+        if missing:
+            raise KeyError(f"params lack {missing[:3]}{'...' if len(missing) > 3 else ''} for num_layers={c.num_layers}")
+        # Kernels (every 2-D layer param is a Dense kernel) are cast to the compute dtype first, as the
+        # Dense would cast them anyway: same numbers, and under bf16 the stacked copy is half the size.
+        # Norm scales stay in param_dtype (RMSNorm reads them in fp32).
+        cast = lambda leaf: leaf.astype(c.dtype) if leaf.ndim >= 2 else leaf  # noqa: E731
+        stacked = jax.tree.map(lambda *leaves: jnp.stack([cast(leaf) for leaf in leaves]),
+                               *(params[f"layers_{i}"] for i in range(c.num_layers)))
+        block = DecoderLayer(c, attention_fn, parent=None)  # unbound: not a child of this module
+
+        def layer(layer_params: Any, h: jax.Array) -> jax.Array:
+            return block.apply({"params": layer_params}, h, positions, segment_ids)
+
+        if c.remat != "none":
+            # The same per-layer policy as nn.remat in the loop. scan already keeps XLA from merging
+            # the recomputation with the forward pass, so no CSE barrier is needed.
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
+        x, _ = jax.lax.scan(lambda h, p: (layer(p, h), None), x, stacked)
+        return x
 
 
 # ----------------------------------------------------------------------------------------------
