@@ -103,14 +103,9 @@ from training.model import (
     flops_per_token,
     init_params,
 )
-from training.train import (
-    _init_opt_state,
-    _param_shardings,
-    build_optimizer,
-    check_fits,
-    make_attention,
-    make_train_step,
-)
+from training.loss import loss_weights
+from training.step import build_optimizer, init_opt_state, make_attention, make_train_step, param_shardings
+from training.train import check_fits
 
 GiB = 2**30
 
@@ -161,7 +156,7 @@ def bench_preset(name: str, args: argparse.Namespace, peaks: dict[str, float], m
     model = LlamaModel(model_cfg)
     optimizer = build_optimizer(config)
     replicated = NamedSharding(mesh, PartitionSpec())
-    pshard = _param_shardings(model_cfg, mesh)
+    pshard = param_shardings(model_cfg, mesh)
     abstract_params = jax.eval_shape(lambda: init_params(model_cfg, jax.random.key(0)))
     abstract_params = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract_params, pshard)
     abstract_state = jax.eval_shape(
@@ -171,7 +166,9 @@ def bench_preset(name: str, args: argparse.Namespace, peaks: dict[str, float], m
     host = synthetic_batch(batch, seq, model_cfg.vocab_size)
     abstract_batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding) for k, v in host.items()}
 
-    step = make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum)
+    # The step train() runs: its loss chunking, sp split and loss weights, and its attention.
+    step = make_train_step(model, optimizer, make_attention(config, mesh), config.grad_accum, config.loss_chunk,
+                           mesh.shape["sp"], loss_weights(config, model_cfg))
     state_shardings = {
         "params": pshard,
         "opt_state": _opt_shardings(optimizer, abstract_params, replicated),
@@ -200,7 +197,7 @@ def bench_preset(name: str, args: argparse.Namespace, peaks: dict[str, float], m
 
     t0 = time.perf_counter()
     params = init_params(model_cfg, jax.random.key(0), out_shardings=pshard)
-    state = {"params": params, "opt_state": _init_opt_state(optimizer, params, replicated),
+    state = {"params": params, "opt_state": init_opt_state(optimizer, params, replicated),
              "step": jax.device_put(jnp.zeros((), jnp.int32), replicated)}
     device_batch = jax.device_put(host, batch_sharding)
     jax.block_until_ready((state, device_batch))
@@ -240,7 +237,7 @@ def bench_preset(name: str, args: argparse.Namespace, peaks: dict[str, float], m
 
 
 def _opt_shardings(optimizer, abstract_params, replicated):
-    """Optimiser-state shardings as `_init_opt_state` lays them out: moments like their params,
+    """Optimiser-state shardings as `init_opt_state` lays them out: moments like their params,
     scalars (counts) replicated."""
     import optax
 

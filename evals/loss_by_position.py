@@ -85,7 +85,7 @@ def _scorer(config: Any, sp: int, chunk: int, loss_chunk: int):
     from training.mesh import make_mesh
     from training.model import LlamaModel, output_kernel
     from training.ring_attention import ring_attention_sharded
-    from training.train import next_token_targets
+    from training.loss import next_token_targets
 
     mesh = make_mesh(f"sp={sp}")
     model = LlamaModel(config)

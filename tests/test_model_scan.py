@@ -19,9 +19,9 @@ from training.config import TrainConfig
 from training.mesh import make_mesh
 from training.model import LlamaModel, ModelConfig, init_params, param_partition_specs
 from training.ring_attention import ring_attention_sharded
-from training.train import build_optimizer, make_train_step
+from training.step import build_optimizer, make_train_step
 
-TOY = dict(vocab_size=256)  # the toy preset with a small vocabulary: the output layer is not under test
+TOY = dict(vocab_size=256, scan_layers=True)  # the toy preset, scanned, with a small vocabulary (the output layer is not under test)
 
 
 def _packed_rows(rng: np.random.Generator, vocab: int, batch: int, seq: int, cut: int):
@@ -101,7 +101,7 @@ def test_scan_matches_loop_with_a_separate_vision_vocabulary():
 def test_scan_keeps_the_per_layer_parameter_tree():
     shapes = lambda cfg: jax.eval_shape(lambda: init_params(cfg, jax.random.key(0)))  # noqa: E731
     config = ModelConfig.preset("toy", **TOY, num_layers=3)
-    assert config.scan_layers  # on by default
+    assert config.scan_layers and not ModelConfig.preset("toy").scan_layers  # an option, off by default
     tree = shapes(config)
     assert jax.tree.structure(tree) == jax.tree.structure(shapes(config.with_(scan_layers=False)))
     assert sorted(k for k in tree if k.startswith("layers_")) == ["layers_0", "layers_1", "layers_2"]
@@ -139,7 +139,7 @@ def test_lowered_program_does_not_grow_with_depth_under_scan():
     stacking of each layer's parameter leaves (a few ops per leaf, ~10% of a layer body), and
     the train step has the same matmuls at any depth; what still grows per layer there is the
     optimiser's elementwise update of each layer's leaves (the parameter tree stays per-layer)."""
-    text = {(n, scan, opt): _lowered(ModelConfig.preset("toy", **TOY, num_layers=n, remat="full", scan_layers=scan), opt)
+    text = {(n, scan, opt): _lowered(ModelConfig.preset("toy", **{**TOY, "scan_layers": scan}, num_layers=n, remat="full"), opt)
             for n in (2, 8) for scan in (True, False) for opt in (False, True)}
     size = {key: len(t) for key, t in text.items()}
     growth = lambda scan, opt: size[8, scan, opt] - size[2, scan, opt]  # noqa: E731

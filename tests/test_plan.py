@@ -239,3 +239,14 @@ def test_the_lwm_text_plan_states_a_slice_its_stages_fill_and_fit():
         assert report.fits is True and report.peak_bytes_per_device < target.hbm_bytes, (name, report.peak_bytes_per_device)
         # ZeRO-3 over every chip: 6.74e9 params x (fp32 weights + two fp32 moments) / 256 chips.
         assert report.state_bytes_per_device < 1.1 * report.state_bytes_total / 256, name
+
+
+def test_a_program_xla_refuses_for_lack_of_hbm_is_reported_as_not_fitting():
+    """XLA's TPU compiler refuses a program whose temporaries exceed the chip (RESOURCE_EXHAUSTED):
+    the plan reads how much it asked for from the refusal instead of crashing."""
+    from training.plan import _exhausted_temp_bytes
+
+    message = ("RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries "
+               "(99.22G) exceeds available HBM (95.74G).")
+    assert _exhausted_temp_bytes(RuntimeError(message)) == int(99.22 * 2**30)
+    assert _exhausted_temp_bytes(RuntimeError("INTERNAL: something else")) is None

@@ -115,7 +115,7 @@ def test_batches_are_deterministic_resumable_and_split_over_hosts(shards):
 def test_chunked_loss_equals_full_logits_loss():
     import jax.numpy as jnp
 
-    from training.train import next_token_loss, next_token_targets
+    from training.loss import next_token_loss, next_token_targets
 
     rng = np.random.default_rng(0)
     b, t, h, v = 2, 48, 16, 50

@@ -15,15 +15,8 @@ from training.config import TrainConfig
 from training.data import open_batches
 from training.mesh import make_mesh
 from training.model import LlamaModel, flops_per_token, init_params
-from training.train import (
-    ConfigMismatch,
-    build_optimizer,
-    check_fits,
-    make_train_step,
-    model_config_for,
-    split_micro_batches,
-    train,
-)
+from training.step import build_optimizer, make_train_step, split_micro_batches
+from training.train import ConfigMismatch, check_fits, model_config_for, train
 
 LENGTH, VOCAB = 64, 1000
 PEAK = 1e12  # a stated peak, so the MFU is a deterministic function of the step time

@@ -16,7 +16,8 @@ from training import checkpoint as ckpt
 from training.config import TrainConfig
 from training.data import DataMismatchError, StageData, open_batches
 from training.model import LlamaModel, ModelConfig, init_params, output_kernel, vision_output_kernel
-from training.train import combine_losses, next_token_nll, train
+from training.loss import combine_losses, next_token_nll
+from training.train import train
 from training.vision import expected_vision_metadata, grow_vision_params, with_vision
 
 pytest.importorskip("decord")
@@ -243,7 +244,7 @@ def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path,
     assert model.vision_layout == "separate" and model.vision_vocab_size == DEFAULT_VISION_VOCAB.size
 
     # `longctx generate` on the real clips: decoded, encoded and laid out by the pipeline's code.
-    from pipelines.cli import main
+    from longctx.cli import main
     from tests.conftest import DEMO_TOKENIZER, REPO
 
     common = ["generate", "--checkpoint", result["final"], "--tokenizer", DEMO_TOKENIZER, "--vqgan",

@@ -224,7 +224,7 @@ def mesh_string(sizes: dict[str, int]) -> str:
 
 def layout_problems(config: TrainConfig, model, sizes: dict[str, int]) -> list[str]:
     """Why this layout cannot run this stage (the trainer's `check_fits` rules, without a mesh)."""
-    from training.train import micro_batch
+    from training.step import micro_batch
 
     problems = []
     sp, dp, tp = sizes["sp"], sizes["dp"] * sizes["fsdp"], sizes["tp"]
@@ -318,7 +318,7 @@ def _abstract_params(model) -> Any:
 def _abstract_opt_state(model, optimizer_json: str) -> Any:
     import jax
 
-    from training.train import build_optimizer
+    from training.step import build_optimizer
 
     config = TrainConfig.model_validate_json(optimizer_json)
     return jax.eval_shape(build_optimizer(config).init, _abstract_params(model))
@@ -334,7 +334,7 @@ def abstract_inputs(config: TrainConfig, model, sizes: dict[str, int], state_axe
     from jax.sharding import AbstractMesh, PartitionSpec
 
     from training.model import param_partition_specs
-    from training.train import build_optimizer, micro_batch
+    from training.step import build_optimizer, micro_batch
 
     mesh = AbstractMesh(tuple(sizes[a] for a in AXES), AXES)  # only .shape is read: divisibility of dims
     params = _abstract_params(model)
@@ -455,9 +455,10 @@ def _compile_step(config: TrainConfig, model, devices: list, sizes: dict[str, in
     import jax
     from jax.sharding import NamedSharding
 
+    from training.loss import loss_weights
     from training.mesh import make_mesh
     from training.model import LlamaModel
-    from training.train import build_optimizer, loss_weights, make_attention, make_train_step
+    from training.step import build_optimizer, make_attention, make_train_step
 
     mesh = make_mesh(mesh_string(sizes), devices)
     abstract = abstract_inputs(config, model, sizes, state_axes)
@@ -480,7 +481,14 @@ def _compile_step(config: TrainConfig, model, devices: list, sizes: dict[str, in
     jitted = jax.jit(step, in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
     t0 = time.perf_counter()
     with jax.set_mesh(mesh):
-        compiled = jitted.lower(state, batch).compile(compiler_options or None)
+        try:
+            compiled = jitted.lower(state, batch).compile(compiler_options or None)
+        except Exception as err:  # XLA refuses a program that cannot fit: that is the answer, not a crash
+            over = _exhausted_temp_bytes(err)
+            if over is None:
+                raise
+            args = sum(_device_bytes(x) for x in jax.tree.leaves((state, batch)))
+            return Compiled(args, 0, 0, over, None, None, time.perf_counter() - t0, None)
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     if mem is None:
@@ -494,6 +502,25 @@ def _compile_step(config: TrainConfig, model, devices: list, sizes: dict[str, in
     peak = getattr(mem, "peak_memory_in_bytes", None)
     return Compiled(int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes), int(mem.alias_size_in_bytes),
                     int(mem.temp_size_in_bytes), int(peak) if peak else None, hlo_flops, seconds, compiled)
+
+
+def _exhausted_temp_bytes(err: BaseException) -> int | None:
+    """The temporaries XLA said it needed when it refused to compile for lack of HBM, e.g.
+    "RESOURCE_EXHAUSTED: ... HLO temporaries (99.22G) exceeds available HBM (95.74G)"; else None."""
+    import re
+
+    match = re.search(r"RESOURCE_EXHAUSTED.*?temporaries \(([\d.]+)([KMGT])\)", str(err), re.S)
+    if not match:
+        return None
+    return int(float(match[1]) * 1024 ** "KMGT".index(match[2]) * 1024)
+
+
+def _device_bytes(x: Any) -> int:
+    """Bytes of one device's shard of an abstract array that carries its sharding."""
+    import numpy as np
+
+    shape = x.sharding.shard_shape(x.shape) if getattr(x, "sharding", None) is not None else x.shape
+    return int(math.prod(shape)) * np.dtype(x.dtype).itemsize
 
 
 def plan_stage(name: str, config: TrainConfig, target: Target, *, mfu: float = 0.4, layers: Sequence[int] = (),
@@ -593,7 +620,7 @@ def estimate_memory(config: TrainConfig, model, sizes: dict[str, int], state_axe
       the loss: the gathered output head (V h / t x a) with its fp32 gradient, and two fp32 logit
       chunks (b x loss_chunk x V / t x 4).
     """
-    from training.train import micro_batch
+    from training.step import micro_batch
 
     abstract = abstract_inputs(config, model, sizes, state_axes)
     argument = abstract.state_bytes_per_device() + abstract.batch_bytes_per_device()

@@ -10,9 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -20,18 +18,9 @@ from training import checkpoint as ckpt
 from training import distributed, run_folder
 from training.config import StagePlan, TrainConfig
 from training.data import global_arrays, open_batches
-from training.mesh import BATCH_AXES, make_mesh, parse_state_axes
-from training.model import (
-    LlamaModel,
-    ModelConfig,
-    count_params,
-    flops_per_token,
-    init_params,
-    output_kernel,
-    param_partition_specs,
-    vision_output_kernel,
-)
-from training.ring_attention import ring_attention_sharded
+from training.mesh import make_mesh
+from training.model import ModelConfig, count_params, flops_per_token, init_params
+from training.step import build_optimizer, init_opt_state, jit_train_step, micro_batch, param_shardings
 from training.vision import expected_vision_metadata, grow_vision_params, with_vision
 
 log = logging.getLogger("longctx")
@@ -71,11 +60,6 @@ def check_config(config: TrainConfig) -> None:
         raise ConfigMismatch(f"resume_step {config.resume_step} must be a saved step (>= 1)")
 
 
-def micro_batch(config: TrainConfig) -> int:
-    """Rows of one micro-batch: a step's global_batch rows run as grad_accum micro-batches."""
-    return config.global_batch // config.grad_accum
-
-
 def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh) -> None:
     check_config(config)
     sp, dp = mesh.shape["sp"], mesh.shape["dp"] * mesh.shape["fsdp"]
@@ -99,188 +83,6 @@ def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh)
         raise ConfigMismatch(f"heads {model.num_heads}/{model.num_kv_heads} are not divisible by tp={tp}")
 
 
-def build_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    if config.schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(
-            0.0, config.lr, max(config.warmup_steps, 1), max(config.steps, config.warmup_steps + 1), config.lr * config.end_lr_ratio
-        )
-    else:
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, config.lr, max(config.warmup_steps, 1)), optax.constant_schedule(config.lr)],
-            [max(config.warmup_steps, 1)],
-        )
-    decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)  # noqa: E731  (no decay on norms)
-    return optax.chain(
-        optax.clip_by_global_norm(config.grad_clip),
-        optax.adamw(schedule, b1=config.b1, b2=config.b2, weight_decay=config.weight_decay, mask=decay_mask),
-    )
-
-
-def next_token_targets(batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(targets, weights, is_vision): predict token t+1 at t, only inside one packed document and
-    where the target's loss_mask is on; is_vision says the target is a vision token (its vision_mask)."""
-    ids, seg = batch["input_ids"], batch["segment_ids"]
-    same_doc = (jnp.roll(seg, -1, axis=1) == seg) & (seg > 0)
-    weight = jnp.roll(batch["loss_mask"], -1, axis=1) * same_doc
-    vision = batch.get("vision_mask")
-    is_vision = jnp.zeros(ids.shape, bool) if vision is None else jnp.roll(vision, -1, axis=1) > 0
-    return jnp.roll(ids, -1, axis=1), weight.at[:, -1].set(0.0), is_vision
-
-
-def next_token_nll(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.Array], chunk: int, sp: int = 1,
-                   vision_kernel: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
-    """Summed weighted cross-entropy and summed weights, per modality of the predicted token:
-    two arrays [2] = (text, vision).
-
-    A vision target is scored by `vision_kernel` (the separate vision head) and a text target by
-    `kernel`; with a unified vocabulary (no vision_kernel) one head scores both and vision_mask only
-    splits the sums. The output layer runs `chunk` positions (per sequence shard) at a time under
-    `jax.checkpoint`, so only one chunk's fp32 logits exist in the forward or backward pass: at 1M
-    tokens, full logits would be 128 GiB. The sequence is split as [sp, local] so each step stays
-    on its shard.
-    """
-    targets, weight, is_vision = next_token_targets(batch)
-    b, t, h = hidden.shape
-    local = t // sp
-    chunk = min(chunk, local)
-    n = local // chunk
-
-    def split(x):  # [b, t, ...] -> [n, b, sp, chunk, ...]
-        return jnp.moveaxis(x.reshape(b, sp, n, chunk, *x.shape[2:]), 2, 0)
-
-    def nll(h_c, head, t_c):
-        logits = jnp.einsum("bsch,hv->bscv", h_c, head.astype(h_c.dtype), preferred_element_type=jnp.float32)
-        return jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, t_c[..., None], axis=-1)[..., 0]
-
-    def head_nll(head, h_c, t_c, needed):
-        # A chunk with no scored target of this head's modality (most chunks of a video row for the
-        # 32K-wide text head) skips its matmul: lax.map runs chunks one by one, so cond really branches.
-        return jax.lax.cond(needed, lambda: nll(h_c, head, t_c), lambda: jnp.zeros(t_c.shape, jnp.float32))
-
-    @jax.checkpoint
-    def chunk_nll(h_c, t_c, v_c, w_c):
-        if vision_kernel is None:
-            return nll(h_c, kernel, t_c)
-        # Each head only sees ids of its own vocabulary; the other positions' values are discarded.
-        scored = w_c > 0
-        text = head_nll(kernel, h_c, jnp.where(v_c, 0, t_c), jnp.any(scored & ~v_c))
-        vision = head_nll(vision_kernel, h_c, jnp.where(v_c, t_c, 0), jnp.any(scored & v_c))
-        return jnp.where(v_c, vision, text)
-
-    w, v = split(weight), split(is_vision)
-    per_token = jax.lax.map(lambda xs: chunk_nll(*xs), (split(hidden), split(targets), v, w))
-    sums = jnp.stack([(per_token * w * ~v).sum(), (per_token * w * v).sum()])
-    counts = jnp.stack([(w * ~v).sum(), (w * v).sum()])
-    return sums, counts
-
-
-def next_token_loss(hidden: jax.Array, kernel: jax.Array, batch: dict[str, jax.Array], chunk: int, sp: int = 1) -> tuple[jax.Array, jax.Array]:
-    """Mean cross-entropy over all scored positions of a text model, and their count."""
-    sums, counts = next_token_nll(hidden, kernel, batch, chunk, sp)
-    return sums.sum() / jnp.maximum(counts.sum(), 1.0), counts.sum()
-
-
-def weighted_loss(sums: jax.Array, counts: jax.Array, weights: tuple[float, float] | None) -> jax.Array:
-    """The training loss from per-modality sums: a text model's mean over every scored position
-    (weights None), or `w_text * text + w_vision * vision` with each term averaged over its own
-    positions (LWM: 0.5 / 0.5; a term without positions in the batch contributes 0). Linear in
-    `sums`: sums of micro-batches divided by the whole batch's counts add up to the batch's loss."""
-    means = sums / jnp.maximum(counts, 1.0)
-    return sums.sum() / jnp.maximum(counts.sum(), 1.0) if weights is None else weights[0] * means[0] + weights[1] * means[1]
-
-
-def combine_losses(sums: jax.Array, counts: jax.Array, weights: tuple[float, float] | None) -> dict[str, jax.Array]:
-    """The loss (see weighted_loss) and its parts, as logged."""
-    means = sums / jnp.maximum(counts, 1.0)
-    return {"loss": weighted_loss(sums, counts, weights), "text_loss": means[0], "vision_loss": means[1],
-            "scored_tokens": counts.sum(), "vision_tokens": counts[1]}
-
-
-def scored_counts(batch: dict[str, jax.Array]) -> jax.Array:
-    """[2] = (text, vision) scored next-token targets of a batch: the loss's denominators, known
-    before the forward pass (they depend on the masks only)."""
-    _, weight, is_vision = next_token_targets(batch)
-    return jnp.stack([(weight * ~is_vision).sum(), (weight * is_vision).sum()])
-
-
-def loss_weights(config: TrainConfig, model: ModelConfig) -> tuple[float, float] | None:
-    if model.vision_layout == "none":
-        return None
-    text = 0.5 if config.text_loss_weight is None else config.text_loss_weight
-    vision = 0.5 if config.vision_loss_weight is None else config.vision_loss_weight
-    return (text, vision)
-
-
-def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh):
-    if config.attention == "dense":
-        return None  # the model's own dense causal attention (segment-aware)
-    balance = None if config.load_balance == "none" else config.load_balance
-    return lambda q, k, v, segment_ids: ring_attention_sharded(  # noqa: E731
-        q, k, v, mesh, segment_ids=segment_ids, causal=True, axis_name="sp",
-        q_chunk=config.q_chunk, kv_chunk=config.kv_chunk, load_balance=balance,
-    )
-
-
-def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int, loss_chunk: int = 1024, sp: int = 1,
-                    weights: tuple[float, float] | None = None):
-    """One optimiser step over a batch laid out as `accum` micro-batches, `[accum, rows, seq]`.
-    `weights`: (text, vision) loss weights of a vision-language model (see combine_losses); None
-    for a text model.
-
-    Each micro-batch's loss sums are divided by the whole step's scored-token counts, so the summed
-    micro-batch gradients are exactly the gradient of one batch of all the rows (same update for
-    any `accum`, up to float summation order; a mean of per-micro-batch means would weight rows of
-    a micro-batch with fewer scored tokens more)."""
-
-    def loss_fn(params, micro, totals):
-        hidden = model.apply({"params": params}, micro["input_ids"], micro["positions"], micro["segment_ids"],
-                             micro.get("vision_mask"), attention_fn=attention_fn, return_hidden=True)
-        sums, _ = next_token_nll(hidden, output_kernel(model.config, params), micro, loss_chunk, sp,
-                                 vision_output_kernel(model.config, params))
-        return weighted_loss(sums, totals, weights), sums
-
-    def step(state, batch):
-        if batch["input_ids"].shape[0] != accum:
-            raise ValueError(f"batch has {batch['input_ids'].shape[0]} micro-batches, the step was made for {accum}")
-        totals = jax.vmap(scored_counts)(batch).sum(axis=0)
-
-        def micro_step(grads, micro):
-            (_, sums), g = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], micro, totals)
-            return jax.tree.map(jnp.add, grads, g), sums
-
-        zeros = jax.tree.map(jnp.zeros_like, state["params"])
-        grads, sums = jax.lax.scan(micro_step, zeros, batch)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        metrics = combine_losses(sums.sum(axis=0), totals, weights)
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-    return step
-
-
-def step_batch_shape(config: TrainConfig) -> tuple[int, int, int]:
-    """The global shape of one step's token arrays: [grad_accum, global_batch / grad_accum, seq_len]."""
-    return (config.grad_accum, micro_batch(config), config.seq_len)
-
-
-def jit_train_step(config: TrainConfig, model_cfg: ModelConfig, mesh: jax.sharding.Mesh, state_shardings: Any):
-    """(jitted step, batch sharding): the step `train()` runs, its in/out shardings fixed (the
-    state keeps its layout step after step, so one compile serves all) and the state donated.
-    Lowering it with `jax.ShapeDtypeStruct`s of `step_batch_shape` compiles it ahead of time."""
-    batch_sharding = NamedSharding(mesh, PartitionSpec(None, BATCH_AXES, "sp"))
-    step = make_train_step(LlamaModel(model_cfg), build_optimizer(config), make_attention(config, mesh), config.grad_accum,
-                           config.loss_chunk, mesh.shape["sp"], loss_weights(config, model_cfg))
-    jitted = jax.jit(step, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None), donate_argnums=0)
-    return jitted, batch_sharding
-
-
-def split_micro_batches(host: dict[str, np.ndarray], accum: int) -> dict[str, np.ndarray]:
-    """This host's rows of one step, [rows, seq] -> [accum, rows / accum, seq]: micro-batch i holds
-    the i-th consecutive slice of the rows."""
-    return {k: v.reshape(accum, v.shape[0] // accum, *v.shape[1:]) for k, v in host.items()}
-
-
 def _peak_flops(config: TrainConfig) -> float | None:
     if config.peak_flops_per_device:
         return config.peak_flops_per_device
@@ -297,45 +99,24 @@ def _initial_params(config: TrainConfig, mesh, abstract_model: ModelConfig):
     """(ModelConfig, params) from init_from (our params checkpoint or a HF LLaMA folder) or random.
     A text checkpoint under a vision_layout grows the vision tables (training.vision)."""
     if not config.init_from:
-        shardings = _param_shardings(abstract_model, mesh, config.state_axes)
+        shardings = param_shardings(abstract_model, mesh, config.state_axes)
         return abstract_model, init_params(abstract_model, jax.random.key(config.seed), out_shardings=shardings)
     if ckpt.is_params_checkpoint(config.init_from):
         base = ModelConfig.from_dict(json.loads((run_folder.run_path(config.init_from, "init_from") / "model.json").read_text()))
-        _, params = ckpt.load_params(config.init_from, _param_shardings(base, mesh, config.state_axes))
+        _, params = ckpt.load_params(config.init_from, param_shardings(base, mesh, config.state_axes))
     else:
         from training.hf import load_hf_llama
 
         base, host_params = load_hf_llama(config.init_from)
-        params = jax.tree.map(jax.device_put, host_params, _param_shardings(base, mesh, config.state_axes))
+        params = jax.tree.map(jax.device_put, host_params, param_shardings(base, mesh, config.state_axes))
     model = model_config_for(config, base)
     if model.vision_layout != base.vision_layout:
         log.info("growing a %s vision vocabulary (%s init) on %s", model.vision_layout, config.vision_init, config.init_from)
         grow = lambda p, key: grow_vision_params(p, base, model, key, config.vision_init)  # noqa: E731
-        params = jax.jit(grow, out_shardings=_param_shardings(model, mesh, config.state_axes))(params, jax.random.key(config.seed))
+        params = jax.jit(grow, out_shardings=param_shardings(model, mesh, config.state_axes))(params, jax.random.key(config.seed))
     return model, params
 
 
-def _init_opt_state(optimizer, params, replicated: NamedSharding):
-    """Optimiser state laid out like the params it tracks (moments), scalars replicated."""
-    param_shardings = jax.tree.map(lambda p: p.sharding, params)
-    abstract = jax.eval_shape(optimizer.init, params)
-    shardings = optax.tree_map_params(
-        optimizer, lambda _, sharding: sharding, abstract, param_shardings, transform_non_params=lambda _: replicated
-    )
-    return jax.jit(optimizer.init, out_shardings=shardings)(params)
-
-
-def _param_shardings(model: ModelConfig, mesh, state_axes: str | None = None):
-    """Where each parameter lives: split over `state_axes` (config key; default fsdp x sp) and tp."""
-    abstract = jax.eval_shape(lambda: init_params(model, jax.random.key(0)))
-    specs = param_partition_specs(abstract, mesh, fsdp_axes=parse_state_axes(state_axes))
-    return jax.tree.map(lambda spec: NamedSharding(mesh, spec), specs)
-
-
-# Settings a resumed run may change freely: where the run lives (a resume restores the state, not
-# init_from), how the same maths is laid out on the devices, what is logged or checked. Any other
-# setting changes what the checkpoint's optimiser state and data position mean (lr, schedule,
-# betas, clip, batch, length, steps, data, model...): see config_changes.
 RESUME_FREE_KEYS = frozenset({
     "out", "init_from", "mesh", "state_axes", "attention", "q_chunk", "kv_chunk", "load_balance", "loss_chunk", "tokenizer_sha256",
     "checkpoint_every", "keep_checkpoints", "stop_after", "log_every", "peak_flops_per_device", "progress",
@@ -497,7 +278,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     replicated = NamedSharding(mesh, PartitionSpec())
     state = {
         "params": params,
-        "opt_state": _init_opt_state(optimizer, params, replicated),
+        "opt_state": init_opt_state(optimizer, params, replicated),
         "step": jax.device_put(np.zeros((), np.int32), replicated),  # host value: fine for every process's devices
     }
     if resume_at:
