@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed-dev
 
-.PHONY: demo test test-shuffled install clean-demo
+.PHONY: demo test test-shuffled install clean-demo lint-imports
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,12 @@ demo: $(STAMP)
 	rm -rf out/demo/run
 	$(VENV)/bin/longctx train --config configs/train/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) lint-imports
 	$(PY) -m pytest -q
+
+# The layering contracts in pyproject.toml ([tool.importlinter]): a broken one names the import.
+lint-imports: $(STAMP)
+	.venv/bin/lint-imports
 
 # The same suite in a random order (pytest-randomly prints its seed; replay one order with
 # `.venv/bin/python -m pytest -p randomly --randomly-seed=N`).

@@ -56,6 +56,8 @@ WORKDIR /opt/longctx
 COPY pyproject.toml setup.py README.md ./
 COPY curation/ curation/
 COPY evals/ evals/
+COPY inspection/ inspection/
+COPY longctx/ longctx/
 COPY pipelines/ pipelines/
 COPY qa_synth/ qa_synth/
 COPY training/ training/

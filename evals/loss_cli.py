@@ -1,5 +1,5 @@
 """`longctx eval loss-by-position`: mean next-token loss per position bucket over a stage's rows
-(evals/loss_by_position.py); pipelines/cli.py wires it. Writes OUT/loss_by_position.json, .csv
+(evals/loss_by_position.py); longctx/cli.py wires it. Writes OUT/loss_by_position.json, .csv
 and .png and prints the table."""
 
 from __future__ import annotations

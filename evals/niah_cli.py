@@ -1,4 +1,4 @@
-"""`longctx eval niah`: the needle-in-a-haystack grid from the command line (pipelines/cli.py wires it).
+"""`longctx eval niah`: the needle-in-a-haystack grid from the command line (longctx/cli.py wires it).
 
 `--format lwm` asks in the LWM release's own words and placement (evals/niah.py).
 Writes OUT/results.jsonl (one record per prompt, as it runs), OUT/results.csv and OUT/heatmap.png,

@@ -1,4 +1,4 @@
-"""`longctx eval ruler`: the RULER-class suite from the command line (pipelines/cli.py wires it).
+"""`longctx eval ruler`: the RULER-class suite from the command line (longctx/cli.py wires it).
 
 Writes OUT/results.jsonl (one record per prompt, as it runs; cells already there are skipped on a
 rerun), OUT/summary.json and OUT/summary.csv (mean score in percent per task and length, the

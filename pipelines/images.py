@@ -4,7 +4,6 @@ either vision layout (`vision_layout`: separate or unified, as for video)."""
 
 from __future__ import annotations
 
-import posixpath
 import zlib
 
 import apache_beam as beam
@@ -23,7 +22,7 @@ from pipelines.accounting import KEPT_EVENTS, REJECTS, ShardJob, finish_job
 from pipelines.config import ImagesConfig
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
-from pipelines.video import VisionTextDoFn
+from pipelines.vision_text import VisionTextDoFn, media_url
 
 UNREADABLE_IMAGE = "unreadable_image"
 
@@ -32,10 +31,7 @@ def image_bytes(doc: Document, field: str) -> bytes:
     value = doc.meta[field]
     if isinstance(value, bytes):
         return value
-    path = str(value)
-    if "://" not in path and not path.startswith("/"):
-        path = posixpath.join(posixpath.dirname(doc.source), path)
-    with fsspec.open(path, "rb") as fh:
+    with fsspec.open(media_url(doc, field), "rb") as fh:
         return fh.read()
 
 

@@ -1,4 +1,5 @@
-"""Building and running a data job on any Beam runner, then reporting it."""
+"""Building and running a data job on any Beam runner, then reporting it (the jobs themselves are
+listed once, in `pipelines.jobs.DATA_JOBS`)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from curation.manifest import config_hash
 from curation.shards import _is_local, join_url, read_manifest
 from curation.tokenize import TokenizerInfo, load_tokenizer
-from pipelines.books import BuildBookShards
 from pipelines.config import BooksConfig, ImagesConfig, JobConfig, QAConfig, VideoConfig
+from pipelines.jobs import DATA_JOBS
 
 log = logging.getLogger("longctx")
 
@@ -47,12 +48,13 @@ def check_tokenizer(spec: str) -> TokenizerInfo:
 
 
 def shard_metadata(config: JobConfig, kind: str, info: TokenizerInfo | None = None) -> dict[str, dict[str, Any]]:
-    """What every shard of each stage records about how it was made."""
+    """What every shard of each stage records about how it was made (a vision job's shards also
+    record their vision vocabulary)."""
     if info is None:
         _, info = load_tokenizer(config.tokenizer)
     extra = {}
-    if kind in ("video", "images"):
-        from pipelines.video import vision_metadata
+    if DATA_JOBS[kind].vision:
+        from pipelines.vision_text import vision_metadata
 
         extra["vision"] = vision_metadata(getattr(config, "vision_layout", "separate"), info.vocab_size)
     return {
@@ -159,27 +161,18 @@ def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | Pipe
     return read_manifest(config.output)
 
 
+# The jobs as functions (tests, notebooks): each is its DATA_JOBS entry's run.
 def run_books(config: BooksConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
-    return run_job("books", BuildBookShards, config, beam_args)
-
-
-def run_video(config: VideoConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
-    from pipelines.video import BuildVideoShards
-
-    if not config.vqgan:
-        raise ConfigError("missing required setting: vqgan (--vqgan PATH)")
-    return run_job("video", BuildVideoShards, config, beam_args)
-
-
-def run_images(config: ImagesConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
-    from pipelines.images import BuildImageShards
-
-    if not config.vqgan:
-        raise ConfigError("missing required setting: vqgan (--vqgan PATH)")
-    return run_job("images", BuildImageShards, config, beam_args)
+    return DATA_JOBS["books"].run(config, beam_args)
 
 
 def run_qa(config: QAConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
-    from pipelines.qa import BuildQAShards
+    return DATA_JOBS["qa"].run(config, beam_args)
 
-    return run_job("qa", BuildQAShards, config, beam_args)
+
+def run_video(config: VideoConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
+    return DATA_JOBS["video"].run(config, beam_args)
+
+
+def run_images(config: ImagesConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
+    return DATA_JOBS["images"].run(config, beam_args)

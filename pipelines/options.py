@@ -18,15 +18,8 @@ from collections.abc import Sequence
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions, _BeamArgumentParser
 
-from pipelines.config import (
-    BooksConfig,
-    ImagesConfig,
-    JobConfig,
-    QAConfig,
-    VideoConfig,
-    add_config_flags,
-    config_from_args,
-)
+from pipelines.config import JobConfig, add_config_flags
+from pipelines.jobs import DATA_JOBS
 
 # SDK-harness workers (multi_processing, Dataflow) rebuild the options in a fresh process from
 # the job's option dict and log them (sdk_worker_main.create_harness) before they import any of
@@ -39,11 +32,11 @@ WORKER_LOG_LEVEL_OVERRIDES = {"apache_beam.options.pipeline_options": "ERROR"}
 
 
 class LongctxOptions(PipelineOptions):
-    """`longctx books` / `longctx qa` flags (one per config key)."""
+    """The data jobs' flags (one per config key of every job in `pipelines.jobs.DATA_JOBS`)."""
 
     @classmethod
     def _add_argparse_args(cls, parser) -> None:
-        add_config_flags(parser, BooksConfig, QAConfig, VideoConfig, ImagesConfig)
+        add_config_flags(parser, *(job.config for job in DATA_JOBS.values()))
 
 
 class FlagError(ValueError):
@@ -112,9 +105,6 @@ def _config_flags(config: type[JobConfig]) -> set[str]:
     return {s for action in parser._actions for s in action.option_strings}
 
 
-DATA_JOBS: dict[str, type[JobConfig]] = {"books": BooksConfig, "qa": QAConfig, "video": VideoConfig, "images": ImagesConfig}
-
-
 def unknown_flags(config: type[JobConfig], flags: Sequence[str]) -> list[str]:
     """One message per argument of `flags` that neither `config`'s flags nor any registered Beam
     options class accepts (`--flag value` and `--flag=value` forms), naming the closest known flag."""
@@ -131,7 +121,7 @@ def unknown_flags(config: type[JobConfig], flags: Sequence[str]) -> list[str]:
             name, has_value = token.split("=", 1)[0], "=" in token
             if not has_value and i < len(rest) and not rest[i].startswith("-"):
                 i += 1  # its value
-            elsewhere = [job for job, other in DATA_JOBS.items() if other is not config and name in _config_flags(other)]
+            elsewhere = [job.name for job in DATA_JOBS.values() if job.config is not config and name in _config_flags(job.config)]
             close = difflib.get_close_matches(name, known, n=1)
             if elsewhere:
                 hint = f" (a flag of longctx {'/'.join(elsewhere)} only)"
@@ -149,19 +139,3 @@ def check_job_flags(config: type[JobConfig], flags: Sequence[str]) -> None:
     problems = unknown_flags(config, flags)
     if problems:
         raise FlagError("; ".join(problems) + " (see --help; any Beam pipeline option is accepted too)")
-
-
-def books_config(options: PipelineOptions) -> BooksConfig:
-    return config_from_args(BooksConfig, options.view_as(LongctxOptions))
-
-
-def qa_config(options: PipelineOptions) -> QAConfig:
-    return config_from_args(QAConfig, options.view_as(LongctxOptions))
-
-
-def video_config(options: PipelineOptions) -> VideoConfig:
-    return config_from_args(VideoConfig, options.view_as(LongctxOptions))
-
-
-def images_config(options: PipelineOptions) -> ImagesConfig:
-    return config_from_args(ImagesConfig, options.view_as(LongctxOptions))

@@ -12,7 +12,6 @@ cut at frame boundaries into several examples, each with the text.
 
 from __future__ import annotations
 
-import posixpath
 import zlib
 
 import apache_beam as beam
@@ -24,51 +23,14 @@ from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.packing import SegmentRef, StageSegment
 from curation.sources import SourceConfig
-from curation.tokenize import load_tokenizer
 from curation.video import VideoError
 from curation.vision_encode import video_codes
-from curation.vision_layout import CODES_PER_FRAME, VISION_END, VISION_START, UnifiedVocab, layout_video, vision_vocab, vocab_metadata
+from curation.vision_layout import CODES_PER_FRAME, layout_video
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
 from pipelines.io import ReadInputs
 from pipelines.packing import PackAndWriteShards
+from pipelines.vision_text import VisionTextDoFn, media_url
 
-
-
-def video_url(doc: Document, field: str) -> str:
-    """The video's URL; a relative path is taken relative to the manifest that names it."""
-    path = str(doc.meta[field])
-    if "://" in path or path.startswith("/"):
-        return path
-    return posixpath.join(posixpath.dirname(doc.source), path)
-
-
-def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:
-    """What a vision shard of this layout says about its ids (curation.vision_layout.vocab_metadata)."""
-    return vocab_metadata(vision_vocab(layout, text_vocab_size))
-
-
-class VisionTextDoFn(beam.DoFn):
-    """Loads, once per worker, what every vision pipeline needs: the VQGAN, the training tokenizer,
-    BOS/EOS, and the vision vocabulary with its `<vision>`/`</vision>` markers."""
-
-    def __init__(self, config, stages):
-        self.config = config
-        self.stages = stages
-
-    def setup(self):
-        from curation.vqgan import load_vqgan
-
-        c = self.config
-        self.vqgan = load_vqgan(c.vqgan, batch_size=c.encode_batch)
-        self.tok, info = load_tokenizer(c.tokenizer)
-        self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
-        self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
-        self.vocab = vision_vocab(c.vision_layout, info.vocab_size)
-        unified = isinstance(self.vocab, UnifiedVocab)
-        # Separate layout: <vision>/</vision> are text; unified: one id each, placed by the layout.
-        self.start = [] if unified else self.tok.encode(VISION_START, add_special_tokens=False).ids
-        self.end = [] if unified else self.tok.encode(VISION_END, add_special_tokens=False).ids
-        self.markers = 2 if unified else 0
 
 
 class EncodeVideos(VisionTextDoFn):
@@ -81,7 +43,7 @@ class EncodeVideos(VisionTextDoFn):
 
     def process(self, doc: Document):
         c = self.config
-        url = video_url(doc, c.video_field)
+        url = media_url(doc, c.video_field)
         try:
             codes = video_codes(url, self.vqgan, c.fps, c.frame_count, c.max_frames, c.frame_size, c.encode_batch)
         except VideoError as err:

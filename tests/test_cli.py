@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-from pipelines.cli import main
+from longctx.cli import main
 from pipelines.config import BooksConfig, add_config_flags, config_from_args
 from tests.conftest import DEMO_TOKENIZER, REPO, SAMPLE_BOOKS
 
 
 def test_help_lists_every_config_key():
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "books", "--help"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "longctx", "books", "--help"], capture_output=True, text=True, check=True).stdout
     flat = " ".join(out.split())
     for name, field in BooksConfig.model_fields.items():
         if name == "stage_catalog":
@@ -79,7 +79,7 @@ def test_one_pipeline_options_holds_our_flags_and_beams():
         WorkerOptions,
     )
 
-    from pipelines.options import books_config
+    from pipelines.jobs import DATA_JOBS
 
     options = PipelineOptions([
         "--input", "gs://b/in/*.jsonl.gz", "--input", "gs://b/more/*.parquet", "--output", "gs://b/out",
@@ -88,7 +88,7 @@ def test_one_pipeline_options_holds_our_flags_and_beams():
         "--setup_file", "./setup.py", "--max_num_workers", "8", "--machine_type", "n1-standard-8",
         "--sdk_container_image", "gcr.io/p/longctx-worker:1", "--experiments", "use_runner_v2",
     ])
-    config = books_config(options)
+    config = DATA_JOBS["books"].config_from(options)
     assert config.inputs == ["gs://b/in/*.jsonl.gz", "gs://b/more/*.parquet"] and config.output == "gs://b/out"
     assert [s.name for s in config.resolved_stages()] == ["32k", "128k"] and config.add_eos is False and config.sample == 100
     assert options.view_as(StandardOptions).runner == "DataflowRunner"

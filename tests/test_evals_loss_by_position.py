@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from evals.loss_by_position import bucket_edges, loss_by_position
-from pipelines.cli import main
+from longctx.cli import main
 from tests.test_niah import TOY, toy_params
 from training import checkpoint as ckpt
 from training.data import StageData

@@ -60,7 +60,7 @@ def test_train_stages_evaluates_each_stage_as_it_ends(book_shards, tmp_path, cap
     own length into STAGE/eval/; a typo in the section stops the plan before anything trains."""
     import yaml
 
-    from pipelines.cli import main
+    from longctx.cli import main
 
     stage = {"name": "s256", "data": str(book_shards / "s256"), "overrides": {}}
     base = {"model": "toy", "seq_len": 256, "global_batch": 2, "steps": 2, "attention": "dense", "progress": False,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from curation.stages import LWM_STAGES, Stage, parse_stage_list
-from pipelines.cli import main
+from longctx.cli import main
 from pipelines.config import BooksConfig
 from pipelines.launch import ConfigError, run_books
 from tests.conftest import DEMO_TOKENIZER

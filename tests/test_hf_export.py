@@ -17,7 +17,7 @@ import yaml
 from curation.packing import RowArrays
 from curation.shards import read_shard, write_shard
 from curation.tokenize import load_tokenizer
-from pipelines.cli import main
+from longctx.cli import main
 from tests.conftest import DEMO_TOKENIZER
 from training import checkpoint as ckpt
 from training.config import TrainConfig

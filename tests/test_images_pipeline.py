@@ -103,10 +103,10 @@ def test_unified_layout_from_the_images_flag(images_run, tmp_path):
     from apache_beam.options.pipeline_options import PipelineOptions
 
     from curation.vision_layout import UnifiedVocab, decode_layout
-    from pipelines.options import images_config
+    from pipelines.jobs import DATA_JOBS
 
     folder, _, _, pngs = images_run
-    cfg = images_config(PipelineOptions([
+    cfg = DATA_JOBS["images"].config_from(PipelineOptions([
         "--input", str(folder / "pairs.parquet"), "--output", str(tmp_path / "u"), "--tokenizer", DEMO_TOKENIZER,
         "--vqgan", str(folder / "vqgan"), "--stages", "img=512:0-", "--frame-size", str(SIZE), "--encode-batch", "4",
         "--vision-layout", "unified", "--caption-position", "before",

@@ -15,10 +15,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from curation.inspect_output import describe_row, stage_stats, summarize_output
+from inspection.output import describe_row, stage_stats, summarize_output
 from curation.text import CleanConfig, clean_text
 from curation.tokenize import encode_long
-from pipelines.cli import main
+from longctx.cli import main
 from tests.conftest import DEMO_TOKENIZER, REPO
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -304,7 +304,7 @@ def test_unified_layout_row(tmp_path, demo_tokenizer):
     from curation.shards import write_shard
     from curation.stages import Stage
     from curation.vision_layout import UnifiedVocab, layout_video
-    from pipelines.video import vision_metadata
+    from pipelines.vision_text import vision_metadata
 
     tok, info = demo_tokenizer
     vocab = UnifiedVocab(info.vocab_size)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from curation.stages import KNOWN_STAGES, LWM_STAGES, Stage, parse_stage_list, stage_rule
-from pipelines.cli import main
+from longctx.cli import main
 from pipelines.config import ImagesConfig
 
 

@@ -15,7 +15,7 @@ from curation.packing import RowArrays
 from curation.shards import write_shard
 from curation.tokenize import load_tokenizer
 from evals import niah
-from pipelines.cli import main
+from longctx.cli import main
 from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS
 from tests.test_generate import random_params
 from training import checkpoint as ckpt

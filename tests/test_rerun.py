@@ -53,7 +53,7 @@ def test_killed_job_reruns_to_the_same_shards(tmp_path):
     assert len([f for f in expected if f.endswith(".arrow")]) > 5
 
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "pipelines.cli", "books", "--input", str(SAMPLE_BOOKS), "--output", str(out),
+    cmd = [sys.executable, "-m", "longctx", "books", "--input", str(SAMPLE_BOOKS), "--output", str(out),
            "--tokenizer", DEMO_TOKENIZER, "--stages", STAGES[0], "--shard-target-bytes", str(1 << 20),
            "--direct_num_workers", "2", "--direct_running_mode", "multi_processing"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -103,7 +103,7 @@ def _small_config(tmp_path: Path, **kw) -> BooksConfig:
 
 
 def test_rerun_with_another_config_is_refused_naming_the_change(tmp_path, capsys):
-    from pipelines.cli import main
+    from longctx.cli import main
     from pipelines.launch import ConfigError
 
     first = run_books(_small_config(tmp_path), IN_MEMORY)

@@ -8,7 +8,7 @@ import pytest
 
 from curation.packing import RowArrays
 from curation.shards import write_shard
-from pipelines.cli import main
+from longctx.cli import main
 from tests.conftest import DEMO_TOKENIZER
 from training import checkpoint as ckpt
 

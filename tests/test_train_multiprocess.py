@@ -139,7 +139,7 @@ def test_two_process_run_resumed_under_two_processes_continues_exactly(two_proce
 def test_a_missing_process_fails_in_one_line_naming_the_coordinator(book_shards, tmp_path):
     port = _free_port()
     log = tmp_path / "alone.log"
-    argv = [sys.executable, "-m", "pipelines.cli", "train", "--data", str(book_shards / "s128"), "--out", str(tmp_path / "run"),
+    argv = [sys.executable, "-m", "longctx", "train", "--data", str(book_shards / "s128"), "--out", str(tmp_path / "run"),
             "--seq-len", "128", "--mesh", SPANNING_MESH, "--coordinator-address", f"127.0.0.1:{port}",
             "--num-processes", "2", "--process-id", "0", "--initialization-timeout", "10", "--no-progress"]
     with log.open("w") as out:

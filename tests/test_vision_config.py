@@ -7,7 +7,7 @@ import argparse
 
 import pytest
 
-from pipelines.cli import main
+from longctx.cli import main
 from pipelines.config import BooksConfig, ImagesConfig, QAConfig, VideoConfig, add_config_flags
 
 

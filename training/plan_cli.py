@@ -1,5 +1,5 @@
 """`longctx plan`: the compiled memory proof of each training stage, from the command line
-(pipelines/cli.py wires it). Heavy imports (JAX, libtpu) wait until a stage is planned."""
+(longctx/cli.py wires it). Heavy imports (JAX, libtpu) wait until a stage is planned."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ reason, document lengths, and one row decoded back into its segments, text and v
 
 Everything here reads an output folder (local path or fsspec URL) through `curation.shards`:
 shards are opened one at a time and walked in blocks of rows, so memory stays bounded by one
-shard whatever the size of a stage. No Beam, no plotting (see `curation.plots`).
+shard whatever the size of a stage. No Beam, no plotting (see `inspection.plots`).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """`longctx inspect DIR`: what a book, QA, video or images job wrote, as tables and pictures.
 
-Reads DIR's manifest.json, shards and rejects (curation.inspect_output), prints per-stage and
-per-reason tables, writes PNG plots (curation.plots) and, with `--row N`, one row decoded with
+Reads DIR's manifest.json, shards and rejects (inspection.output), prints per-stage and
+per-reason tables, writes PNG plots (inspection.plots) and, with `--row N`, one row decoded with
 its loss-masked spans highlighted.
 """
 
@@ -17,7 +17,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from curation.inspect_output import (
+from inspection.output import (
     OutputSummary,
     RowView,
     Span,
@@ -213,7 +213,7 @@ def _frame_grid(args: argparse.Namespace, summary: OutputSummary, stage: str, fo
     if row is None:
         console.print(f"[yellow]frame grid skipped: no row of stage {stage} holds vision tokens[/yellow]")
         return None
-    from curation.plots import plot_frame_grid
+    from inspection.plots import plot_frame_grid
     from curation.vqgan import load_vqgan
 
     view = describe_row(summary.output, stage, row, args.tokenizer, manifest=summary.manifest)
@@ -302,7 +302,7 @@ def run_training_inspect(args: argparse.Namespace, runs: list[TrainingRun], cons
     print_training_runs(runs, console)
     if args.no_plots:
         return 0
-    from curation.plots import plot_training_runs
+    from inspection.plots import plot_training_runs
 
     folder = _plots_folder(args)
     earlier = _prepare_plots(args, folder, console)
@@ -341,7 +341,7 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
 
     if args.no_plots:
         return 0
-    from curation.plots import write_summary_plots  # matplotlib loads only when plots are asked for
+    from inspection.plots import write_summary_plots  # matplotlib loads only when plots are asked for
 
     folder = _plots_folder(args)
     earlier = _prepare_plots(args, folder, console)

@@ -1,6 +1,6 @@
 """PNG pictures of a pipeline's output (matplotlib, Agg backend: files only, no display needed).
 
-Inputs are the dataclasses of `curation.inspect_output`; every function writes one PNG and
+Inputs are the dataclasses of `inspection.output`; every function writes one PNG and
 returns its path. The frame grid decodes a row's VQGAN codes back into frames.
 """
 
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 
-from curation.inspect_output import LOSS_KEYS, LR_KEYS, DocumentLengths, OutputSummary, RowView, StageStats, TrainingRun  # noqa: E402
+from inspection.output import LOSS_KEYS, LR_KEYS, DocumentLengths, OutputSummary, RowView, StageStats, TrainingRun  # noqa: E402
 from curation.stages import applies_windows  # noqa: E402
 
 if TYPE_CHECKING:

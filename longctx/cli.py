@@ -9,7 +9,8 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
-from pipelines.config import BooksConfig, ImagesConfig, QAConfig, VideoConfig, add_config_flags, config_from_args
+from pipelines.config import add_config_flags, config_from_args
+from pipelines.jobs import DATA_JOBS
 
 BEAM_HELP = (
     "Any Apache Beam pipeline option is accepted too and goes to Beam unchanged (a flag neither "
@@ -17,7 +18,6 @@ BEAM_HELP = (
     "--temp_location gs://b/tmp --setup_file ./setup.py, or --direct_num_workers 2 "
     "--direct_running_mode multi_processing on the local DirectRunner."
 )
-BEAM_COMMANDS = {"books", "qa", "video", "images"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,15 +27,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="longctx", description="Build million-token training data and train on it.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every file read and shard written")
     commands = parser.add_subparsers(dest="command", required=True)
-    data_jobs = [
-        ("books", BooksConfig, "clean, tokenize, length-filter and pack books into Arrow shards per context stage"),
-        ("qa", QAConfig, "synthetic long-context QA: a QA pair per chunk, long chat examples per stage"),
-        ("video", VideoConfig, "video + text manifests -> VQGAN codes laid out with their text, packed per stage"),
-        ("images", ImagesConfig, "image-text pairs -> VQGAN codes laid out with their captions, packed per stage"),
-    ]
-    for name, config, help_text in data_jobs:
-        job = commands.add_parser(name, help=help_text, description=(config.__doc__ or "") + " " + BEAM_HELP)
-        add_config_flags(job, config)
+    for job in DATA_JOBS.values():
+        parser_ = commands.add_parser(job.name, help=job.help, description=(job.config.__doc__ or "") + " " + BEAM_HELP)
+        add_config_flags(parser_, job.config)
 
     train = commands.add_parser("train", help="train a LLaMA model on one stage's shards", description=TrainConfig.__doc__)
     add_config_flags(train, TrainConfig)
@@ -59,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_plan_parser(commands)
 
-    from pipelines.inspect_cli import add_inspect_parser
+    from inspection.cli import add_inspect_parser
 
     add_inspect_parser(commands)
 
@@ -96,40 +90,29 @@ def _print_on_process_zero(print_fn, *args) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in BEAM_COMMANDS:
+    if extra and args.command not in DATA_JOBS:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)
     console = Console(width=None if sys.stdout.isatty() else 120)
 
-    if args.command in BEAM_COMMANDS:
-        from pipelines.launch import ConfigError, run_books, run_images, run_qa, run_video
-        from pipelines.options import (
-            FlagError,
-            books_config,
-            check_job_flags,
-            images_config,
-            job_pipeline_options,
-            qa_config,
-            video_config,
-        )
+    if args.command in DATA_JOBS:
+        from pipelines.launch import ConfigError
+        from pipelines.options import FlagError, check_job_flags, job_pipeline_options
         from pipelines.summary import print_summary
 
+        job = DATA_JOBS[args.command]
         argv = list(sys.argv[1:] if argv is None else argv)
-        job_config, make_config, run = {
-            "books": (BooksConfig, books_config, run_books), "qa": (QAConfig, qa_config, run_qa),
-            "video": (VideoConfig, video_config, run_video), "images": (ImagesConfig, images_config, run_images),
-        }[args.command]
         flags = argv[argv.index(args.command) + 1 :]
         try:
             # Beam would drop a flag it does not know and run with the default: refuse it first.
-            check_job_flags(job_config, flags)
+            check_job_flags(job.config, flags)
         except FlagError as err:
             parser.error(f"{args.command}: {err}")
         try:
             # One PipelineOptions holds the whole command line: our options subclass and Beam's own.
             options = job_pipeline_options(flags)
-            config = make_config(options)
-            manifest = run(config, options)
+            config = job.config_from(options)
+            manifest = job.run(config, options)
         except ConfigError as err:
             parser.error(str(err))
         except ValueError as err:  # pydantic validation, bad YAML
@@ -187,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_plan(args, console)
     elif args.command == "inspect":
-        from pipelines.inspect_cli import run_inspect
+        from inspection.cli import run_inspect
 
         return run_inspect(args, console)
     elif args.command == "eval":

@@ -1,0 +1,50 @@
+"""What the video and images pipelines share: the per-worker VQGAN / tokenizer / vision
+vocabulary setup of their encoding DoFns, the shards' vision metadata, and media paths."""
+
+from __future__ import annotations
+
+import posixpath
+
+import apache_beam as beam
+
+from curation.documents import Document
+from curation.tokenize import load_tokenizer
+from curation.vision_layout import VISION_END, VISION_START, UnifiedVocab, vision_vocab, vocab_metadata
+
+
+def media_url(doc: Document, field: str) -> str:
+    """The URL of a record's video or image file: a relative path is taken relative to the
+    manifest that names it."""
+    path = str(doc.meta[field])
+    if "://" in path or path.startswith("/"):
+        return path
+    return posixpath.join(posixpath.dirname(doc.source), path)
+
+
+def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:
+    """What a vision shard of this layout says about its ids (curation.vision_layout.vocab_metadata)."""
+    return vocab_metadata(vision_vocab(layout, text_vocab_size))
+
+
+class VisionTextDoFn(beam.DoFn):
+    """Loads, once per worker, what every vision pipeline needs: the VQGAN, the training tokenizer,
+    BOS/EOS, and the vision vocabulary with its `<vision>`/`</vision>` markers."""
+
+    def __init__(self, config, stages):
+        self.config = config
+        self.stages = stages
+
+    def setup(self):
+        from curation.vqgan import load_vqgan
+
+        c = self.config
+        self.vqgan = load_vqgan(c.vqgan, batch_size=c.encode_batch)
+        self.tok, info = load_tokenizer(c.tokenizer)
+        self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
+        self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
+        self.vocab = vision_vocab(c.vision_layout, info.vocab_size)
+        unified = isinstance(self.vocab, UnifiedVocab)
+        # Separate layout: <vision>/</vision> are text; unified: one id each, placed by the layout.
+        self.start = [] if unified else self.tok.encode(VISION_START, add_special_tokens=False).ids
+        self.end = [] if unified else self.tok.encode(VISION_END, add_special_tokens=False).ids
+        self.markers = 2 if unified else 0
