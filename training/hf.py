@@ -28,7 +28,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from curation.shards import read_shard_metadata
+from curation.shards import ShardMetadata, read_shard_headers
 from training.model import ModelConfig, init_params
 
 log = logging.getLogger("longctx")
@@ -247,15 +247,15 @@ class DataTokenizer:
     add_bos: bool  # the data jobs prepended BOS to each document (their manifests; True when they do not say)
 
 
-def _stage_metadata(folder: str) -> dict[str, str]:
-    """The schema metadata of a stage folder's first shard, reading only the stream's first
-    message (not the rows). Any shard will do: one job's shards all record one tokenizer (and
+def _stage_metadata(folder: str) -> ShardMetadata:
+    """The parsed metadata of a stage folder's first shard, reading only the stream's header
+    (not the rows). Any shard will do: one job's shards all record one tokenizer (and
     whether the job finished is the trainer's concern, not the export's)."""
     fs, path = fsspec.core.url_to_fs(folder.rstrip("/"))
     shards = sorted(fs.glob(f"{path}/*.arrow"))
     if not shards:
         raise FileNotFoundError(f"no *.arrow shards under {folder}")
-    return read_shard_metadata(fs.unstrip_protocol(shards[0]))
+    return read_shard_headers([fs.unstrip_protocol(shards[0])])[0].metadata
 
 
 def _manifest_add_bos(stage_folder: str) -> bool | None:
@@ -288,7 +288,7 @@ def run_data_tokenizer(checkpoint: str | Path) -> tuple[DataTokenizer | None, st
     found: list[tuple[str, dict[str, Any], bool | None]] = []
     for folder, _ in parse_data_mix(str(data)):
         try:
-            record = json.loads(_stage_metadata(folder).get("longctx.tokenizer") or "null")
+            record = _stage_metadata(folder).tokenizer or None
         except (OSError, ValueError) as err:  # moved, deleted or not a shard (pyarrow's errors are ValueErrors)
             return None, f"the run's data {folder} cannot be read ({err})"
         if not isinstance(record, dict) or not record.get("name"):
