@@ -755,12 +755,39 @@ def _load_sentencepiece(spec: str, path: Path, sha256: str) -> TextTokenizer:
     return TextTokenizer(backend, sentencepiece_plan(path, sp), spec, sentencepiece=sp)
 
 
-def _load_auto(spec: str, source: str) -> Tokenizer:
-    try:
-        from transformers import AutoTokenizer
+def hub_unreachable(timeout: float = 3.0) -> str | None:
+    """Why the Hugging Face hub cannot be used now (HF_HUB_OFFLINE is set, or its endpoint, HF_ENDPOINT
+    or huggingface.co, refuses a connection within `timeout` seconds), or None when it answers.
+    One connection attempt: the hub client itself would retry each file for ~25 s, twice."""
+    import socket
+    from urllib.parse import urlsplit
 
-        hf = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+        with socket.create_connection((url.hostname or "", port), timeout=timeout):
+            return None
+    except (OSError, ValueError) as err:
+        return f"{constants.ENDPOINT} cannot be reached: {getattr(err, 'strerror', None) or err}"
+
+
+def _load_auto(spec: str, source: str) -> Tokenizer:
+    from transformers import AutoTokenizer
+
+    # A hub id with the hub out of reach: the local cache or one line, not a minute of retries.
+    why = None if Path(source).is_dir() else hub_unreachable()
+    try:
+        hf = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=why is not None)
     except Exception as err:  # hub unreachable, unknown id, remote code, ...
+        if why is not None:
+            raise TokenizerLoadError(
+                f"tokenizer {spec!r}: this hub id could not be fetched ({why}) and is not in the local Hugging Face "
+                "cache: pass a local path (tokenizer.json, a .model file or a folder) or a package:DIST/path spec"
+            ) from None
         raise TokenizerLoadError(f"tokenizer {spec!r}: not loadable with transformers.AutoTokenizer: {err}") from err
     backend = getattr(hf, "backend_tokenizer", None)
     if backend is None:

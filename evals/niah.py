@@ -127,6 +127,20 @@ class NiahTokenizer:
         return ids[len(anchor):] if ids[: len(anchor)] == anchor else self.encode(text)
 
 
+# A Hugging Face model folder's own tokenizer files (any one makes the folder a tokenizer spec).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
+
+
+def folder_tokenizer(checkpoint: str) -> str | None:
+    """The model folder itself as the tokenizer spec when it holds its own tokenizer files (a
+    Hugging Face LLaMA folder, or one `longctx convert --to-hf` wrote), else None: a longctx
+    params checkpoint records no tokenizer."""
+    folder = Path(checkpoint)
+    if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return str(folder)
+    return None
+
+
 def load_niah_tokenizer(spec: str) -> NiahTokenizer:
     """A tokenizer spec as for `longctx books`; a model folder with a chat template also gets it."""
     tok, info = load_tokenizer(spec)

@@ -24,7 +24,8 @@ def add_niah_arguments(parser: argparse.ArgumentParser) -> None:
                                             "run with our JAX model (KV cache, sequence-parallel prefill)")
     model.add_argument("--hf-model", help="any local transformers causal LM folder, or package:DIST/model.gguf, "
                                           "run through transformers for comparison")
-    parser.add_argument("--tokenizer", help="tokenizer spec as for `longctx books` (default for --hf-model: the model's own)")
+    parser.add_argument("--tokenizer", help="tokenizer spec as for `longctx books` (default for --hf-model, and for a Hugging Face --checkpoint "
+                        "folder holding tokenizer files: the model's own)")
     parser.add_argument("--haystack", default=str(SAMPLE_BOOKS),
                         help="book text: a JSONL/Parquet/txt file, folder or glob, or a stage folder of shards "
                              "(default: the sample books)")
@@ -73,11 +74,13 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
         generator = niah.HFGenerator(args.hf_model, device=args.device, name=name)
         generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
     else:
-        if not args.tokenizer:
-            raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with)")
+        spec = args.tokenizer or niah.folder_tokenizer(args.checkpoint)
+        if not spec:
+            raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with); only a Hugging Face "
+                             "model folder with its own tokenizer files can do without")
         from training.checkpoint import load_any_params
 
-        tokenizer = niah.load_niah_tokenizer(args.tokenizer)
+        tokenizer = niah.load_niah_tokenizer(spec)
         config, params = load_any_params(args.checkpoint)
         if max(lengths) > config.max_position_embeddings:
             console.print(f"[yellow]note: lengths up to {max(lengths)} exceed the model's max_position_embeddings "

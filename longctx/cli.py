@@ -19,12 +19,55 @@ BEAM_HELP = (
     "--direct_running_mode multi_processing on the local DirectRunner."
 )
 
+PLAN_HELP = """\
+train stage after stage from a plan, each stage initialised from the previous one's params
+(fresh optimiser state). The plan is a YAML mapping (configs/train/lwm-text.yaml is one):
+
+  out: runs/lwm-text            run folder; stage NAME trains into OUT/NAME (--out overrides it)
+  init_from: runs/llama2-7b     optional params checkpoint the first stage starts from
+  topology: v5p:4x8x8           optional slice the stages are laid out for (`longctx plan --plan`)
+  base: {model: ..., lr: ...}   `longctx train` config keys shared by every stage
+  stages:                       trained in this order
+    - name: 32k                 the stage's sub-folder of OUT
+      data: out/books/32k       the stage's shard folder (longctx train --data)
+      overrides: {seq_len: 32768, steps: 1000}   train config keys for this stage only (over base)
+  eval: {lengths: [4k, 32k], ruler: {...}, niah: {...}, loss_by_position: {...}}
+                                optional: evaluate each stage at its own length when it ends
+                                (evals/stage_eval.py EvalSection; `null` leaves one eval out)
+
+Keys not listed are refused (a typo stops the plan before stage 1 trains)."""
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Help lines end with the flag's default (argparse's own defaults; config-driven flags state
+    theirs in their help), except where there is none to show or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (action.default is None or action.default is False or action.default == argparse.SUPPRESS
+                or not action.option_strings
+                or "default" in text.lower()):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _PlanHelpFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
+    """Keeps the plan schema's layout in `train-stages --help`."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command parser shows defaults in --help (subparsers inherit the parser class)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
 
 def _parser() -> argparse.ArgumentParser:
     from training.config import TrainConfig
     from training.generate_cli import add_generate_parser
 
-    parser = argparse.ArgumentParser(prog="longctx", description="Build million-token training data and train on it.")
+    parser = _Parser(prog="longctx", description="Build million-token training data and train on it.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every file read and shard written")
     commands = parser.add_subparsers(dest="command", required=True)
     for job in DATA_JOBS.values():
@@ -34,7 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a LLaMA model on one stage's shards", description=TrainConfig.__doc__)
     add_config_flags(train, TrainConfig)
 
-    stages = commands.add_parser("train-stages", help="train stage after stage from a plan, each from the previous one's params")
+    stages = commands.add_parser("train-stages", help="train stage after stage from a plan, each from the previous one's params",
+                                 description=PLAN_HELP, formatter_class=_PlanHelpFormatter)
     stages.add_argument("--plan", required=True, help="stage plan YAML (e.g. configs/train/lwm-text.yaml)")
     stages.add_argument("--out", help="override the plan's run folder")
 
@@ -87,9 +131,23 @@ def _print_on_process_zero(print_fn, *args) -> None:
         print_fn(*args)
 
 
+def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command `args` came from (`eval niah`'s for an eval), so that an error
+    prints that command's usage line (`usage: longctx train ...`), not the top-level one."""
+    found = parser
+    for dest in ("command", "eval_command"):
+        name = getattr(args, dest, None)
+        commands = [a for a in found._actions if isinstance(a, argparse._SubParsersAction)]
+        if not name or not commands or name not in commands[0].choices:
+            break
+        found = commands[0].choices[name]
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = _parser()
-    args, extra = parser.parse_known_args(argv)
+    top = _parser()
+    args, extra = top.parse_known_args(argv)
+    parser = _command_parser(top, args)  # every error below is the command's
     if extra and args.command not in DATA_JOBS:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _setup_logging(args.verbose)

@@ -194,6 +194,28 @@ def _flag(name: str, field) -> str:
     return extra.get("flag", "--" + name.replace("_", "-"))
 
 
+def _default_text(field) -> str:
+    """The field's default as --help shows it, or "" where there is nothing short to show (no
+    default, an empty value, a nested mapping). The flags themselves default to None so that a
+    --config file's value is not overridden by a default nobody typed."""
+    import enum
+
+    if field.is_required():
+        return ""
+    value = field.get_default(call_default_factory=True)
+    if isinstance(value, bool):
+        value = "on" if value else "off"
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int, float)) for v in value):
+        value = ",".join(map(str, value))
+    if value is None or value == "" or not isinstance(value, (str, int, float)):
+        return ""
+    if isinstance(value, int) and value >= 10_000:
+        value = f"{value:,}"
+    return f" (default: {value})".replace("%", "%%")  # argparse formats help strings with %
+
+
 def add_config_flags(parser: argparse.ArgumentParser, *models: type[BaseModel]) -> None:
     """One flag per config field of the given models (a field they share is added once;
     YAML-only fields, dicts, are skipped)."""
@@ -205,7 +227,7 @@ def add_config_flags(parser: argparse.ArgumentParser, *models: type[BaseModel]) 
     for name, field in fields.items():
         annotation = field.annotation
         origin = typing.get_origin(annotation)
-        help_text = f"{field.description} [config key: {name}]"
+        help_text = f"{field.description} [config key: {name}]{_default_text(field)}"
         if origin is dict:
             continue
         if annotation is bool:

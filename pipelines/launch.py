@@ -6,7 +6,9 @@ from __future__ import annotations
 import glob
 import json
 import logging
+import math
 import uuid
+from pathlib import Path
 from typing import Any
 
 import apache_beam as beam
@@ -87,6 +89,45 @@ def check_output_writable(output: str) -> None:
         raise ConfigError(f"output {output!r} is not writable: {err.strerror or err}") from None
 
 
+def _local_vqgan_config(path: str):
+    """The VQGANConfig of a local VQGAN folder (ours or a diffusers VQModel's config.json), read
+    without its weights; None for a hub id or remote path (the run itself reports those)."""
+    from curation.vqgan import CONFIG_FILE, VQGANConfig
+
+    cfg_file = Path(path).expanduser() / CONFIG_FILE
+    if not cfg_file.is_file():
+        return None
+    try:
+        meta = json.loads(cfg_file.read_text())
+        if "longctx_vqgan" in meta:
+            return VQGANConfig.from_dict(meta["longctx_vqgan"])
+        return VQGANConfig.from_diffusers_config(meta)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ConfigError(f"vqgan {path!r}: {cfg_file} is not a VQGAN config: {err}") from None
+
+
+def check_vqgan_grid(config: JobConfig) -> None:
+    """A vision job's frames must become the 16x16 grid of codes (256 a frame) the vision layout
+    holds: a VQGAN whose grid at --frame-size is another shape stops here in one line, not in
+    every worker's encode."""
+    from curation.vision_layout import CODES_PER_FRAME
+
+    path, size = getattr(config, "vqgan", None), getattr(config, "frame_size", None)
+    if not path or not size:
+        return
+    vq = _local_vqgan_config(path)
+    if vq is None:
+        return
+    factor, side = vq.downsample_factor, math.isqrt(CODES_PER_FRAME)
+    fits = f"pass --frame-size {side * factor} (this VQGAN downsamples by {factor})"
+    if size % factor:
+        raise ConfigError(f"frame_size {size} is not a multiple of the VQGAN's downsampling factor {factor}: {fits}")
+    grid = size // factor
+    if grid != side:
+        raise ConfigError(f"VQGAN {path} turns a {size}x{size} frame into a {grid}x{grid} grid of codes, but the vision "
+                          f"layout holds {side}x{side} ({CODES_PER_FRAME} codes a frame): {fits}")
+
+
 def validate(config: JobConfig) -> TokenizerInfo:
     """Every check that can be made before the pipeline starts; returns the tokenizer's info."""
     missing = [name for name in ("inputs", "output", "tokenizer") if not getattr(config, name)]
@@ -97,6 +138,7 @@ def validate(config: JobConfig) -> TokenizerInfo:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     info = check_tokenizer(config.tokenizer)
+    check_vqgan_grid(config)
     check_output_writable(config.output)  # last: it creates the output folder
     return info
 

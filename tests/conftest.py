@@ -93,3 +93,25 @@ def book_shards(tmp_path_factory):
     manifest = run_books(config, ["--direct_running_mode=in_memory"])
     assert manifest["stages"]["s128"]["rows"] > 500
     return out
+
+
+def write_toy_stage(out: Path, name: str = "s64", length: int = 64, vocab: int = 1000, shards: int = 2,
+                    rows: int = 16, seed: int = 0) -> str:
+    """A stage folder of random one-document rows (toy tokenizer record), for trainer tests that
+    need real shards but not real text; returns the stage folder."""
+    import numpy as np
+
+    from curation.packing import RowArrays
+    from curation.shards import write_shard
+
+    rng = np.random.default_rng(seed)
+    meta = {"tokenizer": {"name": "toy", "sha256": "ab" * 32, "vocab_size": vocab, "bos_id": 1, "eos_id": 2, "pad_id": None}}
+    for i in range(shards):
+        arrays = RowArrays.empty(rows, length)
+        arrays.input_ids[:] = rng.integers(3, vocab, (rows, length))
+        arrays.segment_ids[:] = 1
+        arrays.positions[:] = np.arange(length)
+        arrays.loss_mask[:] = 1.0
+        arrays.doc_ids, arrays.doc_starts = [[f"d{i}-{r}"] for r in range(rows)], [[0] for _ in range(rows)]
+        write_shard(str(out), name, i, shards, arrays, meta)
+    return str(Path(out) / name)

@@ -65,7 +65,9 @@ def _longctx_generate(checkpoint: Path, capsys) -> tuple[list[int], str]:
     lines = capsys.readouterr().out.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("new token ids:"))
     ids = [int(x) for x in lines[at].split(":", 1)[1].strip().split(",")]
-    return ids, "\n".join(lines[at + 1:])
+    text = "\n".join(lines[at + 1:])
+    assert text.startswith("output: "), text  # generate prints the decoded new tokens after this label
+    return ids, text.removeprefix("output: ")
 
 
 def test_export_decodes_like_longctx_generate(run_final, shard_record, tmp_path, capsys, caplog, hf):

@@ -67,4 +67,4 @@ def test_train_says_what_is_wrong_with_the_data_or_the_run_in_one_line(tmp_path,
             main(common + extra)
         assert err.value.code == 2
         message = capsys.readouterr().err.strip().splitlines()[-1]
-        assert message.startswith("longctx: error: ") and expected in message, message
+        assert message.startswith("longctx train: error: ") and expected in message, message

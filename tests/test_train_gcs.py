@@ -30,8 +30,7 @@ import numpy as np
 import pytest
 import yaml
 
-from curation.packing import RowArrays
-from curation.shards import write_shard
+from tests.conftest import write_toy_stage
 from tests.test_gcs import BUCKET, START_TIMEOUT_S, _free_port, _stop
 from training import checkpoint as ckpt
 from training import run_folder
@@ -112,18 +111,7 @@ def gs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("gcs-train-data")
-    rng = np.random.default_rng(0)
-    meta = {"tokenizer": {"name": "toy", "sha256": "ab" * 32, "vocab_size": VOCAB, "bos_id": 1, "eos_id": 2, "pad_id": None}}
-    for i in range(2):
-        rows = RowArrays.empty(16, LENGTH)
-        rows.input_ids[:] = rng.integers(3, VOCAB, (16, LENGTH))
-        rows.segment_ids[:] = 1
-        rows.positions[:] = np.arange(LENGTH)
-        rows.loss_mask[:] = 1.0
-        rows.doc_ids, rows.doc_starts = [[f"d{i}-{r}"] for r in range(16)], [[0] for _ in range(16)]
-        write_shard(str(out), "s64", i, 2, rows, meta)
-    return str(out / "s64")
+    return write_toy_stage(tmp_path_factory.mktemp("gcs-train-data"), length=LENGTH, vocab=VOCAB)
 
 
 def _config(stage: str, out: str, **kw) -> TrainConfig:
@@ -228,11 +216,11 @@ def test_metrics_on_a_bucket_are_cut_back_to_the_restored_step(gs):
     assert truncate_metrics(path, 4) == 0 and truncate_metrics(run_folder.run_path(f"gs://{BUCKET}/cut/none.jsonl"), 0) == 0
 
 
-def test_an_unsupported_url_is_refused_not_made_a_local_folder(tmp_path, monkeypatch):
+def test_an_unsupported_url_is_refused_not_made_a_local_folder(stage, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(run_folder.RunFolderError, match=r"^out memory://runs/a: memory:// is not supported here; "
                                                         r"use a local path or gs://, s3://, az://, hf://$"):
-        train(_config("unused", "memory://runs/a"))
+        train(_config(stage, "memory://runs/a"))
     assert os.listdir(tmp_path) == []
     assert run_folder.run_path(f"file://{tmp_path}/x") == tmp_path / "x"
     assert run_folder.run_path("runs/x") == Path("runs/x") and str(run_folder.run_path("gs://b/runs/x")) == "gs://b/runs/x"

@@ -7,11 +7,9 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from curation.packing import RowArrays
-from curation.shards import write_shard
+from tests.conftest import write_toy_stage
 from training import checkpoint as ckpt
 from training.config import TrainConfig
 from training.train import ConfigMismatch, train, truncate_metrics
@@ -21,18 +19,7 @@ LENGTH, VOCAB = 64, 1000
 
 @pytest.fixture(scope="module")
 def stage(tmp_path_factory) -> str:
-    out = tmp_path_factory.mktemp("resume-data")
-    rng = np.random.default_rng(0)
-    meta = {"tokenizer": {"name": "toy", "sha256": "ab" * 32, "vocab_size": VOCAB, "bos_id": 1, "eos_id": 2, "pad_id": None}}
-    for i in range(2):
-        rows = RowArrays.empty(16, LENGTH)
-        rows.input_ids[:] = rng.integers(3, VOCAB, (16, LENGTH))
-        rows.segment_ids[:] = 1
-        rows.positions[:] = np.arange(LENGTH)
-        rows.loss_mask[:] = 1.0
-        rows.doc_ids, rows.doc_starts = [[f"d{i}-{r}"] for r in range(16)], [[0] for _ in range(16)]
-        write_shard(str(out), "s64", i, 2, rows, meta)
-    return str(out / "s64")
+    return write_toy_stage(tmp_path_factory.mktemp("resume-data"), length=LENGTH, vocab=VOCAB)
 
 
 def _config(stage: str, out: Path, **kw) -> TrainConfig:

@@ -330,6 +330,41 @@ class MixtureIterator:
         self.taken, self.cursors = int(state["taken"]), [list(c) for c in state["cursors"]]
 
 
+def _stage_folders(folder: str) -> list[str]:
+    """The stage sub-folders of a data job's output folder: those its manifest lists (in its
+    order), else those holding shards."""
+    import json
+
+    import fsspec
+
+    fs, root = fsspec.core.url_to_fs(folder)
+    root = root.rstrip("/")
+    if fs.exists(f"{root}/manifest.json"):
+        with fs.open(f"{root}/manifest.json", "r") as fh:
+            stages = list((json.load(fh).get("stages") or {}))
+        if stages:
+            return stages
+    return sorted({f.rstrip("/").rsplit("/", 2)[-2] for f in fs.glob(f"{root}/*/*.arrow")})
+
+
+def check_data_folders(spec: str) -> None:
+    """Each folder of a data spec holds a stage's shards: a job's output folder (its stages in
+    sub-folders) or a folder without shards is refused in one line (DataMismatchError), before
+    the trainer makes its run folder. Reads folder listings only."""
+    import fsspec
+
+    for path, _ in parse_data_mix(spec):
+        fs, root = fsspec.core.url_to_fs(path)
+        if fs.glob(root.rstrip("/") + "/*.arrow"):
+            continue
+        stages = _stage_folders(path)
+        if stages:
+            shown = ", ".join(f"{path.rstrip('/')}/{s}" for s in stages)
+            raise DataMismatchError(f"{path} is a job output; pass one of its stage folders: {shown}")
+        where = "does not exist" if not fs.exists(root) else "holds no shards (*.arrow)"
+        raise DataMismatchError(f"data folder {path} {where}: pass a stage folder of a data job's output, e.g. out/books/4k")
+
+
 def open_batches(spec: str, global_batch: int, seed: int, seq_len: int, vocab_size: int, tokenizer_sha256: str | None,
                  vision: dict | None = None, allow_unfinished: bool = False):
     """The training batches of a data spec (one stage folder, or a weighted mixture), checked

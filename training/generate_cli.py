@@ -74,7 +74,25 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
         ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
     new = generate(config, params, ids, args.max_new_tokens, args.temperature, args.seed,
                    eos_id=info.eos_id if info else None, prompt_vision_mask=vision_mask)
+    if tok is not None:  # echo the prompt, as the model saw it (vision codes are not text)
+        shown = args.prompt if args.prompt is not None else tok.decode(ids)
+        console.print(f"prompt: {shown}", markup=False, highlight=False)
     console.print(f"new token ids: {','.join(map(str, new))}")
     if tok is not None:
-        console.print(tok.decode(new))
+        console.print(generated_text_line(tok.decode(new), len(new)), markup=False, highlight=False)
     return 0
+
+
+def generated_text_line(text: str, count: int) -> str:
+    """What to print for the decoded new tokens: the text, or a sentence saying that there is
+    none to see (no tokens, or only whitespace such as 20 newlines, which would print as blank lines)."""
+    if count == 0:
+        return "output: (no new tokens: the model ended the sequence at once)"
+    if text.strip():
+        return f"output: {text}"
+    tokens = f"{count} new token{'s' if count != 1 else ''}"
+    if not text:
+        return f"output: (the {tokens} decode to no text: special tokens only)"
+    newlines = text.count("\n")
+    what = f"{newlines} newline{'s' if newlines != 1 else ''}" if newlines == len(text) else f"{text!r}"
+    return f"output: (the {tokens} decode to whitespace only: {what})"

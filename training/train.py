@@ -17,7 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from training import checkpoint as ckpt
 from training import distributed, run_folder
 from training.config import StagePlan, TrainConfig
-from training.data import global_arrays, open_batches
+from training.data import check_data_folders, global_arrays, open_batches
 from training.mesh import make_mesh
 from training.model import ModelConfig, count_params, flops_per_token, init_params
 from training.step import build_optimizer, init_opt_state, jit_train_step, micro_batch, param_shardings
@@ -260,6 +260,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     distributed.initialize(config.distributed, config.coordinator_address, config.num_processes, config.process_id,
                            config.initialization_timeout)
     check_config(config)
+    # A wrong --data (a job's output folder instead of one of its stages) is refused before the
+    # run folder exists, so a mistyped command leaves nothing behind.
+    check_data_folders(config.data)
     primary = distributed.is_primary()  # process 0 writes the run's own files; Orbax saves collectively
     run = run_folder.run_path(config.out)  # a local folder or a gs:// (s3://, az://) URL
     run_folder.make_dirs(run)
