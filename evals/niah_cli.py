@@ -15,15 +15,13 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from evals.model_cli import add_model_arguments, model_name
+
 SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
 
 
 def add_niah_arguments(parser: argparse.ArgumentParser) -> None:
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="longctx params checkpoint (RUN/checkpoints/final) or HF LLaMA folder, "
-                                            "run with our JAX model (KV cache, sequence-parallel prefill)")
-    model.add_argument("--hf-model", help="any local transformers causal LM folder, or package:DIST/model.gguf, "
-                                          "run through transformers for comparison")
+    add_model_arguments(parser, ", run through transformers for comparison")
     parser.add_argument("--tokenizer", help="tokenizer spec as for `longctx books` (default for --hf-model, and for a Hugging Face --checkpoint "
                         "folder holding tokenizer files: the model's own)")
     parser.add_argument("--haystack", default=str(SAMPLE_BOOKS),
@@ -42,22 +40,7 @@ def add_niah_arguments(parser: argparse.ArgumentParser) -> None:
                              "appear in the answer; exact: the answer is those numbers and nothing else")
     parser.add_argument("--samples", type=int, default=1, help="prompts per (length, depth) cell")
     parser.add_argument("--seed", type=int, default=0, help="seeds the facts and the haystack offsets")
-    parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for the prefill and the KV cache (--checkpoint)")
-    parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (--checkpoint)")
     parser.add_argument("--max-new-tokens", type=int, help="answer length limit (default 16 + 12 per asked needle)")
-    parser.add_argument("--device", default="cpu", help="torch device for --hf-model")
-    parser.add_argument("--name", help="model name in the outputs (default: from the path)")
-    parser.add_argument("--out", required=True, help="output folder")
-
-
-def _model_name(args: argparse.Namespace) -> str:
-    if args.name:
-        return args.name
-    path = Path(args.checkpoint or args.hf_model)
-    # RUN/checkpoints/final names the run, not the folder.
-    if path.name == "final" and path.parent.name == "checkpoints":
-        return path.parents[1].name
-    return path.stem if path.suffix == ".gguf" else path.name
 
 
 def run_niah(args: argparse.Namespace, console: Console) -> int:
@@ -65,7 +48,7 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     from evals.niah_plot import length_label, plot_heatmap
 
     lengths, depths = niah.parse_lengths(args.lengths), niah.parse_depths(args.depths)
-    name = _model_name(args)
+    name = model_name(args)
     if args.hf_model:
         from curation.hf_models import resolve_generator
 

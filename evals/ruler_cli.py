@@ -15,15 +15,13 @@ from rich.console import Console
 from rich.table import Table
 
 from evals.haystack import SAMPLE_BOOKS
+from evals.model_cli import add_model_arguments, model_name
 from evals.runner import DEFAULT_THRESHOLD
 from evals.tasks import TASK_NAMES
 
 
 def add_ruler_arguments(parser: argparse.ArgumentParser) -> None:
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="longctx params checkpoint (RUN/checkpoints/final) or HF LLaMA folder, "
-                                            "run with our JAX model (KV cache, sequence-parallel prefill)")
-    model.add_argument("--hf-model", help="any local transformers causal LM folder, or package:DIST/model.gguf")
+    add_model_arguments(parser, "")
     parser.add_argument("--tokenizer", help="tokenizer spec as for `longctx books` (default for --hf-model: the model's own)")
     parser.add_argument("--tasks", default="all", help=f"`all` or comma-separated names: {', '.join(TASK_NAMES)}")
     parser.add_argument("--lengths", default="4k", help="context lengths in tokens: 4k,8k,16k, 4096, or 4k..32k:4")
@@ -36,20 +34,6 @@ def add_ruler_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--haystack", default=str(SAMPLE_BOOKS),
                         help="book text for the book haystacks: JSONL/Parquet/txt file, folder or glob (default: sample books)")
     parser.add_argument("--max-new-tokens", type=int, help="answer budget for every task (default: RULER's per task)")
-    parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for the prefill and the KV cache (--checkpoint)")
-    parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (--checkpoint)")
-    parser.add_argument("--device", default="cpu", help="torch device for --hf-model")
-    parser.add_argument("--name", help="model name in the outputs (default: from the path)")
-    parser.add_argument("--out", required=True, help="output folder")
-
-
-def _model_name(args: argparse.Namespace) -> str:
-    if args.name:
-        return args.name
-    path = Path(args.checkpoint or args.hf_model)
-    if path.name == "final" and path.parent.name == "checkpoints":  # RUN/checkpoints/final names the run
-        return path.parents[1].name
-    return path.stem if path.suffix == ".gguf" else path.name
 
 
 def _select_tasks(args: argparse.Namespace, console: Console) -> list[str]:
@@ -106,7 +90,7 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     # Build the tasks (and read the QA files) before loading a model: bad input fails fast.
     tasks = build_tasks(names, squad=args.squad, hotpotqa=args.hotpotqa, haystack=args.haystack,
                         book_words=max(400_000, 2 * max(lengths)))
-    name = _model_name(args)
+    name = model_name(args)
     tokenizer, generator = _load_model(args, name, max(lengths), console)
     builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
     backend = GeneratorBackend(generator, tokenizer, name)
