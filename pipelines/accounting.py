@@ -160,10 +160,25 @@ def finish_job(pbegin, kind, config, stages, read, rejects, kept_events, packed)
 
 
 class ShardJob(beam.PTransform):
-    """Base of every data job's composite transform: its config, stages and per-stage shard metadata."""
+    """Base of every data job's composite transform: its config, stages and per-stage shard
+    metadata, and the tail every job shares (`pack_and_finish`). A job's `expand` reads its recipe
+    down to the stage segments, then hands them here."""
+
+    kind = ""  # the job's name in the manifest (books, qa, video, images)
 
     def __init__(self, config, shard_metadata: dict[str, dict]):
         super().__init__()
         self.config = config
         self.stages = config.resolved_stages()
         self.shard_metadata = shard_metadata
+
+    def pack_and_finish(self, pbegin, read, rejects, kept_events, segments):
+        """Stage segments -> packed rows -> shards; then rejects, summed counts and the checked
+        manifest (`finish_job`)."""
+        from pipelines.packing import PackAndWriteShards  # packing imports this module
+
+        c = self.config
+        packed = segments | "PackAndWrite" >> PackAndWriteShards(
+            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
+        )
+        return finish_job(pbegin, self.kind, c, self.stages, read, rejects, kept_events, packed)

@@ -19,11 +19,10 @@ from curation.sources import SourceConfig
 from curation.stages import Stage, StagePolicy, cut_windows, matching_stages
 from curation.text import CleanConfig, Rejected, clean_text, content_hash
 from curation.tokenize import encode_long, load_tokenizer
-from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.config import TextFrontConfig
 from pipelines.dedup import DropContaminated, DropNearDuplicates
 from pipelines.io import ReadInputs
-from pipelines.packing import PackAndWriteShards
 from pipelines.progress import Progress
 from pipelines.quality import DropLowQuality
 
@@ -169,13 +168,12 @@ class PrepareDocuments(beam.PTransform):
 class BuildBookShards(ShardJob):
     """Book files -> stage shards + rejects + manifest.json under `config.output`."""
 
+    kind = "books"
+
     def expand(self, pbegin):
         c = self.config
         read, docs, rejects = pbegin | "Prepare" >> PrepareDocuments(c)
         assigned = docs | "AssignStages" >> beam.FlatMap(
             assign_stages, self.stages, c.stage_policy, c.min_tail_tokens
         ).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
-        packed = assigned.segments | "PackAndWrite" >> PackAndWriteShards(
-            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
-        )
-        return finish_job(pbegin, "books", c, self.stages, read, rejects + [assigned.rejects], assigned[KEPT_EVENTS], packed)
+        return self.pack_and_finish(pbegin, read, rejects + [assigned.rejects], assigned[KEPT_EVENTS], assigned.segments)

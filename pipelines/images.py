@@ -18,10 +18,9 @@ from curation.sources import SourceConfig
 from curation.video import stable_message
 from curation.vision_encode import decode_image
 from curation.vision_layout import layout_image
-from pipelines.accounting import KEPT_EVENTS, REJECTS, ShardJob, finish_job
+from pipelines.accounting import KEPT_EVENTS, REJECTS, ShardJob
 from pipelines.config import ImagesConfig
 from pipelines.io import ReadInputs
-from pipelines.packing import PackAndWriteShards
 from pipelines.vision_text import VisionTextDoFn, media_url
 
 UNREADABLE_IMAGE = "unreadable_image"
@@ -83,6 +82,8 @@ class EncodeImages(VisionTextDoFn):
 class BuildImageShards(ShardJob):
     """Image-text pairs -> vision-text shards per stage + rejects + manifest.json."""
 
+    kind = "images"
+
     def expand(self, pbegin):
         c = self.config
         source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, split_bytes=c.read_split_bytes, meta_fields=(c.image_field,))
@@ -93,9 +94,6 @@ class BuildImageShards(ShardJob):
             | "Batch" >> beam.BatchElements(min_batch_size=c.encode_batch, max_batch_size=c.encode_batch)
             | "Encode" >> beam.ParDo(EncodeImages(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         )
-        packed = encoded.segments | "PackAndWrite" >> PackAndWriteShards(
-            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
-        )
         rejects = [read.rejects, decoded.rejects, encoded.rejects]
-        return finish_job(pbegin, "images", c, self.stages, read, rejects, encoded[KEPT_EVENTS], packed)
+        return self.pack_and_finish(pbegin, read, rejects, encoded[KEPT_EVENTS], encoded.segments)
 

@@ -26,9 +26,8 @@ from curation.sources import SourceConfig
 from curation.video import VideoError
 from curation.vision_encode import video_codes
 from curation.vision_layout import CODES_PER_FRAME, layout_video
-from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.io import ReadInputs
-from pipelines.packing import PackAndWriteShards
 from pipelines.vision_text import VisionTextDoFn, media_url
 
 
@@ -93,12 +92,11 @@ class EncodeVideos(VisionTextDoFn):
 class BuildVideoShards(ShardJob):
     """Video manifests -> vision-text shards per stage + rejects + manifest.json."""
 
+    kind = "video"
+
     def expand(self, pbegin):
         c = self.config
         source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, split_bytes=c.read_split_bytes, meta_fields=(c.video_field,))
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
         encoded = read.docs | "Encode" >> beam.ParDo(EncodeVideos(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
-        packed = encoded.segments | "PackAndWrite" >> PackAndWriteShards(
-            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
-        )
-        return finish_job(pbegin, "video", c, self.stages, read, [read.rejects, encoded.rejects], encoded[KEPT_EVENTS], packed)
+        return self.pack_and_finish(pbegin, read, [read.rejects, encoded.rejects], encoded[KEPT_EVENTS], encoded.segments)
