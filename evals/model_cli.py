@@ -9,11 +9,17 @@ from pathlib import Path
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, hf_model_help: str = "") -> None:
-    """--checkpoint | --hf-model (one required), --sp, --chunk, --device, --name, --out."""
+    """--checkpoint | --hf-model | --endpoint (one required), --endpoint-model, --api-key-env, --sp,
+    --chunk, --device, --name, --out."""
     model = parser.add_mutually_exclusive_group(required=True)
     model.add_argument("--checkpoint", help="longctx params checkpoint (RUN/checkpoints/final) or HF LLaMA folder, "
                                             "run with our JAX model (KV cache, sequence-parallel prefill)")
     model.add_argument("--hf-model", help="any local transformers causal LM folder, or package:DIST/model.gguf" + hf_model_help)
+    model.add_argument("--endpoint", metavar="URL",
+                       help="OpenAI-compatible completions server (e.g. vLLM: http://127.0.0.1:8000); needs --tokenizer, "
+                            "the served model's, to fit the prompts")
+    parser.add_argument("--endpoint-model", help="model name to request from --endpoint (default: the one it serves)")
+    parser.add_argument("--api-key-env", metavar="VAR", help="environment variable holding --endpoint's API key")
     parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for the prefill and the KV cache (--checkpoint)")
     parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (--checkpoint)")
     parser.add_argument("--device", default="cpu", help="torch device for --hf-model")
@@ -25,7 +31,22 @@ def model_name(args: argparse.Namespace) -> str:
     """--name, else the model's folder name (RUN/checkpoints/final names the run; a GGUF its stem)."""
     if args.name:
         return args.name
+    if getattr(args, "endpoint", None):
+        return args.endpoint_model or "endpoint"
     path = Path(args.checkpoint or args.hf_model)
     if path.name == "final" and path.parent.name == "checkpoints":
         return path.parents[1].name
     return path.stem if path.suffix == ".gguf" else path.name
+
+
+def endpoint_generator(args: argparse.Namespace, name: str):
+    """The --endpoint model with its tokenizer: (tokenizer, evals/endpoint.py EndpointGenerator)."""
+    from evals import niah
+    from evals.endpoint import EndpointClient, EndpointGenerator, api_key_from_env
+
+    if not args.tokenizer:
+        raise ValueError("--endpoint needs --tokenizer (the served model's, e.g. its Hugging Face folder) to fit "
+                         "prompts to their token lengths")
+    tokenizer = niah.load_niah_tokenizer(args.tokenizer)
+    client = EndpointClient(args.endpoint, args.endpoint_model, api_key_from_env(args.api_key_env))
+    return tokenizer, EndpointGenerator(client, tokenizer, name if args.name else str(client.model))

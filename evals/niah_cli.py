@@ -49,7 +49,12 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
 
     lengths, depths = niah.parse_lengths(args.lengths), niah.parse_depths(args.depths)
     name = model_name(args)
-    if args.hf_model:
+    if getattr(args, "endpoint", None):
+        from evals.model_cli import endpoint_generator
+
+        tokenizer, generator = endpoint_generator(args, name)
+        name = generator.name
+    elif args.hf_model:
         from curation.hf_models import resolve_generator
 
         folder, _ = resolve_generator(args.hf_model)

@@ -2,8 +2,10 @@
 
 Writes OUT/results.jsonl (one record per prompt, as it runs; cells already there are skipped on a
 rerun), OUT/summary.json and OUT/summary.csv (mean score in percent per task and length, the
-all-task average, the effective length), and prints the table. Models load as for `longctx eval
-niah` (evals/niah.py): our JAX checkpoints, or any local transformers causal LM.
+all-task average, the effective length), OUT/scores_by_length.png (score against length per task,
+the threshold dashed) and OUT/heatmap.png (tasks x lengths), and prints the table. Models load as for `longctx eval
+niah` (evals/niah.py): our JAX checkpoints, any local transformers causal LM, or an OpenAI-compatible
+completions server (`--endpoint URL`, evals/endpoint.py).
 """
 
 from __future__ import annotations
@@ -53,6 +55,10 @@ def _select_tasks(args: argparse.Namespace, console: Console) -> list[str]:
 def _load_model(args: argparse.Namespace, name: str, max_length: int, console: Console):
     from evals import niah
 
+    if getattr(args, "endpoint", None):
+        from evals.model_cli import endpoint_generator
+
+        return endpoint_generator(args, name)
     if args.hf_model:
         from curation.hf_models import resolve_generator
 
@@ -93,7 +99,13 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     name = model_name(args)
     tokenizer, generator = _load_model(args, name, max(lengths), console)
     builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
-    backend = GeneratorBackend(generator, tokenizer, name)
+    if getattr(args, "endpoint", None):
+        from evals.endpoint import EndpointBackend
+
+        name = generator.name  # the served model's, unless --name
+        backend = EndpointBackend(generator, name)
+    else:
+        backend = GeneratorBackend(generator, tokenizer, name)
 
     def show(record: dict) -> None:
         console.print(f"{record['task']:>16} {record['length']:>7} sample {record['sample']}: score "
@@ -106,8 +118,12 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     effective = summary["effective_length"]
     console.print(f"{name}: effective length {effective if effective is not None else 'below the shortest length'} "
                   f"(average >= {summary['threshold']})", highlight=False)
+    from evals.plots import write_ruler_plots
+
     out = Path(args.out)
-    console.print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'} and {out / 'summary.csv'}")
+    pictures = write_ruler_plots(summary, out)
+    console.print(f"wrote {out / 'results.jsonl'}, {out / 'summary.json'}, {out / 'summary.csv'}, "
+                  f"{' and '.join(str(p) for p in pictures)}")
     return 0
 
 

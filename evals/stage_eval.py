@@ -134,6 +134,9 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
             builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
             ruler = run_suite(GeneratorBackend(generator, tokenizer, name), builder, tasks, lengths, rs.samples,
                               out / "ruler", seed=section.seed, threshold=rs.threshold, max_new_tokens=rs.max_new_tokens)
+            from evals.plots import write_ruler_plots
+
+            write_ruler_plots(ruler, out / "ruler")  # as `eval ruler` does: scores by length, heatmap
             summary["ruler"] = {"average": ruler["average"], "effective_length": ruler["effective_length"],
                                 "threshold": ruler["threshold"]}
             say(f"stage {name}: RULER effective length {ruler['effective_length']}")

@@ -103,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
 
     from evals.loss_cli import add_loss_arguments
     from evals.niah_cli import add_niah_arguments
+    from evals.report import add_report_arguments
     from evals.ruler_cli import add_ruler_arguments
 
     evaluate = commands.add_parser("eval", help="evaluate a model (needle in a haystack, RULER, loss by position)")
@@ -110,6 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     add_niah_arguments(evals.add_parser("niah", help="needle in a haystack over context lengths x depths, as in LWM"))
     add_ruler_arguments(evals.add_parser("ruler", help="RULER's 13 long-context tasks over lengths, with the effective length"))
     add_loss_arguments(evals.add_parser("loss-by-position", help="mean next-token loss per position bucket over a stage's rows"))
+    add_report_arguments(evals.add_parser("report", help="several eval output folders side by side: a table and combined charts"))
     return parser
 
 
@@ -237,6 +239,10 @@ def main(argv: list[str] | None = None) -> int:
                 from evals.ruler_cli import run_ruler
 
                 return run_ruler(args, console)
+            if args.eval_command == "report":
+                from evals.report import run_report
+
+                return run_report(args, console)
             if args.eval_command == "loss-by-position":
                 from evals.loss_cli import run_loss_by_position
 

@@ -141,10 +141,13 @@ class QAConfig(TextFrontConfig):
     chat_format: Literal["lwm", "tokenizer"] = Field("lwm", description="lwm: the release's 'You are a helpful assistant. USER: .. ASSISTANT: ..'; tokenizer: the training tokenizer's own chat template (a tokenizer folder or hub id that has one)")
     qa_order: Literal["in_order", "shuffled"] = Field("in_order", description="order of the QA turns after the context")
     keep_raw_output: bool = Field(False, description="keep the model's raw output in rejects (debugging)")
+    max_chunks: int | None = Field(None, ge=1, description="try the generator on the first N chunks of each book only; the rest are rejected as not_generated (one reject per book); default: all chunks")
 
     def data_config(self) -> dict[str, Any]:
         data = super().data_config()
         data.pop("device", None)
+        if data.get("max_chunks") is None:  # unset: the hash of a full run stays what it was before the key existed
+            data.pop("max_chunks", None)
         return data
 
 

@@ -1,4 +1,9 @@
-"""Progress lines from inside a worker, at most one every few seconds (Beam has no progress bar)."""
+"""Progress lines from inside a worker, at most one every few seconds (Beam has no progress bar).
+
+With a known total, a line gives done/total, the rate and an ETA (`generated 40/228 chunks,
+0.11 chunks/s, ETA 28m`); the last item is always reported. On Dataflow, where a worker's log
+is not the user's terminal, the job's counters (Beam Metrics) carry the same counts.
+"""
 
 from __future__ import annotations
 
@@ -9,20 +14,54 @@ import time
 log = logging.getLogger("longctx")
 
 
+def format_duration(seconds: float) -> str:
+    """A short human duration: 45s, 12m05s, 3h07m."""
+    seconds = max(int(round(seconds)), 0)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, secs = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+def progress_line(verb: str, unit: str, done: int, total: int | None, elapsed_s: float) -> str:
+    """`generated 40/228 chunks (17%), 0.11 chunks/s, ETA 28m07s, elapsed 6m00s` (no ETA before a rate exists)."""
+    rate = done / elapsed_s if elapsed_s > 0 else 0.0
+    if total is None:
+        return f"{verb} {done} {unit}, {rate:.2f} {unit}/s, elapsed {format_duration(elapsed_s)}"
+    share = f" ({100 * done // total}%)" if total else ""
+    eta = format_duration((total - done) / rate) if rate > 0 else "unknown"
+    return f"{verb} {done}/{total} {unit}{share}, {rate:.2f} {unit}/s, ETA {eta}, elapsed {format_duration(elapsed_s)}"
+
+
 class Progress:
-    def __init__(self, verb: str, unit: str, every_s: float = 5.0):
+    """Counts items (and optionally tokens) and logs a line at most every `every_s` seconds.
+
+    `total` (optional) is the number of items this process expects; with it, lines carry
+    done/total and an ETA, and reaching the total is always logged."""
+
+    def __init__(self, verb: str, unit: str, every_s: float = 5.0, total: int | None = None, start: float | None = None):
         self.verb = verb
         self.unit = unit
         self.every_s = every_s
+        self.total = total
         self.count = 0
         self.tokens = 0
-        self.start = self.last = time.monotonic()
+        # `start` (a time.monotonic() value): when the work began, if before this object existed
+        self.start = self.last = time.monotonic() if start is None else start
 
     def add(self, count: int, tokens: int = 0) -> None:
         self.count += count
         self.tokens += tokens
         now = time.monotonic()
-        if now - self.last >= self.every_s:
-            self.last = now
-            rate = self.tokens / max(now - self.start, 1e-9)
-            log.info("[pid %d] %s %d %s, %d tokens (%.0f tokens/s)", os.getpid(), self.verb, self.count, self.unit, self.tokens, rate)
+        finished = self.total is not None and self.count >= self.total
+        if now - self.last < self.every_s and not finished:
+            return
+        self.last = now
+        if self.total is not None:
+            log.info("[pid %d] %s", os.getpid(), progress_line(self.verb, self.unit, self.count, self.total, now - self.start))
+            return
+        rate = self.tokens / max(now - self.start, 1e-9)
+        log.info("[pid %d] %s %d %s, %d tokens (%.0f tokens/s)", os.getpid(), self.verb, self.count, self.unit, self.tokens, rate)

@@ -5,10 +5,18 @@ Two tokenizers: the training tokenizer (`--tokenizer`) measures and cuts chunks 
 examples; the generator model sees only text. Accounting runs at two levels: every book read is
 kept (at least one of its chunks reached an example) or rejected (`no_valid_chunks` when none
 did), and every chunk ends in an example or in rejects (`chunk.*` counters).
+
+Generation is the slow step (seconds per chunk on a CPU), so it reports progress: a log line
+with chunks generated / to generate, the rate and an ETA (local runs), and the Beam counters
+`longctx:chunk.to_generate` and `longctx:chunk.generated` (live in the Dataflow UI).
+`max_chunks` limits generation to the first N chunks of each book, to try a model quickly;
+the chunks not generated are still read and accounted, as one `not_generated` chunk reject per
+book (records = how many), so `chunks.read = accepted + rejected` holds.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import apache_beam as beam
@@ -20,10 +28,10 @@ from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.stages import Stage
 from curation.tokenize import load_tokenizer
-from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob, finish_job
+from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.books import PrepareDocuments
 from pipelines.config import QAConfig
-from pipelines.packing import PackAndWriteShards
+from pipelines.progress import Progress
 from pipelines.qa_backends import chat_messages, completion_text, make_handler
 from qa_synth.assemble import ChatFormat, assemble_examples, example_to_segment
 from qa_synth.chunking import Chunk, make_chunks
@@ -33,6 +41,7 @@ from qa_synth.prompts import DEFAULT_TEMPLATE, PromptTemplate
 CHUNK = "chunk"
 DOES_NOT_FIT = "does_not_fit"
 NO_VALID_CHUNKS = "no_valid_chunks"  # a book none of whose chunks reached an example
+NOT_GENERATED = "not_generated"  # chunks past max_chunks: read, never sent to the generator
 BOOKS = "books"
 
 
@@ -48,6 +57,19 @@ class BookInfo:
 
 def chunk_reject(chunk: Chunk, source: str, reason: str, detail: str = "") -> Reject:
     return Reject(source, f"{chunk.book_id}#chunk{chunk.index}", reason, detail, unit=CHUNK)
+
+
+def split_max_chunks(chunks: list[Chunk], max_chunks: int | None, source: str) -> tuple[list[Chunk], Reject | None]:
+    """The chunks to generate (the first `max_chunks`, all when None) and one reject standing for
+    the rest (records = how many), or None when nothing is left out. One reject per book, not one
+    per chunk: a trial run on a long book would otherwise write hundreds of identical lines."""
+    if max_chunks is None or len(chunks) <= max_chunks:
+        return chunks, None
+    kept, rest = chunks[:max_chunks], chunks[max_chunks:]
+    first, last = rest[0], rest[-1]
+    detail = f"max_chunks={max_chunks}: {len(rest)} of the book's {len(chunks)} chunks were not sent to the generator"
+    reject = Reject(source, f"{first.book_id}#chunk{first.index}-{last.index}", NOT_GENERATED, detail, unit=CHUNK, records=len(rest))
+    return kept, reject
 
 
 class ChunkBooks(beam.DoFn):
@@ -69,7 +91,11 @@ class ChunkBooks(beam.DoFn):
             return
         yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {f"{CHUNK}.read": len(chunks)})
         yield beam.pvalue.TaggedOutput(BOOKS, (doc.uid, BookInfo(doc.source, doc.id, doc.num_tokens, len(chunks))))
-        for chunk in chunks:
+        to_generate, skipped = split_max_chunks(chunks, c.max_chunks, doc.source)
+        if skipped is not None:
+            yield beam.pvalue.TaggedOutput(REJECTS, skipped)
+        Metrics.counter(NAMESPACE, f"{CHUNK}.to_generate").inc(len(to_generate))
+        for chunk in to_generate:
             yield doc.source, chunk
 
 
@@ -89,6 +115,33 @@ class ToExample(beam.DoFn):
             return
         prompt = self.template.render(chunk.text)
         yield (source, chunk), chat_messages(prompt) if self.backend == "vllm" else prompt
+
+
+class ReportGenerated(beam.DoFn):
+    """Counts generated chunks as they leave the generator: a progress line with done/total, rate
+    and ETA in this worker's log, and the `chunk.generated` counter. `total` (a side input) is the
+    job's number of chunks to generate; with several workers each one logs its own count against
+    it, so a worker's ETA is then an upper bound."""
+
+    def __init__(self, every_s: float = 10.0):
+        self.every_s = every_s
+        self.progress: Progress | None = None
+
+    def setup(self):
+        self.generated = Metrics.counter(NAMESPACE, f"{CHUNK}.generated")
+        self.started: float | None = None
+
+    def start_bundle(self):
+        # The clock starts before the first batch is generated (the total arrives with the first chunk).
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def process(self, item, total: int):
+        if self.progress is None:
+            self.progress = Progress("generated", "chunks", self.every_s, total=total, start=self.started)
+        self.generated.inc()
+        self.progress.add(1)
+        yield item
 
 
 class ValidateQA(beam.DoFn):
@@ -178,6 +231,10 @@ class AssembleBook(beam.DoFn):
 class BuildQAShards(ShardJob):
     """Book files -> QA chat shards per stage + rejects (books and chunks) + manifest.json."""
 
+    kind = "qa"
+
+    progress_every_s = 10.0  # seconds between generation progress lines (a worker's log)
+
     def expand(self, pbegin):
         c = self.config
         handler = make_handler(
@@ -185,10 +242,16 @@ class BuildQAShards(ShardJob):
         )
         read, docs, rejects = pbegin | "Prepare" >> PrepareDocuments(c)
         chunked = docs | "Chunk" >> beam.ParDo(ChunkBooks(c)).with_outputs(REJECTS, KEPT_EVENTS, BOOKS, main="chunks")
+        # The total for the progress line; it also makes every chunk exist before generation starts.
+        total = chunked.chunks | "CountToGenerate" >> beam.combiners.Count.Globally()
         generated = (
             chunked.chunks
+            # Spread one book's chunks over workers (fused, they would stay on the worker that
+            # chunked the book), and keep generation apart from chunking so the count is known.
+            | "Spread" >> beam.Reshuffle()
             | "ToExample" >> beam.ParDo(ToExample(c.backend, c.prompt_template or DEFAULT_TEMPLATE))
             | "Generate" >> RunInference(KeyedModelHandler(handler), inference_args=self._inference_args())
+            | "Progress" >> beam.ParDo(ReportGenerated(self.progress_every_s), total=beam.pvalue.AsSingleton(total))
         )
         validated = generated | "Validate" >> beam.ParDo(ValidateQA(c)).with_outputs(REJECTS, main="pairs")
         assembled = (
@@ -196,12 +259,9 @@ class BuildQAShards(ShardJob):
             | "GroupByBook" >> beam.CoGroupByKey()
             | "Assemble" >> beam.ParDo(AssembleBook(c, self.stages)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         )
-        packed = assembled.segments | "PackAndWrite" >> PackAndWriteShards(
-            c.output, self.stages, self.shard_metadata, c.positions, c.shard_target_bytes, c.shuffle_seed, c.pack_group_tokens
-        )
         kept_events = (chunked[KEPT_EVENTS], assembled[KEPT_EVENTS]) | "KeptEvents" >> beam.Flatten()
         all_rejects = rejects + [chunked.rejects, validated.rejects, assembled.rejects]
-        return finish_job(pbegin, "qa", c, self.stages, read, all_rejects, kept_events, packed)
+        return self.pack_and_finish(pbegin, read, all_rejects, kept_events, assembled.segments)
 
     def _handler_kwargs(self) -> dict:
         c = self.config

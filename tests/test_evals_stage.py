@@ -53,6 +53,7 @@ def test_evaluate_stage_writes_into_the_stage_folder(book_shards, tmp_path):
     niah_rows = [json.loads(line) for line in (out / "niah" / "results.jsonl").read_text().splitlines()]
     assert [(r["format"], r["depth"]) for r in niah_rows] == [("lwm", 0.0), ("lwm", 100.0)]
     assert (out / "niah" / "heatmap.png").is_file() and (out / "loss_by_position" / "loss_by_position.png").is_file()
+    assert (out / "ruler" / "scores_by_length.png").is_file() and (out / "ruler" / "heatmap.png").is_file()
 
 
 def test_train_stages_evaluates_each_stage_as_it_ends(book_shards, tmp_path, capsys):
