@@ -74,18 +74,24 @@ def parse_state_axes(spec: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(names)
 
 
-def make_mesh(spec: str | dict[str, int] | None = None, devices: list | None = None) -> Mesh:
-    """A mesh over all (or the given) devices; a -1 axis takes whatever the others leave."""
-    devices = list(devices if devices is not None else jax.devices())
+def mesh_sizes(spec: str | dict[str, int] | None, num_devices: int) -> dict[str, int]:
+    """Axis sizes of a mesh spec on `num_devices` devices: a -1 axis takes whatever the others leave."""
     sizes = parse_mesh(spec)
     free = [a for a, n in sizes.items() if n == -1]
     fixed = math.prod(n for n in sizes.values() if n != -1)
     if len(free) > 1:
         raise MeshError(f"only one mesh axis may be -1, got {free}")
     if free:
-        if len(devices) % fixed:
-            raise MeshError(f"{len(devices)} devices do not divide by the fixed axes ({fixed})")
-        sizes[free[0]] = len(devices) // fixed
+        if num_devices % fixed:
+            raise MeshError(f"{num_devices} devices do not divide by the fixed axes ({fixed})")
+        sizes[free[0]] = num_devices // fixed
+    return sizes
+
+
+def make_mesh(spec: str | dict[str, int] | None = None, devices: list | None = None) -> Mesh:
+    """A mesh over all (or the given) devices; a -1 axis takes whatever the others leave."""
+    devices = list(devices if devices is not None else jax.devices())
+    sizes = mesh_sizes(spec, len(devices))
     total = math.prod(sizes.values())
     if total > len(devices):
         raise MeshError(f"mesh {sizes} needs {total} devices, only {len(devices)} available")

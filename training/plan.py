@@ -39,7 +39,8 @@ from typing import Any
 import yaml
 
 from training.config import StagePlan, TrainConfig
-from training.mesh import AXES, BATCH_AXES, SEQ_AXIS, STATE_AXES, parse_mesh, parse_state_axes
+from training.mesh import AXES, BATCH_AXES, SEQ_AXIS, STATE_AXES, parse_state_axes
+from training.mesh import mesh_sizes as resolve_mesh_sizes
 
 GiB = 1024**3
 REMAT_ORDER = ("none", "dots_saveable", "full")  # least recompute first
@@ -203,16 +204,11 @@ def load_stages(config_path: str | None = None, plan_path: str | None = None,
 
 
 def mesh_sizes(spec: str, num_devices: int) -> dict[str, int]:
-    """Axis sizes of a mesh spec on `num_devices` devices (the trainer's `make_mesh` rules)."""
-    sizes = parse_mesh(spec)
-    free = [a for a, n in sizes.items() if n == -1]
-    fixed = math.prod(n for n in sizes.values() if n != -1)
-    if len(free) > 1:
-        raise PlanError(f"mesh {spec!r}: only one axis may be -1")
-    if free:
-        if num_devices % fixed:
-            raise PlanError(f"mesh {spec!r}: {num_devices} devices do not divide by the fixed axes ({fixed})")
-        sizes[free[0]] = num_devices // fixed
+    """Axis sizes of a mesh spec on `num_devices` devices (the trainer's rules), using all of them."""
+    try:
+        sizes = resolve_mesh_sizes(spec, num_devices)
+    except ValueError as err:
+        raise PlanError(f"mesh {spec!r}: {err}") from None
     if math.prod(sizes.values()) != num_devices:
         raise PlanError(f"mesh {spec!r} = {sizes} uses {math.prod(sizes.values())} of the target's {num_devices} devices")
     return sizes
