@@ -25,7 +25,7 @@ def test_a_video_yaml_with_loss_weights_is_a_one_line_cli_error(tmp_path, capsys
         main(["video", "--config", str(config)])
     assert exit_.value.code == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
-    assert error == (f"longctx: error: {config}: text_loss_weight and vision_loss_weight are trainer settings "
+    assert error == (f"longctx video: error: {config}: text_loss_weight and vision_loss_weight are trainer settings "
                      "(longctx train --text-loss-weight / --vision-loss-weight, or a configs/train YAML), "
                      "not a data job's: remove them from the data config")
     assert not (tmp_path / "out").exists()
