@@ -101,17 +101,25 @@ def write_toy_stage(out: Path, name: str = "s64", length: int = 64, vocab: int =
     need real shards but not real text; returns the stage folder."""
     import numpy as np
 
-    from curation.packing import RowArrays
     from curation.shards import write_shard
 
     rng = np.random.default_rng(seed)
     meta = {"tokenizer": {"name": "toy", "sha256": "ab" * 32, "vocab_size": vocab, "bos_id": 1, "eos_id": 2, "pad_id": None}}
     for i in range(shards):
-        arrays = RowArrays.empty(rows, length)
-        arrays.input_ids[:] = rng.integers(3, vocab, (rows, length))
-        arrays.segment_ids[:] = 1
-        arrays.positions[:] = np.arange(length)
-        arrays.loss_mask[:] = 1.0
-        arrays.doc_ids, arrays.doc_starts = [[f"d{i}-{r}"] for r in range(rows)], [[0] for _ in range(rows)]
-        write_shard(str(out), name, i, shards, arrays, meta)
+        write_shard(str(out), name, i, shards, toy_rows(rng, rows, length, vocab, f"d{i}"), meta)
     return str(Path(out) / name)
+
+
+def toy_rows(rng, n: int, length: int, vocab: int, doc_prefix: str):
+    """`n` rows of one random document each (ids from `rng`), documents named `{doc_prefix}-{row}`."""
+    import numpy as np
+
+    from curation.packing import RowArrays
+
+    rows = RowArrays.empty(n, length)
+    rows.input_ids[:] = rng.integers(3, vocab, (n, length))
+    rows.segment_ids[:] = 1
+    rows.positions[:] = np.arange(length)
+    rows.loss_mask[:] = 1.0
+    rows.doc_ids, rows.doc_starts = [[f"{doc_prefix}-{r}"] for r in range(n)], [[0] for _ in range(n)]
+    return rows

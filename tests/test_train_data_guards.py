@@ -11,6 +11,7 @@ import pytest
 
 from curation.packing import RowArrays
 from curation.shards import write_shard
+from tests.conftest import toy_rows
 from training.config import TrainConfig
 from training.data import DataMismatchError, UnfinishedDataError, open_batches, stage_shard_urls, unfinished_reason
 from training.train import train
@@ -20,14 +21,7 @@ TOKENIZER = {"name": "toy", "sha256": "ab" * 32, "vocab_size": VOCAB, "bos_id": 
 
 
 def _rows(n: int, seed: int, length: int = LENGTH) -> RowArrays:
-    rng = np.random.default_rng(seed)
-    rows = RowArrays.empty(n, length)
-    rows.input_ids[:] = rng.integers(3, VOCAB, (n, length))
-    rows.segment_ids[:] = 1
-    rows.positions[:] = np.arange(length)
-    rows.loss_mask[:] = 1.0
-    rows.doc_ids, rows.doc_starts = [[f"d{seed}-{i}"] for i in range(n)], [[0] for _ in range(n)]
-    return rows
+    return toy_rows(np.random.default_rng(seed), n, length, VOCAB, f"d{seed}")
 
 
 def _shard(out, index: int, count: int, stage: str = "s64", length: int = LENGTH, **tokenizer) -> str:
