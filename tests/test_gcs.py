@@ -66,6 +66,24 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait(timeout=10)
 
 
+def wait_for_emulator(proc: subprocess.Popen, endpoint: str, log_path: Path, exited=pytest.fail) -> None:
+    """Until the emulator at `endpoint` answers with bucket BUCKET; `exited(reason)` if its process
+    stops first, a test failure if it does not answer within START_TIMEOUT_S."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            exited(f"gcp-storage-emulator exited at start (rc={proc.returncode}): {log_path.read_text()[-2000:]}")
+        try:  # the port answers and the default bucket exists
+            with urllib.request.urlopen(f"{endpoint}/storage/v1/b/{BUCKET}", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"gcp-storage-emulator did not answer within {START_TIMEOUT_S} s: {log_path.read_text()[-2000:]}")
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
     """A GCS API server with bucket BUCKET; gcsfs (fsspec's gs://) talks to it. Yields the filesystem."""
@@ -80,20 +98,7 @@ def gcs(tmp_path_factory):
         log.close()
         pytest.skip(f"gcp-storage-emulator cannot start ({err}): pip install -e '.[dev]'")
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.skip(f"gcp-storage-emulator exited at start (rc={proc.returncode}): {log_path.read_text()[-2000:]}")
-            try:  # the port answers and the default bucket exists
-                with urllib.request.urlopen(f"{endpoint}/storage/v1/b/{BUCKET}", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"gcp-storage-emulator did not answer within {START_TIMEOUT_S} s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
-
+        wait_for_emulator(proc, endpoint, log_path, exited=pytest.skip)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
             # Global gcsfs defaults: the pipeline opens URLs with plain fsspec.open / url_to_fs.

@@ -22,8 +22,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +29,7 @@ import pytest
 import yaml
 
 from tests.conftest import write_toy_stage
-from tests.test_gcs import BUCKET, START_TIMEOUT_S, _free_port, _stop
+from tests.test_gcs import BUCKET, _free_port, _stop, wait_for_emulator
 from training import checkpoint as ckpt
 from training import run_folder
 from training.config import TrainConfig
@@ -78,19 +76,7 @@ def gs(tmp_path_factory):
         proc = subprocess.Popen([sys.executable, "-c", _LAUNCHER, str(port), BUCKET], stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the GCS emulator exited at start (rc={proc.returncode}): {log_path.read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(f"{endpoint}/storage/v1/b/{BUCKET}", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the GCS emulator did not answer within {START_TIMEOUT_S} s: {log_path.read_text()[-2000:]}")
-            time.sleep(0.2)
+        wait_for_emulator(proc, endpoint, log_path)
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("STORAGE_EMULATOR_HOST", endpoint)
             # TensorStore's gcs driver (Orbax's arrays) talks to this server instead of storage.googleapis.com.
