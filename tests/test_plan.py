@@ -250,3 +250,18 @@ def test_a_program_xla_refuses_for_lack_of_hbm_is_reported_as_not_fitting():
                "(99.22G) exceeds available HBM (95.74G).")
     assert _exhausted_temp_bytes(RuntimeError(message)) == int(99.22 * 2**30)
     assert _exhausted_temp_bytes(RuntimeError("INTERNAL: something else")) is None
+
+
+def test_scanned_layers_need_no_more_memory_than_the_loop_on_tpu():
+    """The layer scan once held every chunk pair's causal mask of every ring step at once (JAX hoists
+    loop-invariant residuals out of a differentiated scan; see LlamaModel._scanned_layers): the
+    scanned step must need no more temporaries per chip than the same step with layers as a loop."""
+    if not libtpu_available():
+        pytest.skip("libtpu is not installed (pip install -e '.[dev]' brings it)")
+    target = resolve_target("v5p:2x2x1")
+    temp = {}
+    for scan in (False, True):
+        config = toy("dp=1,fsdp=2,tp=1,sp=2", seq_len=4096, q_chunk=256, kv_chunk=256, loss_chunk=256,
+                     model_overrides={"num_layers": 4, "remat": "full", "scan_layers": scan})
+        temp[scan] = plan_stage("toy", config, target).temp_bytes
+    assert 0 < temp[True] <= temp[False], temp

@@ -6,11 +6,13 @@ the dense kernels (ours are [in, out], HF's are [out, in]); see `training/hf.py`
 Two things differ from a plain language model because of long-context training:
 - positions are explicit ([batch, seq] int32) so packed rows can restart positions per document;
 - attention is pluggable: `attention_fn(q, k, v, segment_ids)` (the trainer passes Blockwise
-  RingAttention); the default `dense_attention` is causal and never attends across segments.
+  RingAttention); the default `dense_attention` is causal and never attends across segments. A
+  caller that reorders the sequence (the trainer's load-balanced ring layout) passes `token_order`,
+  each token's index in the original row, and attention masks causally by it
+  (`attention_fn(..., token_order=...)`).
 
 With `scan_layers` the layers run as one `jax.lax.scan` over a stacked view of their params, so
-compile time does not grow with depth; the stored tree stays `layers_0..N-1`. Off by default: on a
-TPU slice the scanned 7B step does not keep its memory yet (see the field's comment).
+compile time does not grow with depth; the stored tree stays `layers_0..N-1`.
 
 Vision-language models (LWM) read rows whose `vision_mask` marks VQGAN codes (see
 `curation/vision_layout.py`). With `vision_layout="separate"` the model has a second embedding
@@ -36,7 +38,8 @@ from jax.sharding import PartitionSpec as P
 from training.mesh import STATE_AXES, shard_activation
 from training.ring_attention import attention_reference
 
-AttentionFn = Callable[[jax.Array, jax.Array, jax.Array, "jax.Array | None"], jax.Array]
+# attention_fn(q, k, v, segment_ids) -> out; called with a `token_order=` keyword too when the model got one.
+AttentionFn = Callable[..., jax.Array]
 
 REMAT_POLICIES = {
     "none": None,
@@ -106,9 +109,6 @@ class ModelConfig:
     # Run the layers as one jax.lax.scan over a stacked view of the per-layer params (the stored tree
     # stays layers_0..N-1): compile time no longer grows with depth; same losses and gradients.
     # Generation's KV-cache path (mutable "cache") and init keep the Python loop.
-    # Off by default: compiled for TPU v5p:4x8x8 (7B, 32K, fsdp 32 x sp 8, 2 of 32 layers) the scanned
-    # step asks 118 GiB of temporaries per chip against 8.3 GiB for the loop (CPU compiles do not show
-    # it); constraining the stacked params and the carry did not change it. Numerics are equal.
     scan_layers: bool = False
     # "none": text only. "separate": own vision embedding + head of vision_vocab_size ids (LWM's 8448).
     # "unified": the last vision_vocab_size ids of vocab_size are vision (8196 after the text ids).
@@ -208,17 +208,22 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
 # ----------------------------------------------------------------------------------------------
 
 
-def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
+def dense_attention(q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None = None, *,
+                    token_order: jax.Array | None = None) -> jax.Array:
     """Causal softmax attention with GQA; tokens attend only within their own segment.
 
     q [b, s, heads, d], k/v [b, s, kv_heads, d] -> [b, s, heads, d]. Memory is O(s^2): this is the
-    reference and the short-context path; long contexts use ring attention.
+    reference and the short-context path; long contexts use ring attention. `token_order` [s]: each
+    token's index in the original row when the caller reordered the sequence (None: as laid out).
     """
     b, s, h, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, s, kv, h // kv, d)  # query heads grouped by the KV head they share
     scores = jnp.einsum("bqhgd,bkhd->bhgqk", q, k, preferred_element_type=jnp.float32) / math.sqrt(d)
-    mask = jnp.tril(jnp.ones((s, s), dtype=bool))[None]  # [1, q, k]
+    if token_order is None:
+        mask = jnp.tril(jnp.ones((s, s), dtype=bool))[None]  # [1, q, k]
+    else:
+        mask = (token_order[:, None] >= token_order[None, :])[None]
     if segment_ids is not None:
         mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
     # The diagonal is always visible, so no row is fully masked and softmax never sees only -inf.
@@ -270,7 +275,8 @@ class Attention(nn.Module):
     attention_fn: AttentionFn | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
+                 token_order: jax.Array | None = None) -> jax.Array:
         c = self.config
         b, s, _ = x.shape
         heads = lambda y: shard_activation(y, "batch", "seq", "heads", "head_dim")  # noqa: E731
@@ -282,7 +288,9 @@ class Attention(nn.Module):
         if self.is_mutable_collection("cache") and not self.is_initializing():
             out = self._cached_attention(q, k, v, positions, segment_ids)
         else:
-            out = (self.attention_fn or dense_attention)(q, k, v, segment_ids)
+            attend = self.attention_fn or dense_attention
+            order = {} if token_order is None else {"token_order": token_order}
+            out = attend(q, k, v, segment_ids, **order)
         out = heads(out).reshape(b, s, c.num_heads * c.head_dim)
         return shard_activation(_dense(c, c.hidden_size, "o_proj")(out), "batch", "seq", "embed")
 
@@ -328,11 +336,13 @@ class DecoderLayer(nn.Module):
     attention_fn: AttentionFn | None = None
 
     @nn.compact
-    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    def __call__(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
+                 token_order: jax.Array | None = None) -> jax.Array:
         c = self.config
         norm = lambda name: RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name=name)  # noqa: E731
         x = _hidden(x)
-        h = Attention(c, self.attention_fn, name="self_attn")(norm("input_layernorm")(x), positions, segment_ids)
+        h = Attention(c, self.attention_fn, name="self_attn")(norm("input_layernorm")(x), positions, segment_ids,
+                                                              token_order)
         x = _hidden(x + h)
         return _hidden(x + MLP(c, name="mlp")(norm("post_attention_layernorm")(x)))
 
@@ -343,7 +353,8 @@ class LlamaModel(nn.Module):
     @nn.compact
     def __call__(self, input_ids: jax.Array, positions: jax.Array, segment_ids: jax.Array | None = None,
                  vision_mask: jax.Array | None = None, *, attention_fn: AttentionFn | None = None,
-                 deterministic: bool = True, return_hidden: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+                 token_order: jax.Array | None = None, deterministic: bool = True,
+                 return_hidden: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
         """input_ids, positions, segment_ids, vision_mask: [batch, seq] int -> logits [batch, seq, vocab].
 
         With a separate vision vocabulary, `vision_mask` picks the embedding table per position and
@@ -352,7 +363,9 @@ class LlamaModel(nn.Module):
 
         With `return_hidden`, the final normed hidden states [batch, seq, hidden] instead: the trainer
         then applies the output layer a chunk at a time (`output_kernel`), so [seq, vocab] logits of
-        a million-token row never exist at once. `deterministic` is accepted for trainer symmetry;
+        a million-token row never exist at once. `token_order` [seq]: each token's index in the
+        original row when the caller reordered the sequence (attention masks causally by it; the
+        trainer's ring layout). `deterministic` is accepted for trainer symmetry;
         LLaMA has no dropout.
         """
         del deterministic
@@ -372,14 +385,14 @@ class LlamaModel(nn.Module):
         x = _hidden(x)
         # init creates the per-layer params and the KV cache is per-layer mutable state: both loop.
         if c.scan_layers and not self.is_initializing() and not self.is_mutable_collection("cache"):
-            x = self._scanned_layers(x, positions, segment_ids, attention_fn)
+            x = self._scanned_layers(x, positions, segment_ids, token_order, attention_fn)
         else:
             # attention_fn is a module attribute, not a call argument, so nn.remat needs no static_argnums.
             layer_cls = DecoderLayer
             if c.remat != "none":
                 layer_cls = nn.remat(DecoderLayer, policy=REMAT_POLICIES[c.remat], prevent_cse=True)
             for i in range(c.num_layers):
-                x = layer_cls(c, attention_fn, name=f"layers_{i}")(x, positions, segment_ids)
+                x = layer_cls(c, attention_fn, name=f"layers_{i}")(x, positions, segment_ids, token_order)
         x = _hidden(RMSNorm(c.rms_norm_eps, c.dtype, c.param_dtype, name="norm")(x))
         if return_hidden and not self.is_initializing():
             return x
@@ -399,7 +412,7 @@ class LlamaModel(nn.Module):
         return vocab(logits)
 
     def _scanned_layers(self, x: jax.Array, positions: jax.Array, segment_ids: jax.Array | None,
-                        attention_fn: AttentionFn | None) -> jax.Array:
+                        token_order: jax.Array | None, attention_fn: AttentionFn | None) -> jax.Array:
         """The decoder layers as one `jax.lax.scan`: XLA traces, partitions and compiles one layer body
         whatever the depth (a Python loop inlines num_layers copies of it).
 
@@ -410,6 +423,14 @@ class LlamaModel(nn.Module):
         Cost: the stacked view is one more copy of each device's param shard (kept for the backward
         pass; kernels in the compute dtype, so half the fp32 size under bf16), and the backward pass
         builds the stacked gradient before slicing it per layer.
+
+        Positions, segment ids and token order enter each step as scanned inputs (one copy per layer,
+        a few bytes per token), not as values the body closes over. Why: when JAX differentiates a
+        scan it hoists every residual that depends only on loop constants out of the loop, and for
+        blockwise attention those are the causal masks of every (query chunk, key chunk) pair of
+        every ring step at once (compiled for TPU, a 2-layer 7B-shaped step at 32K went from 8 GiB
+        of temporaries per chip to 118 GiB). Data that arrives with the layer stays inside it; for
+        the same reason a ring needs `token_order` here rather than deriving it per device.
         """
         c = self.config
         params = self.variables.get("params", {})
@@ -424,14 +445,21 @@ class LlamaModel(nn.Module):
                                *(params[f"layers_{i}"] for i in range(c.num_layers)))
         block = DecoderLayer(c, attention_fn, parent=None)  # unbound: not a child of this module
 
-        def layer(layer_params: Any, h: jax.Array) -> jax.Array:
-            return block.apply({"params": layer_params}, h, positions, segment_ids)
+        def layer(layer_params: Any, h: jax.Array, per_layer: tuple) -> jax.Array:
+            return block.apply({"params": layer_params}, h, *per_layer)
 
         if c.remat != "none":
             # The same per-layer policy as nn.remat in the loop. scan already keeps XLA from merging
             # the recomputation with the forward pass, so no CSE barrier is needed.
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
-        x, _ = jax.lax.scan(lambda h, p: (layer(p, h), None), x, stacked)
+        n = c.num_layers
+        per_layer = (
+            shard_activation(jnp.broadcast_to(positions, (n, *positions.shape)), None, "batch", "seq"),
+            None if segment_ids is None else
+            shard_activation(jnp.broadcast_to(segment_ids, (n, *segment_ids.shape)), None, "batch", "seq"),
+            None if token_order is None else shard_activation(jnp.broadcast_to(token_order, (n, *token_order.shape)), None, "seq"),
+        )
+        x, _ = jax.lax.scan(lambda h, xs: (layer(xs[0], h, xs[1]), None), x, (stacked, per_layer))
         return x
 
 

@@ -602,6 +602,7 @@ def ring_attention_sharded(
     kv_chunk: int = 512,
     load_balance: LoadBalance = "zigzag",
     prebalanced: bool = False,
+    token_order: Array | None = None,
     batch_axes: tuple[str, ...] = ("dp", "fsdp"),
     head_axis: str | None = "tp",
     scale: float | None = None,
@@ -617,6 +618,12 @@ def ring_attention_sharded(
     (`load_balance_permutation`, once per step for the whole model, as the trainer does), so the
     blocks are used as they are, with the original token positions of that order, and the output
     stays in it: no exchange per attention layer.
+    `token_order` `[seq]` int: each token's index in the row's original order, for a sequence the
+    caller laid out itself (implies `prebalanced`); the causal mask then reads it instead of deriving
+    the order from the device index. Why pass what could be computed: inside a `lax.scan` over
+    layers, JAX hoists every value that depends only on loop constants out of the loop when it
+    differentiates, and the causal masks of all chunk pairs would become one huge residual; order
+    that arrives as data with the layer keeps them inside the loop.
     `implementation="auto"` uses cuDNN's fused kernel on GPU when the ring is trivial (sp == 1) and
     there are no segment ids; everywhere else the blockwise JAX path.
     """
@@ -631,26 +638,33 @@ def ring_attention_sharded(
 
     balance = load_balance if causal else None  # without a causal mask the work is already even
     _check_balance(seq, sp, balance)
+    if token_order is not None:
+        if token_order.shape != (seq,):
+            raise ValueError(f"token_order must be [seq] = ({seq},), got {token_order.shape}")
+        prebalanced = True  # the caller's layout, whatever it is: no exchange
 
     b_spec = b_axes if b_axes else None
     x_spec, seg_spec = P(b_spec, axis_name, h_axis, None), P(b_spec, axis_name)
 
-    if _use_fused(implementation, q, sp, segment_ids):
+    if token_order is None and _use_fused(implementation, q, sp, segment_ids):
         def local_fn(q, k, v):
             return jax.nn.dot_product_attention(q, k, v, scale=scale, is_causal=causal, implementation="cudnn")
     else:
         exchange = balance is not None and not prebalanced
 
-        def local_fn(q, k, v, seg=None):
+        def local_fn(q, k, v, seg=None, order=None):
             if exchange:
                 q, k, v, seg = (None if x is None else load_balance_shard(x, axis_name, balance) for x in (q, k, v, seg))
-            pos = load_balance_positions(local, axis_name, balance)
+            pos = load_balance_positions(local, axis_name, balance) if order is None else order.astype(jnp.int32)
             out = ring_attention_shard(q, k, v, seg, seg, pos, pos, axis_name=axis_name, causal=causal,
                                        q_chunk=q_chunk, kv_chunk=kv_chunk, scale=scale)
             return load_balance_shard(out, axis_name, balance, inverse=True) if exchange else out
 
     args, specs = [q, k, v], [x_spec, x_spec, x_spec]
-    if segment_ids is not None:
+    if segment_ids is not None or token_order is not None:
         args.append(segment_ids)
-        specs.append(seg_spec)
+        specs.append(None if segment_ids is None else seg_spec)
+    if token_order is not None:
+        args.append(token_order)
+        specs.append(P(axis_name))
     return jax.shard_map(local_fn, mesh=mesh, in_specs=tuple(specs), out_specs=x_spec)(*args)

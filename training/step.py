@@ -50,10 +50,11 @@ class RingAttention:
         self.mesh, self.q_chunk, self.kv_chunk = mesh, q_chunk, kv_chunk
         self.load_balance = load_balance if mesh.shape["sp"] > 1 else None
 
-    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None) -> jax.Array:
+    def __call__(self, q: jax.Array, k: jax.Array, v: jax.Array, segment_ids: jax.Array | None, *,
+                 token_order: jax.Array | None = None) -> jax.Array:
         return ring_attention_sharded(q, k, v, self.mesh, segment_ids=segment_ids, causal=True, axis_name="sp",
                                       q_chunk=self.q_chunk, kv_chunk=self.kv_chunk, load_balance=self.load_balance,
-                                      prebalanced=True)
+                                      prebalanced=True, token_order=token_order)
 
 
 def make_attention(config: TrainConfig, mesh: jax.sharding.Mesh) -> RingAttention | None:
@@ -84,11 +85,17 @@ def make_train_step(model: LlamaModel, optimizer, attention_fn, accum: int, loss
         # loss is a sum), so no attention layer exchanges blocks.
         targets = next_token_targets(micro)
         inputs = [micro["input_ids"], micro["positions"], micro["segment_ids"], micro.get("vision_mask")]
-        perm = None if balance is None else load_balance_permutation(micro["input_ids"].shape[1], sp, balance)
+        seq = micro["input_ids"].shape[1]
+        perm = None if balance is None else load_balance_permutation(seq, sp, balance)
         if perm is not None:
             order = lambda x: None if x is None else jnp.take(x, perm, axis=1)  # noqa: E731
             inputs, targets = [order(x) for x in inputs], tuple(order(x) for x in targets)
-        hidden = model.apply({"params": params}, *inputs, attention_fn=attention_fn, return_hidden=True)
+        # Our ring masks causally by each token's original index, given as data (see LlamaModel._scanned_layers).
+        token_order = None
+        if isinstance(attention_fn, RingAttention):
+            token_order = jnp.asarray(np.arange(seq) if perm is None else perm, jnp.int32)
+        hidden = model.apply({"params": params}, *inputs, attention_fn=attention_fn, token_order=token_order,
+                             return_hidden=True)
         sums, _ = next_token_nll(hidden, output_kernel(model.config, params), None, loss_chunk, sp,
                                  vision_output_kernel(model.config, params), targets=targets)
         return weighted_loss(sums, totals, weights), sums
