@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,11 +24,28 @@ def frame_sampler(fps: float | None, frame_count: int | None, max_frames: int):
 
 
 def video_codes(url: Any, vqgan, fps: float | None = 1.0, frame_count: int | None = None, max_frames: int = 512,
-                frame_size: int = 256, batch: int = 8) -> list[np.ndarray]:
+                frame_size: int = 256, batch: int = 8,
+                on_frames: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
     """The sampled frames' codes ([16, 16] each), decoded and encoded `batch` frames at a time, so
-    an hour of video never sits in memory. Raises `curation.video.VideoError` on unreadable input."""
+    an hour of video never sits in memory. Raises `curation.video.VideoError` on unreadable input.
+
+    `on_frames(encoded, total)`, if given, is called after each batch with the frames encoded so
+    far and the number sampled from this video (known once the video is opened): the progress of
+    a long video, which takes minutes through a VQGAN."""
     sampler = frame_sampler(fps, frame_count, max_frames)
-    return [codes for frames in iter_video_frames(url, sampler, batch, frame_size) for codes in vqgan.encode(frames)]
+    sampled = [0]
+
+    def counted(num_frames: int, video_fps: float) -> np.ndarray:
+        indices = sampler(num_frames, video_fps)
+        sampled[0] = len(indices)
+        return indices
+
+    codes: list[np.ndarray] = []
+    for frames in iter_video_frames(url, counted, batch, frame_size):
+        codes.extend(vqgan.encode(frames))
+        if on_frames is not None:
+            on_frames(len(codes), sampled[0])
+    return codes
 
 
 def decode_image(data: bytes, size: int) -> np.ndarray:

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import time
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from curation.progress import progress_line
 from evals.model_cli import add_model_arguments, model_name
 
 SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
@@ -81,8 +83,10 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
+    total = len(lengths) * len(depths) * args.samples  # run_grid's cells
 
     def progress():
+        start = time.monotonic()
         for record in niah.run_grid(generator, tokenizer, haystack, lengths, depths, needles=args.needles,
                                     ask=args.ask, samples=args.samples, seed=args.seed, scoring=args.scoring,
                                     max_new_tokens=args.max_new_tokens, fmt=args.niah_format):
@@ -90,6 +94,8 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
             console.print(f"{length_label(record.length):>6} depth {record.depth:5.1f}% sample {record.sample}: "
                           f"score {record.score:.2f} ({record.seconds:.1f} s) expected {' '.join(record.expected)}, "
                           f"answer {record.answer[:60]!r}", highlight=False)
+            line = progress_line("scored", "cells", len(records), total, time.monotonic() - start)
+            console.print(f"  {line}", style="dim", highlight=False)
             yield record
 
     niah.write_jsonl(progress(), out / "results.jsonl")  # written as the grid runs

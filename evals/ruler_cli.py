@@ -16,6 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from curation.progress import progress_line
 from evals.haystack import SAMPLE_BOOKS
 from evals.model_cli import add_model_arguments, model_name
 from evals.runner import DEFAULT_THRESHOLD
@@ -112,8 +113,12 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
                       f"{record['score']:.2f} ({record['prompt_tokens']} tokens, {record['seconds']:.1f} s) "
                       f"answer {record['prediction'][:60]!r}", highlight=False)
 
+    def progress(done: int, total: int, elapsed_s: float) -> None:
+        console.print(f"  {progress_line('scored', 'cells', done, total, elapsed_s)}", style="dim", highlight=False)
+
     summary = run_suite(backend, builder, tasks, lengths, args.samples, args.out, seed=args.seed,
-                        threshold=args.threshold, max_new_tokens=args.max_new_tokens, on_record=show)
+                        threshold=args.threshold, max_new_tokens=args.max_new_tokens, on_record=show,
+                        on_progress=progress)
     console.print(summary_table(summary))
     effective = summary["effective_length"]
     console.print(f"{name}: effective length {effective if effective is not None else 'below the shortest length'} "

@@ -151,24 +151,39 @@ def write_summary(summary: dict[str, Any], out: str | Path) -> tuple[Path, Path]
     return json_path, csv_path
 
 
+def cells_to_run(tasks: Sequence[Task], lengths: Sequence[int], samples: int, seed: int,
+                 done: set[tuple[str, int, int, int]] = frozenset()) -> int:
+    """How many cells `run_cells` will run: the progress total (a rerun skips the done ones)."""
+    return sum((task.name, length, index, seed) not in done
+               for length in lengths for task in tasks for index in range(samples))
+
+
 def run_suite(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,
               out: str | Path, *, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
               max_new_tokens: int | None = None,
-              on_record: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Run the missing cells into OUT/results.jsonl, then write OUT/summary.json and summary.csv."""
+              on_record: Callable[[dict[str, Any]], None] | None = None,
+              on_progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+    """Run the missing cells into OUT/results.jsonl, then write OUT/summary.json and summary.csv.
+
+    `on_progress(done, total, elapsed_s)` follows each record (`on_record`): cells scored in this
+    run, cells this run has to score, seconds since it started (curation.progress.progress_line)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.jsonl"
     records = read_results(results)
     done = {cell_key(r) for r in records}
+    total = cells_to_run(tasks, lengths, samples, seed, done)
+    start = time.monotonic()
     with open(results, "a", encoding="utf-8") as fh:
-        for record in run_cells(backend, builder, tasks, lengths, samples, seed, done=done,
-                                max_new_tokens=max_new_tokens):
+        for count, record in enumerate(run_cells(backend, builder, tasks, lengths, samples, seed, done=done,
+                                                 max_new_tokens=max_new_tokens), 1):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()  # a long run's records reach the disk as they come
             records.append(record)
             if on_record is not None:
                 on_record(record)
+            if on_progress is not None:
+                on_progress(count, total, time.monotonic() - start)
     names = [t.name for t in tasks]
     wanted = [r for r in records if r["task"] in names and int(r["sample"]) < samples]
     summary = summarize(wanted, names, lengths, seed, threshold, backend.name)

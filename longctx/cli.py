@@ -200,7 +200,14 @@ def main(argv: list[str] | None = None) -> int:
             if plan.eval is not None:
                 from evals.stage_eval import EvalSection, evaluate_stage
 
-                section = EvalSection.model_validate(plan.eval)  # a typo stops the plan before stage 1 trains
+                from pydantic import ValidationError
+
+                from curation.config_errors import validation_line
+
+                try:  # a typo stops the plan before stage 1 trains, in one line
+                    section = EvalSection.model_validate(plan.eval)
+                except ValidationError as err:
+                    raise ValueError(f"{args.plan}: {validation_line(err, lambda loc: ('eval', *loc), lambda place: list(EvalSection.model_fields) if place == ('eval',) else [])}") from None
                 after = lambda name, config: evaluate_stage(config, section, log=console.print)  # noqa: E731
             results = train_stages(plan, after)
         except (ConfigMismatch, ValueError) as err:  # a bad plan, unfinished data, a damaged checkpoint

@@ -14,6 +14,7 @@ from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
 from curation.near_duplicates import MinHashConfig
 from curation.packing import SegmentRef, StageSegment
+from curation.progress import Progress
 from curation.quality import LanguageRule
 from curation.sources import SourceConfig
 from curation.stages import Stage, StagePolicy, cut_windows, matching_stages
@@ -23,7 +24,6 @@ from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.config import TextFrontConfig
 from pipelines.dedup import DropContaminated, DropNearDuplicates
 from pipelines.io import ReadInputs
-from pipelines.progress import Progress
 from pipelines.quality import DropLowQuality
 
 

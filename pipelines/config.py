@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from curation.config_errors import top_level_keys, validation_line
 from curation.manifest import config_hash
 from curation.packing import PositionMode
 from curation.quality import Languages, QualityRules
@@ -258,4 +259,8 @@ def config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseMo
         if name == "stages":  # --stages 32k,128k or repeated --stages
             value = [s for part in value for s in part.split(",") if s]
         data[name] = value
-    return model.model_validate(data)
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:  # a mistyped key or a wrong value: one line, naming where
+        source = f"{args.config}: " if getattr(args, "config", None) else ""
+        raise ValueError(f"{source}{validation_line(err, known_keys=top_level_keys(model))}") from None

@@ -16,6 +16,7 @@ from apache_beam.metrics import Metrics
 
 from curation.manifest import stage_key
 from curation.packing import PositionMode, StageSegment, iter_packed_rows, packing_group, packing_groups, rows_per_shard, unpack_rows
+from curation.progress import shard_line
 from curation.shards import write_shard
 from curation.stages import Stage
 from pipelines.accounting import NAMESPACE
@@ -86,7 +87,7 @@ class WriteShard(beam.DoFn):
         rows = unpack_rows([row for _, row in sorted(rows, key=lambda r: r[0])], self.lengths[stage], self.positions)
         info = write_shard(self.output, stage, shard, count, rows, self.metadata[stage])
         Metrics.counter(NAMESPACE, f"stage.{stage}.shards").inc()
-        log.info("wrote %s (%d rows)", info.path, info.rows)
+        log.info("%s", shard_line(shard, info))
         yield info
 
 

@@ -26,12 +26,12 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 from curation.accounting import Reason, Reject
 from curation.documents import Document
 from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.progress import Progress
 from curation.stages import Stage
 from curation.tokenize import load_tokenizer
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.books import PrepareDocuments
 from pipelines.config import QAConfig
-from pipelines.progress import Progress
 from pipelines.qa_backends import chat_messages, completion_text, make_handler
 from qa_synth.assemble import ChatFormat, assemble_examples, example_to_segment
 from qa_synth.chunking import Chunk, make_chunks

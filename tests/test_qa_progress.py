@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
+from curation.progress import format_duration, progress_line
 from pipelines.config import QAConfig
 from pipelines.launch import run_qa
-from pipelines.progress import format_duration, progress_line
 from tests.conftest import DEMO_TOKENIZER
 
 IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from curation.config_errors import validation_line
 
 
 class TrainConfig(BaseModel):
@@ -91,13 +93,46 @@ class StagePlan(BaseModel):
     eval: dict[str, Any] | None = Field(None, description="evaluate each stage at its own length when it ends "
                                         "(evals.stage_eval.EvalSection: ruler, niah, loss_by_position)")
 
+    @classmethod
+    def from_data(cls, data: Any) -> StagePlan:
+        """A plan from its parsed YAML, every stage's TrainConfig checked too (so a typo in `base`
+        or a stage's `overrides` stops the plan before stage 1 trains). A mistake is one line:
+        `stages[0].overrides: unknown key 'step' (did you mean 'steps'?)` (a ValueError)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"a stage plan is a YAML mapping (out:, base:, stages:), not {type(data).__name__}")
+        try:
+            plan = cls.model_validate(data)
+        except ValidationError as err:
+            raise ValueError(validation_line(err, known_keys=_known_keys)) from None
+        plan.stage_configs()
+        return plan
+
     def stage_configs(self) -> list[tuple[str, TrainConfig]]:
         configs = []
         previous = self.init_from
-        for entry in self.stages:
+        for index, entry in enumerate(self.stages):
             data = {**self.base, **entry.overrides, "data": entry.data, "out": f"{self.out.rstrip('/')}/{entry.name}"}
             data["init_from"] = previous
-            config = TrainConfig.model_validate(data)
+            try:
+                config = TrainConfig.model_validate(data)
+            except ValidationError as err:
+                raise ValueError(validation_line(err, lambda loc: self._origin(index, loc), _known_keys)) from None
             configs.append((entry.name, config))
             previous = f"{config.out}/checkpoints/final"
         return configs
+
+    def _origin(self, index: int, loc: tuple[Any, ...]) -> tuple[Any, ...]:
+        """Where in the plan a stage's merged TrainConfig got the key at `loc` from: the stage's
+        overrides, else base, else the stage entry itself (data, out, init_from)."""
+        if loc and loc[0] in self.stages[index].overrides:
+            return ("stages", index, "overrides", *loc)
+        return ("base", *loc) if loc and loc[0] in self.base else ("stages", index, *loc)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    """The keys allowed at a place of a plan (for a `did you mean` hint)."""
+    if loc in {("base",)} or (len(loc) == 3 and loc[0] == "stages" and loc[2] == "overrides"):
+        return list(TrainConfig.model_fields)
+    if len(loc) == 2 and loc[0] == "stages":
+        return list(StageEntry.model_fields)
+    return list(StagePlan.model_fields) if not loc else []

@@ -37,7 +37,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
+from curation.config_errors import top_level_keys, validation_line
 from training.config import StagePlan, TrainConfig
 from training.mesh import AXES, BATCH_AXES, SEQ_AXIS, STATE_AXES, parse_state_axes
 from training.mesh import mesh_sizes as resolve_mesh_sizes
@@ -197,9 +199,11 @@ def load_stages(config_path: str | None = None, plan_path: str | None = None,
     try:
         if config_path:
             return [(path.stem, TrainConfig.model_validate({**data, **overrides}))]
-        plan = StagePlan.model_validate(data)
+        plan = StagePlan.from_data(data)  # a mistake anywhere in the plan is one line
         return [(name, config.model_copy(update=overrides)) for name, config in plan.stage_configs()]
-    except ValueError as err:  # pydantic's ValidationError
+    except ValidationError as err:  # a train config's mistake, in one line too
+        raise PlanError(f"{path}: {validation_line(err, known_keys=top_level_keys(TrainConfig))}") from None
+    except ValueError as err:
         raise PlanError(f"{path}: {err}") from None
 
 

@@ -400,5 +400,19 @@ def train_stages(plan: StagePlan, after_stage: Callable[[str, TrainConfig], dict
 
 
 def load_stage_plan(path: str) -> StagePlan:
-    with open(path) as fh:
-        return StagePlan.model_validate(yaml.safe_load(fh))
+    """The stage plan at `path`, every stage's config checked. A mistake (a typo'd key anywhere,
+    a wrong value, bad YAML, no file) is one ValueError line naming the file and the place:
+    `plan.yaml: stages[0].overrides: unknown key 'step' (did you mean 'steps'?)`."""
+    try:
+        with open(path) as fh:
+            data = yaml.safe_load(fh)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read the plan ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ValueError(f"{place}: not valid YAML ({getattr(err, 'problem', None) or type(err).__name__})") from None
+    try:
+        return StagePlan.from_data(data)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None

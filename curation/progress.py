@@ -10,6 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import time
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # a type only: this module stays importable without pyarrow
+    from curation.shards import ShardInfo
 
 log = logging.getLogger("longctx")
 
@@ -36,6 +40,12 @@ def progress_line(verb: str, unit: str, done: int, total: int | None, elapsed_s:
     return f"{verb} {done}/{total} {unit}{share}, {rate:.2f} {unit}/s, ETA {eta}, elapsed {format_duration(elapsed_s)}"
 
 
+def shard_line(index: int, info: ShardInfo) -> str:
+    """`wrote shard 3 of stage 32k: 12 rows, 393,216 tokens (32k/train-00003-of-00010.arrow)`:
+    one per shard written (the file name carries the stage's shard count)."""
+    return f"wrote shard {index} of stage {info.stage}: {info.rows:,} rows, {info.tokens:,} tokens ({info.path})"
+
+
 class Progress:
     """Counts items (and optionally tokens) and logs a line at most every `every_s` seconds.
 
@@ -49,6 +59,7 @@ class Progress:
         self.total = total
         self.count = 0
         self.tokens = 0
+        self.logged = 0  # the count at the last line (flush() skips a repeat)
         # `start` (a time.monotonic() value): when the work began, if before this object existed
         self.start = self.last = time.monotonic() if start is None else start
 
@@ -59,7 +70,17 @@ class Progress:
         finished = self.total is not None and self.count >= self.total
         if now - self.last < self.every_s and not finished:
             return
+        self._log(now)
+
+    def flush(self) -> None:
+        """Log the count now, whatever the time since the last line (a worker's bundle is done:
+        with no known total, its last item is reported here); nothing if no item came since."""
+        if self.count != self.logged:
+            self._log(time.monotonic())
+
+    def _log(self, now: float) -> None:
         self.last = now
+        self.logged = self.count
         if self.total is not None:
             log.info("[pid %d] %s", os.getpid(), progress_line(self.verb, self.unit, self.count, self.total, now - self.start))
             return

@@ -1,0 +1,57 @@
+"""pydantic's multi-line validation report -> one line naming the place and the key.
+
+Every config of the project (a data job's, a train config, a stage plan, its eval section) is a
+pydantic model that forbids unknown keys; a user who mistypes one should read one sentence
+(`stages[1].overrides: unknown key 'step' (did you mean 'steps'?)`), not a traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import ValidationError
+
+Location = tuple[Any, ...]
+
+
+def where(loc: Location) -> str:
+    """('stages', 0, 'overrides') -> `stages[0].overrides`."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def validation_line(err: ValidationError, origin: Callable[[Location], Location] | None = None,
+                    known_keys: Callable[[Location], list[str]] | None = None) -> str:
+    """The first error of `err` as one line; `(and N more)` when there are others.
+
+    `origin(loc)` places an error's location in the user's file when the model was validated from
+    a dict merged from several sections (a stage's TrainConfig from `base` and its `overrides`).
+    `known_keys(place)` lists the keys allowed at a place, for a `did you mean` hint."""
+    # A typo'd key first: it also explains the `missing` error of the key it was meant to be.
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    first = errors[0]
+    loc = tuple(first["loc"])
+    if origin is not None:
+        loc = origin(loc)
+    if first["type"] == "extra_forbidden":
+        place, key = loc[:-1], loc[-1]
+        close = difflib.get_close_matches(str(key), known_keys(place) if known_keys else [], n=1)
+        text = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+    elif first["type"] == "missing":
+        place, text = loc[:-1], f"missing key {loc[-1]!r}"
+    else:
+        place = loc
+        got = repr(first["input"])
+        text = f"{first['msg']} (got {got if len(got) <= 60 else got[:57] + '...'})"
+    if len(errors) > 1:
+        text += f" (and {len(errors) - 1} more)"
+    return f"{where(place)}: {text}" if place else text
+
+
+def top_level_keys(model: type) -> Callable[[Location], list[str]]:
+    """`known_keys` for a flat config model: its fields at the top level, nothing deeper."""
+    return lambda place: list(model.model_fields) if not place else []

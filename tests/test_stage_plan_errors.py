@@ -1,0 +1,89 @@
+"""A mistake in a `longctx train-stages` plan stops it with one line naming the file, the place and
+the key (issue "newcomer path"), with the same exit code as a typo in `longctx train --config`."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from longctx.cli import main
+
+STAGE = {"name": "s256", "data": "data/s256", "overrides": {"steps": 2}}
+BASE = {"model": "toy", "seq_len": 256, "global_batch": 2}
+
+
+def _error(argv: list[str], capsys) -> tuple[int, list[str]]:
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    return err.value.code, capsys.readouterr().err.strip().splitlines()
+
+
+def _plan_error(plan: dict, capsys) -> str:
+    with open("plan.yaml", "w") as fh:
+        yaml.safe_dump(plan, fh)
+    code, lines = _error(["train-stages", "--plan", "plan.yaml"], capsys)
+    assert code == 2 and len(lines) == 2 and lines[0].startswith("usage: longctx train-stages "), lines
+    return lines[1]
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # relative plan paths: the lines are exact
+    yield
+    assert not (tmp_path / "runs").exists()  # nothing started
+
+
+def test_a_typo_in_a_stage_overrides_is_one_line(capsys):
+    second = {"name": "s512", "data": "data/s512", "overrides": {"step": 3}}
+    line = _plan_error({"out": "runs", "base": BASE, "stages": [STAGE, second]}, capsys)
+    assert line == "longctx train-stages: error: plan.yaml: stages[1].overrides: unknown key 'step' (did you mean 'steps'?)"
+
+
+def test_unknown_keys_at_the_top_in_base_and_in_a_stage(capsys):
+    line = _plan_error({"out": "runs", "base": BASE, "stage": [STAGE]}, capsys)
+    # The typo comes first: it is why `stages` is missing.
+    assert line == "longctx train-stages: error: plan.yaml: unknown key 'stage' (did you mean 'stages'?) (and 1 more)"
+    line = _plan_error({"out": "runs", "base": {**BASE, "global_bach": 4}, "stages": [STAGE]}, capsys)
+    assert line == "longctx train-stages: error: plan.yaml: base: unknown key 'global_bach' (did you mean 'global_batch'?)"
+    line = _plan_error({"out": "runs", "stages": [{"name": "s256", "data": "d", "overides": {}}]}, capsys)
+    assert line == "longctx train-stages: error: plan.yaml: stages[0]: unknown key 'overides' (did you mean 'overrides'?)"
+
+
+def test_wrong_values_missing_keys_bad_yaml_and_no_file(capsys):
+    bad = {**STAGE, "overrides": {"steps": "many"}}
+    line = _plan_error({"out": "runs", "base": BASE, "stages": [bad]}, capsys)
+    assert line == ("longctx train-stages: error: plan.yaml: stages[0].overrides.steps: Input should be a valid integer, "
+                    "unable to parse string as an integer (got 'many')")
+    line = _plan_error({"out": "runs", "stages": [{"name": "s256"}]}, capsys)
+    assert line == "longctx train-stages: error: plan.yaml: stages[0]: missing key 'data'"
+    line = _plan_error(["out", "runs"], capsys)
+    assert line == "longctx train-stages: error: plan.yaml: a stage plan is a YAML mapping (out:, base:, stages:), not list"
+    with open("broken.yaml", "w") as fh:
+        fh.write("out: runs\nstages:\n  - name: a\n   data: d\n")
+    code, lines = _error(["train-stages", "--plan", "broken.yaml"], capsys)
+    assert code == 2 and lines[-1].startswith("longctx train-stages: error: broken.yaml:4:4: not valid YAML (") and len(lines) == 2
+    code, lines = _error(["train-stages", "--plan", "none.yaml"], capsys)
+    assert code == 2 and lines[-1] == "longctx train-stages: error: none.yaml: cannot read the plan (No such file or directory)"
+
+
+def test_exit_code_matches_a_typo_in_train_config(capsys):
+    with open("train.yaml", "w") as fh:
+        yaml.safe_dump({**BASE, "step": 3, "data": "data/s256", "out": "runs/x"}, fh)
+    train_code, lines = _error(["train", "--config", "train.yaml"], capsys)
+    assert lines[-1] == "longctx train: error: train.yaml: unknown key 'step' (did you mean 'steps'?)"  # after the usage
+    with open("plan.yaml", "w") as fh:
+        yaml.safe_dump({"out": "runs", "base": {**BASE, "step": 3}, "stages": [STAGE]}, fh)
+    plan_code, _ = _error(["train-stages", "--plan", "plan.yaml"], capsys)
+    assert train_code == plan_code == 2
+
+
+def test_a_typo_in_a_data_job_config_and_in_an_eval_section_is_one_line(capsys):
+    with open("books.yaml", "w") as fh:
+        yaml.safe_dump({"min_tail_tokens": 3, "stagez": ["4k"]}, fh)
+    code, lines = _error(["books", "--config", "books.yaml", "--input", "in.jsonl", "--output", "out"], capsys)
+    assert code == 2 and lines[-1] == "longctx books: error: books.yaml: unknown key 'stagez' (did you mean 'stages'?)"
+    with open("plan.yaml", "w") as fh:
+        yaml.safe_dump({"out": "runs", "base": BASE, "stages": [STAGE], "eval": {"rulr": {"lengths": ["1k"]}}}, fh)
+    code, lines = _error(["train-stages", "--plan", "plan.yaml"], capsys)
+    assert code == 2 and len(lines) == 2, lines
+    assert lines[-1] == "longctx train-stages: error: plan.yaml: eval: unknown key 'rulr' (did you mean 'ruler'?)"
