@@ -88,22 +88,26 @@ def run_cells(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], l
               max_new_tokens: int | None = None) -> Iterator[dict[str, Any]]:
     """One record per (length, task, sample) not in `done`; lengths outermost, so a model compiles
     or warms up each length once."""
-    for length in lengths:
-        for task in tasks:
-            for index in range(samples):
-                if (task.name, length, index, seed) in done:
-                    continue
-                sample = make_sample(task, builder, length, index, seed, max_new_tokens)
-                start = time.perf_counter()
-                prediction = backend(sample)
-                seconds = time.perf_counter() - start
-                yield {
-                    "model": backend.name, "task": task.name, "length": length, "sample": index, "seed": seed,
-                    "prompt_tokens": sample.prompt_tokens, "units": sample.units, "metric": sample.metric,
-                    "references": sample.references, "prediction": prediction,
-                    "score": score(prediction, sample.references, sample.metric),
-                    "evidence_tokens": [e["token"] for e in sample.evidence], "seconds": round(seconds, 3),
-                }
+    for length, task, index in pending_cells(tasks, lengths, samples, seed, done):
+        sample = make_sample(task, builder, length, index, seed, max_new_tokens)
+        start = time.perf_counter()
+        prediction = backend(sample)
+        seconds = time.perf_counter() - start
+        yield {
+            "model": backend.name, "task": task.name, "length": length, "sample": index, "seed": seed,
+            "prompt_tokens": sample.prompt_tokens, "units": sample.units, "metric": sample.metric,
+            "references": sample.references, "prediction": prediction,
+            "score": score(prediction, sample.references, sample.metric),
+            "evidence_tokens": [e["token"] for e in sample.evidence], "seconds": round(seconds, 3),
+        }
+
+
+def pending_cells(tasks: Sequence[Task], lengths: Sequence[int], samples: int, seed: int,
+                  done: set[tuple[str, int, int, int]] = frozenset()) -> list[tuple[int, Task, int]]:
+    """(length, task, sample index) of every cell not in `done`, in the order `run_cells` runs them
+    (its length is a run's progress total)."""
+    return [(length, task, index) for length in lengths for task in tasks for index in range(samples)
+            if (task.name, length, index, seed) not in done]
 
 
 def effective_length(average: dict[int, float], threshold: float = DEFAULT_THRESHOLD) -> int | None:
@@ -151,13 +155,6 @@ def write_summary(summary: dict[str, Any], out: str | Path) -> tuple[Path, Path]
     return json_path, csv_path
 
 
-def cells_to_run(tasks: Sequence[Task], lengths: Sequence[int], samples: int, seed: int,
-                 done: set[tuple[str, int, int, int]] = frozenset()) -> int:
-    """How many cells `run_cells` will run: the progress total (a rerun skips the done ones)."""
-    return sum((task.name, length, index, seed) not in done
-               for length in lengths for task in tasks for index in range(samples))
-
-
 def run_suite(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,
               out: str | Path, *, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
               max_new_tokens: int | None = None,
@@ -172,7 +169,7 @@ def run_suite(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], l
     results = out / "results.jsonl"
     records = read_results(results)
     done = {cell_key(r) for r in records}
-    total = cells_to_run(tasks, lengths, samples, seed, done)
+    total = len(pending_cells(tasks, lengths, samples, seed, done))  # a rerun skips the done ones
     start = time.monotonic()
     with open(results, "a", encoding="utf-8") as fh:
         for count, record in enumerate(run_cells(backend, builder, tasks, lengths, samples, seed, done=done,

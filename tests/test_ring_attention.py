@@ -193,6 +193,23 @@ def test_prebalanced_input_gives_the_permuted_output_and_gradients(scheme):
     assert _rel(jax.jit(wrong)(q[:, perm], k[:, perm], v[:, perm]), want_out[:, perm]) > 1e-2
 
 
+@pytest.mark.parametrize("segments", [True, False], ids=["seg", "noseg"])
+def test_token_order_given_as_data_masks_by_it(segments):
+    """The trainer passes the balanced layout's original token indices (`token_order`) instead of
+    letting each device derive them: the same attention and gradients as the exchanging path,
+    in that order, with or without segment ids."""
+    mesh = _mesh((2, 4), ("fsdp", "sp"))
+    q, k, v, cot, seg = _inputs(8, 2, 64, 4, 2, 16, segments=segments)
+    perm = load_balance_permutation(64, 4, "zigzag")
+    common = dict(causal=True, axis_name="sp", q_chunk=8, kv_chunk=8, load_balance="zigzag")
+    plain = partial(ring_attention_sharded, mesh=mesh, segment_ids=seg, **common)
+    given = partial(ring_attention_sharded, mesh=mesh, segment_ids=None if seg is None else seg[:, perm],
+                    token_order=jnp.asarray(perm, jnp.int32), **common)
+    want_out, want_grads = _value_and_grads(plain, q, k, v, cot)
+    got_out, got_grads = _value_and_grads(given, q[:, perm], k[:, perm], v[:, perm], cot[:, perm])
+    _assert_close((got_out, got_grads), (want_out[:, perm], tuple(g[:, perm] for g in want_grads)), TOL)
+
+
 def _causal_pairs_per_device(seq: int, n: int, scheme) -> list[int]:
     perm = load_balance_permutation(seq, n, scheme)
     pos = np.arange(seq) if perm is None else perm

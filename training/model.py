@@ -452,13 +452,14 @@ class LlamaModel(nn.Module):
             # The same per-layer policy as nn.remat in the loop. scan already keeps XLA from merging
             # the recomputation with the forward pass, so no CSE barrier is needed.
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[c.remat], prevent_cse=False)
-        n = c.num_layers
-        per_layer = (
-            shard_activation(jnp.broadcast_to(positions, (n, *positions.shape)), None, "batch", "seq"),
-            None if segment_ids is None else
-            shard_activation(jnp.broadcast_to(segment_ids, (n, *segment_ids.shape)), None, "batch", "seq"),
-            None if token_order is None else shard_activation(jnp.broadcast_to(token_order, (n, *token_order.shape)), None, "seq"),
-        )
+        def each_layer(x: jax.Array | None, *logical: str) -> jax.Array | None:
+            """x repeated once per layer [num_layers, ...], laid out as x is."""
+            if x is None:
+                return None
+            return shard_activation(jnp.broadcast_to(x, (c.num_layers, *x.shape)), None, *logical)
+
+        per_layer = (each_layer(positions, "batch", "seq"), each_layer(segment_ids, "batch", "seq"),
+                     each_layer(token_order, "seq"))
         x, _ = jax.lax.scan(lambda h, xs: (layer(xs[0], h, xs[1]), None), x, (stacked, per_layer))
         return x
 
