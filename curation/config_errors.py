@@ -1,4 +1,5 @@
-"""pydantic's multi-line validation report -> one line naming the place and the key.
+"""Config mistakes as one line: pydantic's multi-line validation report -> the place and the key;
+an unreadable or malformed YAML file -> its path (and line) and what is wrong.
 
 Every config of the project (a data job's, a train config, a stage plan, its eval section) is a
 pydantic model that forbids unknown keys; a user who mistypes one should read one sentence
@@ -9,11 +10,28 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import ValidationError
 
 Location = tuple[Any, ...]
+
+
+def read_config_yaml(path: str | Path, what: str = "the config") -> Any:
+    """The parsed YAML of a user's config file (safe_load), or a one-line ValueError: `PATH: cannot
+    read the config (No such file or directory)`, `PATH:4:4: not valid YAML (mapping values are not
+    allowed here)`. Whether it is the mapping it should be is the caller's check."""
+    try:
+        with open(path) as fh:
+            return yaml.safe_load(fh)
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read {what} ({err.strerror or err})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+        raise ValueError(f"{place}: not valid YAML ({getattr(err, 'problem', None) or type(err).__name__})") from None
 
 
 def where(loc: Location) -> str:

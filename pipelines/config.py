@@ -11,10 +11,9 @@ import typing
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from curation.config_errors import top_level_keys, validation_line
+from curation.config_errors import read_config_yaml, top_level_keys, validation_line
 from curation.manifest import config_hash
 from curation.packing import PositionMode
 from curation.quality import Languages, QualityRules
@@ -186,8 +185,7 @@ class ImagesConfig(JobConfig):
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    with open(path) as fh:
-        data = yaml.safe_load(fh) or {}
+    data = read_config_yaml(path) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a config file must be a YAML mapping, got {type(data).__name__}")
     return data

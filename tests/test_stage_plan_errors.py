@@ -87,3 +87,13 @@ def test_a_typo_in_a_data_job_config_and_in_an_eval_section_is_one_line(capsys):
     code, lines = _error(["train-stages", "--plan", "plan.yaml"], capsys)
     assert code == 2 and len(lines) == 2, lines
     assert lines[-1] == "longctx train-stages: error: plan.yaml: eval: unknown key 'rulr' (did you mean 'ruler'?)"
+
+
+def test_an_unreadable_or_malformed_config_file_is_one_line_for_every_command(capsys):
+    with open("broken.yaml", "w") as fh:
+        fh.write("model: toy\n seq_len: 3\n")
+    for argv in (["train", "--config", "broken.yaml"], ["books", "--config", "broken.yaml", "--input", "x", "--output", "y"]):
+        code, lines = _error(argv, capsys)
+        assert code == 2 and lines[-1] == f"longctx {argv[0]}: error: broken.yaml:2:9: not valid YAML (mapping values are not allowed here)"
+        code, lines = _error([argv[0], "--config", "none.yaml", *argv[3:]], capsys)
+        assert code == 2 and lines[-1] == f"longctx {argv[0]}: error: none.yaml: cannot read the config (No such file or directory)"

@@ -36,10 +36,9 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from curation.config_errors import top_level_keys, validation_line
+from curation.config_errors import read_config_yaml, top_level_keys, validation_line
 from training.config import StagePlan, TrainConfig
 from training.mesh import AXES, BATCH_AXES, SEQ_AXIS, STATE_AXES, parse_state_axes
 from training.mesh import mesh_sizes as resolve_mesh_sizes
@@ -192,8 +191,10 @@ def load_stages(config_path: str | None = None, plan_path: str | None = None,
     path = Path(config_path or plan_path)
     if not path.is_file():
         raise PlanError(f"{path} does not exist")
-    with path.open() as fh:
-        data = yaml.safe_load(fh) or {}
+    try:
+        data = read_config_yaml(path, "the plan" if plan_path else "the config") or {}
+    except ValueError as err:  # unreadable, or not YAML: one line
+        raise PlanError(str(err)) from None
     if not isinstance(data, dict):
         raise PlanError(f"{path} is not a YAML mapping")
     try:

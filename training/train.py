@@ -14,6 +14,7 @@ import numpy as np
 import yaml
 from jax.sharding import NamedSharding, PartitionSpec
 
+from curation.config_errors import read_config_yaml
 from training import checkpoint as ckpt
 from training import distributed, run_folder
 from training.config import StagePlan, TrainConfig
@@ -403,15 +404,7 @@ def load_stage_plan(path: str) -> StagePlan:
     """The stage plan at `path`, every stage's config checked. A mistake (a typo'd key anywhere,
     a wrong value, bad YAML, no file) is one ValueError line naming the file and the place:
     `plan.yaml: stages[0].overrides: unknown key 'step' (did you mean 'steps'?)`."""
-    try:
-        with open(path) as fh:
-            data = yaml.safe_load(fh)
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the plan ({err.strerror or err})") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        place = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
-        raise ValueError(f"{place}: not valid YAML ({getattr(err, 'problem', None) or type(err).__name__})") from None
+    data = read_config_yaml(path, "the plan")
     try:
         return StagePlan.from_data(data)
     except ValueError as err:
