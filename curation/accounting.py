@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -70,7 +71,9 @@ class Reject:
     how many input records the reject stands for: 1, or more for a part of a file that could not
     be read when its record count is known (e.g. a corrupt Parquet row group). `tokens`: the
     record's token count when it was tokenized in full before it was dropped (`no_stage`), a
-    structured field beside the human detail (the job's `tokens_in`, `inspect`'s lengths)."""
+    structured field beside the human detail (the job's `tokens_in`, `inspect`'s lengths).
+    `facts`: other structured fields a reader needs without parsing the detail (JSON values), e.g.
+    a near-duplicate's kept document and similarity, or every quality rule a document failed."""
 
     source: str
     id: str
@@ -79,6 +82,7 @@ class Reject:
     unit: str = "record"  # what was rejected: an input record, or a part of one (e.g. a QA "chunk")
     records: int = 1
     tokens: int | None = None
+    facts: Mapping[str, object] | None = None
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
@@ -93,6 +97,8 @@ class Reject:
             out["records"] = self.records
         if self.tokens is not None:
             out["tokens"] = self.tokens
+        if self.facts:
+            out["facts"] = {key: printable(value) if isinstance(value, str) else value for key, value in self.facts.items()}
         return out
 
     @property

@@ -76,6 +76,10 @@ class Contamination:
         return self.shared / self.eval_ngrams
 
     @property
+    def facts(self) -> dict[str, object]:
+        return {"eval_document": self.eval_name, "shared_ngrams": self.shared, "eval_ngrams": self.eval_ngrams}
+
+    @property
     def detail(self) -> str:
         return (
             f"holds {self.shared} of the {self.eval_ngrams} word n-grams ({self.share:.0%}) of evaluation "

@@ -204,6 +204,20 @@ class Decision:
     via: Node | None = None
 
     @property
+    def facts(self) -> dict[str, object]:
+        """The decision as structured reject fields (`inspect` draws clusters from these)."""
+        out: dict[str, object] = {
+            "kept_source": self.kept.source,
+            "kept_id": self.kept.id,
+            "kept_chars": self.kept.chars,
+            "similarity": round(self.similarity, 4),
+            "cluster_size": self.cluster_size,
+        }
+        if self.via is not None:
+            out["via_id"] = self.via.id
+        return out
+
+    @property
     def detail(self) -> str:
         text = (
             f"near-duplicate of {self.kept.source} id={self.kept.id} (kept, {self.kept.chars} chars; "

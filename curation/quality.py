@@ -286,11 +286,13 @@ def failed_rules(stats: TextStats, rules: QualityRules, english: bool = True) ->
     return failures
 
 
-def quality_reject(failures: Sequence[Failure]) -> tuple[str, str]:
-    """(reason, detail) of a text failing `failures`: the first rule names it, the detail lists the rest."""
+def quality_reject(failures: Sequence[Failure]) -> tuple[str, str, dict[str, object]]:
+    """(reason, detail, facts) of a text failing `failures`: the first rule names it, the detail
+    lists the rest, and the facts hold every failed rule with its value (for per-rule counts)."""
     first, rest = failures[0], failures[1:]
     detail = first.detail + (f"; also {', '.join(f.rule for f in rest)}" if rest else "")
-    return first.reason, detail
+    facts: dict[str, object] = {"rules": [f.rule for f in failures], "values": {f.rule: round(f.value, 6) for f in failures}}
+    return first.reason, detail, facts
 
 
 # ---- Language identification -------------------------------------------------------------------

@@ -73,7 +73,8 @@ def apply_decision(keyed):
     decisions: list[Decision] = list(grouped["drop"])
     for doc in grouped["doc"]:
         if decisions:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, NEAR_DUPLICATE, decisions[0].detail))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, NEAR_DUPLICATE, decisions[0].detail,
+                                                                   facts=decisions[0].facts))
         else:
             yield doc
 
@@ -143,7 +144,7 @@ class CheckContamination(beam.DoFn):
     def process(self, doc: Document, index):
         found = contamination(doc.text or "", index, self.threshold)
         if found is not None:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, CONTAMINATED, found.detail))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, CONTAMINATED, found.detail, facts=found.facts))
             return
         yield doc
 

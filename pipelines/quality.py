@@ -65,8 +65,8 @@ class FilterQuality(beam.DoFn):
             for failure in failures:
                 self.failed[failure.rule].inc()
             if failures:
-                reason, detail = quality_reject(failures)
-                yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, reason, detail))
+                reason, detail, facts = quality_reject(failures)
+                yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, reason, detail, facts=facts))
                 return
         self.passed.inc()
         yield doc

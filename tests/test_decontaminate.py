@@ -120,6 +120,8 @@ def test_pipeline_rejects_the_contaminated_book_only(novels, tmp_path):
     assert reject["id"] == "pp-with-passage" and reject["reason"] == "contaminated"
     assert re.search(r"holds (\d+) of the \1 word n-grams \(100%\)", reject["detail"])
     assert "passages.jsonl id=moby-1000" in reject["detail"]
+    facts = reject["facts"]
+    assert facts["eval_document"].endswith("passages.jsonl id=moby-1000") and facts["shared_ngrams"] == facts["eval_ngrams"] > 0
 
 
 def test_an_unreadable_evaluation_record_stops_the_job(novels, tmp_path):

@@ -252,6 +252,10 @@ def test_pipeline_keeps_one_edition_per_novel(editions, first_run):
         assert f"id={kept[work_of(r['id'])]} (kept" in r["detail"], r
         sim = float(r["detail"].split("estimated Jaccard ")[1].split()[0])
         assert CONFIG.threshold <= sim <= 1.0
+        # The same decision as structured facts (what `inspect` draws clusters from).
+        facts = r["facts"]
+        assert facts["kept_id"] == kept[work_of(r["id"])] and facts["similarity"] == pytest.approx(sim, abs=1e-3)
+        assert facts["cluster_size"] == sum(work_of(c["id"]) == work_of(r["id"]) for c in corpus)
 
 
 def test_rerun_is_byte_identical_and_off_keeps_all(editions, first_run, tmp_path):

@@ -166,8 +166,9 @@ def test_each_rule_rejects_a_text_made_to_fail_it(rule):
     text, rules = CASES[rule]
     failures = failed_rules(text_stats(text), rules)
     assert [f.rule for f in failures] == [rule], [f.detail for f in failures]
-    reason, detail = quality_reject(failures)
+    reason, detail, facts = quality_reject(failures)
     assert reason == f"low_quality:{rule}" and detail.startswith(rule)
+    assert facts["rules"] == [rule] and facts["values"][rule] == pytest.approx(failures[0].value, rel=1e-5)
     # The defaults (with Gopher's word minimum) reject it too.
     assert rule in [f.rule for f in failed_rules(text_stats(text), QualityRules(min_words=50))]
     # The same bound switched off: the text passes.
