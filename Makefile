@@ -32,7 +32,7 @@ demo: $(STAMP)
 	$(VENV)/bin/longctx train --config configs/train/demo.yaml
 
 test: $(STAMP) lint-imports
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The layering contracts in pyproject.toml ([tool.importlinter]): a broken one names the import.
 lint-imports: $(STAMP)

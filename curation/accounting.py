@@ -6,11 +6,15 @@ import re
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
+
+from curation.events import RECORD, rejected_event
 
 
-class Reason(str, Enum):
-    """Why a record was rejected. Values are what `rejects/*.jsonl` and the manifest say."""
+class Reason(StrEnum):
+    """Why a record (or a part of one, e.g. a QA chunk) was rejected: every reason any job can
+    write. Values are what `rejects/*.jsonl` and the manifest say; `Reject` refuses any other, so
+    a new reason is added here, once. A StrEnum: `str()` and f-strings give the value."""
 
     CORRUPT_FILE = "corrupt_file"  # the file itself cannot be read (truncated archive, bad parquet)
     MALFORMED_JSON = "malformed_json"
@@ -48,6 +52,33 @@ class Reason(str, Enum):
     LOW_QUALITY_DUP_8GRAM_CHARS = "low_quality:dup_8gram_chars"
     LOW_QUALITY_DUP_9GRAM_CHARS = "low_quality:dup_9gram_chars"
     LOW_QUALITY_DUP_10GRAM_CHARS = "low_quality:dup_10gram_chars"
+    # Vision inputs (curation/video.py, pipelines/images.py).
+    UNREADABLE_VIDEO = "unreadable_video"  # the container cannot be opened (empty, garbage, missing, cut before its index)
+    NO_FRAMES = "no_frames"  # the video opens but has no frames, or none was sampled
+    DECODE_ERROR = "decode_error"  # frames cannot be decoded (a file cut after its index)
+    UNREADABLE_IMAGE = "unreadable_image"  # missing file, not an image, truncated data
+    # QA (pipelines/qa.py): a book none of whose chunks reached an example; and chunk rejects.
+    NO_VALID_CHUNKS = "no_valid_chunks"
+    NOT_GENERATED = "not_generated"  # chunks past max_chunks: read, never sent to the generator
+    DOES_NOT_FIT = "does_not_fit"  # a chunk and its QA pair exceed every stage length
+    # A generator's QA pair that cannot be trained on (qa_synth/parse.py; a lone surrogate is INVALID_UNICODE).
+    UNPARSABLE = "unparsable"
+    EMPTY_QUESTION = "empty_question"
+    EMPTY_ANSWER = "empty_answer"
+    ANSWER_TOO_LONG = "answer_too_long"
+    ANSWER_NOT_GROUNDED = "answer_not_grounded"
+    DUPLICATE_QUESTION = "duplicate_question"
+
+
+def as_reason(value: Reason | str) -> Reason:
+    """`value` as a Reason member (a member's value string is accepted too); anything else is a
+    ValueError naming it, so a bare string that is no member never reaches a rejects file."""
+    if isinstance(value, Reason):
+        return value
+    try:
+        return Reason(value)
+    except ValueError:
+        raise ValueError(f"unknown reject reason {value!r}: add it to curation.accounting.Reason") from None
 
 
 # A lone UTF-16 surrogate: JSON allows the escape (`"\\udc80"`, or half an emoji a model writes),
@@ -73,25 +104,30 @@ class Reject:
     record's token count when it was tokenized in full before it was dropped (`no_stage`), a
     structured field beside the human detail (the job's `tokens_in`, `inspect`'s lengths).
     `facts`: other structured fields a reader needs without parsing the detail (JSON values), e.g.
-    a near-duplicate's kept document and similarity, or every quality rule a document failed."""
+    a near-duplicate's kept document and similarity, or every quality rule a document failed.
+    `reason` is a `Reason` (a member's value string is accepted and stored as the member); an
+    unknown reason raises ValueError here, where the reject is made."""
 
     source: str
     id: str
-    reason: str
+    reason: Reason
     detail: str = ""
-    unit: str = "record"  # what was rejected: an input record, or a part of one (e.g. a QA "chunk")
+    unit: str = RECORD  # what was rejected: an input record, or a part of one (e.g. a QA "chunk")
     records: int = 1
     tokens: int | None = None
     facts: Mapping[str, object] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reason", as_reason(self.reason))  # frozen: set once, validated
 
     def as_json(self) -> dict[str, object]:
         out: dict[str, object] = {
             "source": printable(self.source),
             "id": printable(self.id),
-            "reason": str(self.reason),
+            "reason": self.reason.value,
             "detail": printable(self.detail),
         }
-        if self.unit != "record":
+        if self.unit != RECORD:
             out["unit"] = self.unit
         if self.records != 1:
             out["records"] = self.records
@@ -103,21 +139,21 @@ class Reject:
 
     @property
     def sort_key(self) -> tuple[str, str, str, str]:
-        return (self.unit, self.source, self.id, str(self.reason))
+        return (self.unit, self.source, self.id, self.reason.value)
 
     @property
     def tokens_in(self) -> int:
         """Tokens this reject adds to the job's `tokens_in`: a record rejected as `no_stage` was
         tokenized in full before no stage took it, so its tokens count as read in (kept + no_stage);
         every other reject was dropped before or without a full token count, so 0."""
-        if self.unit != "record" or str(self.reason) != Reason.NO_STAGE.value:
+        if self.unit != RECORD or self.reason is not Reason.NO_STAGE:
             return 0
         return self.tokens or 0
 
     @property
     def counter(self) -> str:
         """The event key this reject is counted under: `rejected.R`, or `UNIT.rejected.R` for parts."""
-        return f"rejected.{self.reason}" if self.unit == "record" else f"{self.unit}.rejected.{self.reason}"
+        return rejected_event(self.reason, self.unit)
 
 
 class AccountingError(RuntimeError):

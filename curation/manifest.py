@@ -10,19 +10,14 @@ from importlib import metadata as importlib_metadata
 from typing import Any
 
 from curation.accounting import AccountingError, JobCounts
+from curation.events import KEPT, PART_UNITS, READ, TOKENS_IN, PartCount, StageCount, max_event, part_event, rejected_counts, stage_event
 from curation.packing import packing_efficiency
 from curation.shards import ShardInfo
 from curation.stages import Stage
 
-# Keys of the summed counter dict every pipeline builds (see pipelines/accounting.py).
-READ = "read"
-KEPT = "kept"
-REJECTED_PREFIX = "rejected."
-TOKENS_IN = "tokens_in"
-
-
-def stage_key(stage: str, name: str) -> str:
-    return f"stage.{stage}.{name}"
+# The event keys live in curation/events.py; these names stay importable from here for the jobs
+# that still import them from the manifest (pipelines/books.py).
+stage_key = stage_event
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -30,21 +25,19 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def job_counts(counters: dict[str, int]) -> JobCounts:
-    rejected = Counter(
-        {k.removeprefix(REJECTED_PREFIX): v for k, v in counters.items() if k.startswith(REJECTED_PREFIX) and v}
-    )
+    rejected = Counter(rejected_counts(counters))
     return JobCounts(read=counters.get(READ, 0), kept=counters.get(KEPT, 0), rejected=rejected)
 
 
 def part_counts(counters: dict[str, int], unit: str) -> dict[str, Any] | None:
     """Accounting of the parts records are split into (e.g. QA chunks): UNIT.read = UNIT.accepted +
     UNIT.rejected.*, checked like the records themselves. None when the job has no such parts."""
-    if f"{unit}.read" not in counters:
+    if part_event(unit, PartCount.READ) not in counters:
         return None
     counts = JobCounts(
-        read=counters[f"{unit}.read"],
-        kept=counters.get(f"{unit}.accepted", 0),
-        rejected=Counter({k.removeprefix(f"{unit}.rejected."): v for k, v in counters.items() if k.startswith(f"{unit}.rejected.") and v}),
+        read=counters[part_event(unit, PartCount.READ)],
+        kept=counters.get(part_event(unit, PartCount.ACCEPTED), 0),
+        rejected=Counter(rejected_counts(counters, unit)),
     )
     try:
         counts.check()
@@ -84,14 +77,14 @@ def build_manifest(
             "length": stage.length,
             "min_tokens": stage.min_tokens,
             "max_tokens": stage.max_tokens,
-            "documents": counters.get(stage_key(stage.name, "documents"), 0),
-            "segments": counters.get(stage_key(stage.name, "segments"), 0),
+            "documents": counters.get(stage_event(stage.name, StageCount.DOCUMENTS), 0),
+            "segments": counters.get(stage_event(stage.name, StageCount.SEGMENTS), 0),
             "rows": rows,
             "tokens": tokens,
-            "dropped_tail_tokens": counters.get(stage_key(stage.name, "dropped_tokens"), 0),
+            "dropped_tail_tokens": counters.get(stage_event(stage.name, StageCount.DROPPED_TOKENS), 0),
             "packing_efficiency": round(packing_efficiency(tokens, rows, stage.length), 6),
-            "packing_groups": counters.get(stage_key(stage.name, "packing_groups"), 0),
-            "max_group_tokens": counters.get(f"max.{stage_key(stage.name, 'group_tokens')}", 0),
+            "packing_groups": counters.get(stage_event(stage.name, StageCount.PACKING_GROUPS), 0),
+            "max_group_tokens": counters.get(max_event(stage_event(stage.name, StageCount.GROUP_TOKENS)), 0),
             "shards": [s.as_json() for s in stage_shards],
         }
     manifest = {
@@ -109,7 +102,7 @@ def build_manifest(
         "config_hash": config_hash(config),
         "versions": _versions(),
     }
-    for unit in ("chunk",):
+    for unit in PART_UNITS:
         parts = part_counts(counters, unit)
         if parts is not None:
             manifest[f"{unit}s"] = parts

@@ -12,22 +12,12 @@ import os
 import time
 from typing import TYPE_CHECKING
 
+from curation.units import duration as format_duration  # 45s, 12m05s, 3h07m (one home: curation.units)
+
 if TYPE_CHECKING:  # a type only: this module stays importable without pyarrow
     from curation.shards import ShardInfo
 
 log = logging.getLogger("longctx")
-
-
-def format_duration(seconds: float) -> str:
-    """A short human duration: 45s, 12m05s, 3h07m."""
-    seconds = max(int(round(seconds)), 0)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, secs = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 def progress_line(verb: str, unit: str, done: int, total: int | None, elapsed_s: float) -> str:

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from enum import Enum
 
+from curation.units import parse_count  # the one parser of `32k`-style lengths; importable from here too
+
 
 # A stage name is a folder under the job's output: no path separators, no leading dot ("..").
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -72,13 +74,6 @@ KNOWN_STAGES: dict[str, Stage] = {**SHORT_STAGES, **LWM_STAGES}
 # itself (check_stage_name); any name is matched here so that a bad one gets that message.
 _INLINE = re.compile(r"^(?P<name>[^=]*)=(?P<length>\d+[kKmM]?):(?P<min>\d+[kKmM]?)(?:-(?P<max>\d+[kKmM]?)?)?$")
 INLINE_FORM = "name=L:min-max (max optional: name=L:min), e.g. tiny=4096:1000-20000"
-
-
-def parse_count(text: str) -> int:
-    """`4096`, `32k` (x1024), `1m` (x1024^2)."""
-    text = text.strip().lower()
-    scale = {"k": 1024, "m": 1024 * 1024}.get(text[-1:], 1)
-    return int(text[:-1] if scale > 1 else text) * scale
 
 
 def parse_stage(item: str, known: dict[str, Stage]) -> Stage:

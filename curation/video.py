@@ -32,9 +32,10 @@ from typing import Any
 
 import numpy as np
 
-from curation.accounting import printable
+from curation.accounting import Reason, as_reason, printable
 
-VIDEO_ERROR_REASONS = ("unreadable_video", "no_frames", "decode_error")
+# The reasons a VideoError carries (members of the one Reason enum).
+VIDEO_ERROR_REASONS = (Reason.UNREADABLE_VIDEO, Reason.NO_FRAMES, Reason.DECODE_ERROR)
 
 try:  # decord's own error type; not a subclass of RuntimeError.
     from decord._ffi.base import DECORDError as _DECORDError
@@ -68,13 +69,14 @@ def stable_message(err: BaseException, limit: int = 300) -> str:
 
 
 class VideoError(Exception):
-    """A video that cannot be used. `reason` is one of `VIDEO_ERROR_REASONS` (a stable key for
-    dead-letter counters); `detail` is a human-readable explanation."""
+    """A video that cannot be used. `reason` is one of `VIDEO_ERROR_REASONS` (a `Reason`, the
+    reject's reason; its value string is accepted too); `detail` is a human-readable explanation."""
 
-    def __init__(self, reason: str, detail: str = ""):
+    def __init__(self, reason: Reason | str, detail: str = ""):
         if reason not in VIDEO_ERROR_REASONS:
             raise ValueError(f"unknown VideoError reason {reason!r}")
-        super().__init__(f"{reason}: {detail}" if detail else reason)
+        reason = as_reason(reason)
+        super().__init__(f"{reason}: {detail}" if detail else str(reason))
         self.reason = reason
         self.detail = detail
 
@@ -193,7 +195,7 @@ def _open_reader(path_or_url: Any, stack: ExitStack):
         try:
             source = stack.enter_context(fsspec.open(path_or_url, "rb"))
         except (OSError, ValueError) as err:
-            raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
+            raise VideoError(Reason.UNREADABLE_VIDEO, f"{name}: {stable_message(err)}") from err
     elif isinstance(path_or_url, str) and path_or_url.startswith("file://"):
         source = path_or_url[len("file://"):]
     elif not isinstance(path_or_url, str) and not hasattr(path_or_url, "read"):
@@ -204,17 +206,17 @@ def _open_reader(path_or_url: Any, stack: ExitStack):
         try:
             source = stack.enter_context(open(source, "rb"))
         except (OSError, ValueError) as err:  # missing; or a surrogate no file name can hold
-            raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
+            raise VideoError(Reason.UNREADABLE_VIDEO, f"{name}: {stable_message(err)}") from err
     try:
         vr = decord.VideoReader(source, ctx=decord.cpu(0))
     except _DECODE_ERRORS as err:
-        raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
+        raise VideoError(Reason.UNREADABLE_VIDEO, f"{name}: {stable_message(err)}") from err
     try:
         num = len(vr)
     except _DECODE_ERRORS as err:
-        raise VideoError("unreadable_video", f"{name}: {stable_message(err)}") from err
+        raise VideoError(Reason.UNREADABLE_VIDEO, f"{name}: {stable_message(err)}") from err
     if num <= 0:
-        raise VideoError("no_frames", f"{name}: the video has no frames")
+        raise VideoError(Reason.NO_FRAMES, f"{name}: the video has no frames")
     return vr
 
 
@@ -228,7 +230,7 @@ def _info(vr) -> VideoInfo:
         fps = float(vr.get_avg_fps())
         h, w = _frame_shape(vr)
     except _DECODE_ERRORS as err:
-        raise VideoError("decode_error", stable_message(err)) from err
+        raise VideoError(Reason.DECODE_ERROR, stable_message(err)) from err
     return VideoInfo(num_frames=len(vr), fps=fps, height=int(h), width=int(w))
 
 
@@ -267,7 +269,7 @@ def iter_video_frames(
             try:
                 fps = float(vr.get_avg_fps())
             except _DECODE_ERRORS as err:
-                raise VideoError("decode_error", f"{_name(path_or_url)}: {stable_message(err)}") from err
+                raise VideoError(Reason.DECODE_ERROR, f"{_name(path_or_url)}: {stable_message(err)}") from err
             indices = indices(num_frames, fps)
         idx = np.asarray(indices, dtype=np.int64).reshape(-1)
         if idx.size and (idx.min() < 0 or idx.max() >= num_frames):
@@ -279,10 +281,10 @@ def iter_video_frames(
                 frames = vr.get_batch(chunk.tolist()).asnumpy()
             except _DECODE_ERRORS as err:
                 raise VideoError(
-                    "decode_error", f"{_name(path_or_url)}: frames {chunk[0]}..{chunk[-1]}: {stable_message(err)}"
+                    Reason.DECODE_ERROR, f"{_name(path_or_url)}: frames {chunk[0]}..{chunk[-1]}: {stable_message(err)}"
                 ) from err
             if frames.ndim != 4 or frames.shape[0] != chunk.size:
                 raise VideoError(
-                    "decode_error",
+                    Reason.DECODE_ERROR,
                     f"{_name(path_or_url)}: asked for {chunk.size} frames, got shape {frames.shape}")
             yield resize_center_crop(frames, size) if size is not None else frames

@@ -13,7 +13,9 @@ restarting per packed document, or running over the row for row-mode shards), so
 p tokens of the same document before it. Buckets are log-spaced ([1, 2), [2, 4), [4, 8), ...) or
 fixed windows of W positions; each holds the mean loss and the number of targets scored in it.
 Rows are read evenly spaced over the stage (deterministic); for held-out text, point `--data` at a
-stage made from documents the model did not train on.
+stage made from documents the model did not train on, or at raw books (evals/loss_sources.py cuts
+them into rows of one book each). `score_rows` is the backend-free loop: our JAX model here,
+any transformers causal LM in evals/hf_loss.py (same targets, weights and summary).
 """
 
 from __future__ import annotations
@@ -151,29 +153,41 @@ class BucketTotals:
 def loss_by_position(config: Any, params: Any, data: Any, *, rows: int = 64, batch_rows: int = 4,
                      buckets: str | int = "log", sp: int = 1, chunk: int = 512, loss_chunk: int = 1024,
                      progress: Any = None) -> dict[str, Any]:
-    """Mean loss per position bucket over `rows` rows of `data` (a training.data.StageData), read
-    evenly spaced over the stage, `batch_rows` at a time."""
-    if rows < 1 or batch_rows < 1:
-        raise ValueError("rows and batch rows must be at least 1")
-    length = data.length
-    if length % sp:
-        raise ValueError(f"the stage length {length} is not a multiple of sp={sp}")
+    """Mean loss per position bucket of our JAX model over `rows` rows of `data` (a
+    training.data.StageData, or evals.loss_sources.BookRows), read evenly spaced, `batch_rows` at a time."""
+    if data.length % sp:
+        raise ValueError(f"the stage length {data.length} is not a multiple of sp={sp}")
     from training.generate import place_params
     from training.mesh import make_mesh
 
     params = place_params(params, make_mesh(f"sp={sp}"))  # once, not per batch
+
+    def score(batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        n = len(batch["input_ids"])
+        if n < batch_rows:  # one batch shape: one compile (padding rows have segment 0: never scored)
+            batch = {k: np.concatenate([v, np.zeros((batch_rows - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+        loss, weight, position = token_losses(config, params, batch, sp=sp, chunk=chunk, loss_chunk=loss_chunk)
+        return loss[:n], weight[:n], position[:n]
+
+    return score_rows(score, data, vocab_size=config.vocab_size, rows=rows, batch_rows=batch_rows, buckets=buckets,
+                      progress=progress)
+
+
+def score_rows(score: Any, data: Any, *, vocab_size: int, rows: int = 64, batch_rows: int = 4,
+               buckets: str | int = "log", progress: Any = None) -> dict[str, Any]:
+    """The summary of any backend: `score(batch)` gives (loss, weight, target position) per token
+    of a batch of `data`'s rows, as `token_losses`; rows are picked evenly spaced over `data`."""
+    if rows < 1 or batch_rows < 1:
+        raise ValueError("rows and batch rows must be at least 1")
+    length = data.length
     picks = np.unique(np.linspace(0, data.num_rows - 1, min(rows, data.num_rows)).round().astype(np.int64))
     totals = BucketTotals.empty(bucket_edges(length, buckets))
     for start in range(0, len(picks), batch_rows):
         batch = data.rows(picks[start: start + batch_rows])
-        if int(batch["input_ids"].max()) >= config.vocab_size:
+        if int(batch["input_ids"].max()) >= vocab_size:
             raise ValueError(f"token id {int(batch['input_ids'].max())} is outside the model's vocabulary "
-                             f"({config.vocab_size}): the stage was made with another tokenizer")
-        if len(batch["input_ids"]) < batch_rows:  # one batch shape: one compile
-            pad = batch_rows - len(batch["input_ids"])
-            batch = {k: np.concatenate([v, np.zeros((pad, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
-        loss, weight, position = token_losses(config, params, batch, sp=sp, chunk=chunk, loss_chunk=loss_chunk)
-        totals.add(loss, weight, position)
+                             f"({vocab_size}): the data was made with another tokenizer")
+        totals.add(*score(batch))
         if progress is not None:
             progress(min(start + batch_rows, len(picks)), len(picks))
     scored = int(totals.tokens.sum())

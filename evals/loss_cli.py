@@ -1,47 +1,128 @@
-"""`longctx eval loss-by-position`: mean next-token loss per position bucket over a stage's rows
-(evals/loss_by_position.py); longctx/cli.py wires it. Writes OUT/loss_by_position.json, .csv
-and .png and prints the table."""
+"""`longctx eval loss-by-position`: mean next-token loss per position bucket over a stage's rows or
+over rows cut from raw books (evals/loss_sources.py), for our JAX checkpoints
+(evals/loss_by_position.py) or any transformers causal LM (evals/hf_loss.py); longctx/cli.py
+wires it. Writes OUT/loss_by_position.json, .csv and .png and prints the table."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True,
-                        help="longctx params checkpoint (RUN/checkpoints/final) or HF LLaMA folder")
-    parser.add_argument("--data", required=True, help="a stage folder of shards (e.g. out/books/32k)")
-    parser.add_argument("--rows", type=int, default=64, help="rows scored, evenly spaced over the stage (default: %(default)s)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("--checkpoint", help="longctx params checkpoint (RUN/checkpoints/final) or HF LLaMA folder, "
+                                            "run with our JAX model")
+    model.add_argument("--hf-model", help="any local transformers causal LM folder (GPT-2, Qwen, Mistral, ...) or "
+                                          "package:DIST/model.gguf, run with torch; remote code is never run")
+    parser.add_argument("--data", required=True,
+                        help="a stage folder of shards (e.g. out/books/32k), or raw books: a .jsonl/.jsonl.gz/.parquet/"
+                             ".txt file or a folder of them (held-out books, cut into rows of --length tokens)")
+    parser.add_argument("--length", help="raw books only: tokens per row (4096, 4k); each book is cut into "
+                                         "consecutive rows of exactly this length, the shorter tail left out")
+    parser.add_argument("--tokenizer", help="raw books only: tokenizer spec (default: the model's own; for a "
+                                            "checkpoint, its training data's)")
+    parser.add_argument("--text-field", default="text", help="raw books only: JSONL/Parquet text field (default: %(default)s)")
+    parser.add_argument("--rows", type=int, default=64, help="rows scored, evenly spaced over the data (default: %(default)s)")
     parser.add_argument("--batch-rows", type=int, default=4, help="rows per forward pass (default: %(default)s)")
     parser.add_argument("--buckets", default="log",
                         help="log: log-spaced buckets 1, 2, 4, ...; or a window width in tokens (1024, 4k) (default: %(default)s)")
-    parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for ring attention (default: %(default)s)")
-    parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (default: %(default)s)")
-    parser.add_argument("--name", help="label of the curve (default: from the checkpoint path)")
+    parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for ring attention (--checkpoint) (default: %(default)s)")
+    parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (--checkpoint) (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="torch device (--hf-model) (default: %(default)s)")
+    parser.add_argument("--name", help="label of the curve (default: from the model path)")
     parser.add_argument("--out", required=True, help="output folder")
+
+
+def model_label(args: argparse.Namespace) -> str:
+    """--name, else the run (RUN/checkpoints/final), the GGUF's stem or the model folder's name."""
+    if args.name:
+        return args.name
+    path = Path(args.checkpoint or args.hf_model)
+    if path.name == "final" and path.parent.name == "checkpoints":
+        return path.parents[1].name
+    return path.stem if path.suffix == ".gguf" else path.name
+
+
+def book_tokenizer(args: argparse.Namespace, hf_folder: str | None) -> tuple[Any, int | None, str]:
+    """(tokenizer, BOS id to prepend or None, spec) for cutting raw books: --tokenizer, else the HF
+    model's own, else the checkpoint's training data's (with its add_bos), else the HF LLaMA folder's."""
+    from curation.tokenize import load_tokenizer
+
+    spec, add_bos = args.tokenizer, True
+    if spec is None and hf_folder is not None:
+        spec = hf_folder
+    elif spec is None:
+        from training.checkpoint import is_params_checkpoint
+
+        if is_params_checkpoint(args.checkpoint):
+            from training.hf import run_data_tokenizer
+
+            recorded, why = run_data_tokenizer(args.checkpoint)
+            if recorded is None:
+                raise ValueError(f"raw books need a tokenizer: give --tokenizer ({why})")
+            spec, add_bos = str(recorded.record["name"]), recorded.add_bos
+        else:
+            spec = args.checkpoint
+    tokenizer, info = load_tokenizer(spec)
+    return tokenizer, (info.bos_id if add_bos else None), spec
 
 
 def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     from evals.loss_by_position import loss_by_position, parse_buckets, summarize_table, write_outputs
-    from training.checkpoint import load_any_params
-    from training.data import StageData
+    from evals.loss_sources import is_book_source, read_book_rows
+    from evals.niah import parse_length
 
     buckets = parse_buckets(args.buckets)
-    data = StageData.open(args.data)  # before the model: a wrong folder fails fast
-    config, params = load_any_params(args.checkpoint)
-    path = Path(args.checkpoint)
-    name = args.name or (path.parents[1].name if path.name == "final" and path.parent.name == "checkpoints" else path.name)
+    books = is_book_source(args.data)
+    if books and not args.length:
+        raise ValueError(f"--data {args.data} holds raw books, not shards: give --length (e.g. 4k), the tokens per row")
+    if not books and (args.length or args.tokenizer):
+        raise ValueError("--length and --tokenizer are for raw books; a stage folder's rows already have their "
+                         "length and tokenizer")
+    data = None
+    if not books:
+        from training.data import StageData
+
+        data = StageData.open(args.data)  # before the model: a wrong folder fails fast
+    name = model_label(args)
+    scorer = config = params = None
+    if args.hf_model:
+        from evals.hf_loss import HFScorer
+
+        scorer = HFScorer(args.hf_model, device=args.device)
+    else:
+        from training.checkpoint import load_any_params
+
+        config, params = load_any_params(args.checkpoint)
+    extra: dict[str, Any] = {}
+    if books:
+        tokenizer, bos_id, spec = book_tokenizer(args, scorer.folder if scorer else None)
+        data = read_book_rows(args.data, tokenizer, parse_length(args.length), bos_id=bos_id, text_field=args.text_field)
+        extra = {"source": "books", "tokenizer": spec, "bos": bos_id is not None, **data.describe()}
+        console.print(f"{data.books} books -> {data.num_rows} rows of {data.length} tokens"
+                      f"{f'; {len(data.skipped)} skipped' if data.skipped else ''}", highlight=False)
+    else:
+        extra = {"source": "stage"}
 
     def progress(done: int, total: int) -> None:
         console.print(f"rows {done}/{total}", highlight=False)
 
-    summary = loss_by_position(config, params, data, rows=args.rows, batch_rows=args.batch_rows, buckets=buckets,
-                               sp=args.sp, chunk=args.chunk, progress=progress)
-    summary = {"model": name, "checkpoint": args.checkpoint, "data": args.data, **summary}
+    if scorer is not None:
+        from evals.hf_loss import hf_loss_by_position
+
+        summary = hf_loss_by_position(scorer, data, rows=args.rows, batch_rows=args.batch_rows, buckets=buckets,
+                                      progress=progress)
+        where = {"hf_model": args.hf_model, "backend": "transformers"}
+    else:
+        summary = loss_by_position(config, params, data, rows=args.rows, batch_rows=args.batch_rows, buckets=buckets,
+                                   sp=args.sp, chunk=args.chunk, progress=progress)
+        where = {"checkpoint": args.checkpoint, "backend": "jax"}
+    summary = {"model": name, **where, "data": args.data, **summary, **extra}
     paths = write_outputs(summary, args.out, name)
     table = Table(title=f"{name}: mean next-token loss by position ({summary['tokens']} targets, {summary['rows']} rows)")
     for column in ("positions", "targets", "loss"):

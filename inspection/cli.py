@@ -1,8 +1,9 @@
 """`longctx inspect DIR`: what a book, QA, video or images job wrote, as tables and pictures.
 
 Reads DIR's manifest.json, shards and rejects (inspection.output), prints per-stage and
-per-reason tables, writes PNG plots (inspection.plots) and, with `--row N`, one row decoded with
-its loss-masked spans highlighted.
+per-reason tables (with near-duplicate clusters, quality rules and contamination when the
+curation steps rejected documents: inspection.curation_tables), writes PNG plots
+(inspection.plots) and, with `--row N`, one row decoded with its loss-masked spans highlighted.
 """
 
 from __future__ import annotations
@@ -17,18 +18,13 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from inspection.output import (
-    OutputSummary,
-    RowView,
-    Span,
-    TrainingRun,
-    describe_row,
-    find_vision_row,
-    summarize_output,
-    training_runs,
-)
+from inspection.curation_tables import print_curation_tables
+from inspection.output import OutputSummary, summarize_output
+from inspection.rows import RowView, Span, describe_row, find_vision_row
+from inspection.training_runs import TrainingRun, training_runs
 from curation.shards import join_url
 from curation.stages import applies_windows, stage_rule
+from curation.units import number, percent
 
 LOSS_STYLE = "bold green"  # trained on (loss_mask > 0)
 CONDITIONING_STYLE = "dim"  # in the context, not trained on
@@ -60,7 +56,7 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
 
 
 def _pct(x: float | None) -> str:
-    return "-" if x is None else f"{100 * x:.1f}%"
+    return percent(x)  # 12.3%, or - when not known (curation.units: one rule for every table)
 
 
 def _stage_table(summary: OutputSummary) -> Table:
@@ -141,6 +137,7 @@ def print_output_summary(summary: OutputSummary, console: Console) -> None:
         console.print(rejects)
     else:
         console.print("no rejects")
+    print_curation_tables(summary.curation, console)
     for problem in summary.rejects.mismatches:
         console.print(f"[red]rejects files and manifest disagree: {escape(problem)}[/red]")
 
@@ -263,7 +260,7 @@ def _prepare_plots(args: argparse.Namespace, folder: Path, console: Console) -> 
 
 
 def _fmt(x: float | None, spec: str = ".3f") -> str:
-    return "-" if x is None else format(x, spec)
+    return number(x, spec)  # - when not known, as every table prints it (curation.units)
 
 
 def print_training_runs(runs: list[TrainingRun], console: Console) -> None:

@@ -19,7 +19,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter, PercentFormatter  # noqa: E402
 
-from inspection.output import LOSS_KEYS, LR_KEYS, DocumentLengths, OutputSummary, RowView, StageStats, TrainingRun  # noqa: E402
+from inspection.document_lengths import DocumentLengths  # noqa: E402
+from inspection.output import OutputSummary  # noqa: E402
+from inspection.rows import RowView  # noqa: E402
+from inspection.stage_stats import StageStats  # noqa: E402
+from inspection.training_runs import LOSS_KEYS, LR_KEYS, TrainingRun  # noqa: E402
 from curation.stages import applies_windows  # noqa: E402
 
 if TYPE_CHECKING:

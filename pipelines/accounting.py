@@ -15,7 +15,8 @@ import apache_beam as beam
 from apache_beam.metrics import Metrics
 
 from curation.accounting import Reject
-from curation.manifest import READ, TOKENS_IN, build_manifest
+from curation.events import READ, TOKENS_IN, is_max
+from curation.manifest import build_manifest
 from curation.shards import join_url, write_bytes_atomic
 from curation.stages import Stage
 
@@ -26,12 +27,9 @@ KEPT_EVENTS = "kept_events"
 log = logging.getLogger("longctx")
 
 
-MAX_PREFIX = "max."  # events under these keys keep their largest value instead of a sum
-
-
 def merge_counts(acc: Counter, counts: dict) -> Counter:
     for key, value in counts.items():
-        if key.startswith(MAX_PREFIX):
+        if is_max(key):  # a `max.` event keeps its largest value instead of a sum (curation.events)
             acc[key] = max(acc.get(key, value), value)
         else:
             acc[key] += value
@@ -39,7 +37,7 @@ def merge_counts(acc: Counter, counts: dict) -> Counter:
 
 
 class SumCounts(beam.CombineFn):
-    """Sums dicts of counts (str -> int); keys starting with `max.` keep their maximum."""
+    """Sums dicts of counts (str -> int); `max.` keys (curation.events.max_event) keep their maximum."""
 
     def create_accumulator(self):
         return Counter()

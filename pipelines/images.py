@@ -8,8 +8,6 @@ so there is no ETA); the counter `longctx:images.encoded` counts images through 
 
 from __future__ import annotations
 
-import zlib
-
 import apache_beam as beam
 import fsspec
 import numpy as np
@@ -17,19 +15,17 @@ from apache_beam.metrics import Metrics
 
 from curation.accounting import Reason, Reject
 from curation.documents import Document
-from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.events import KEPT, TOKENS_IN, StageCount, stage_event
 from curation.packing import SegmentRef, StageSegment
 from curation.progress import Progress
 from curation.sources import SourceConfig
 from curation.video import stable_message
 from curation.vision_encode import decode_image
-from curation.vision_layout import layout_image
+from curation.vision_examples import image_example, text_first
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.config import ImagesConfig
 from pipelines.io import ReadInputs
 from pipelines.vision_text import VisionTextDoFn, media_url
-
-UNREADABLE_IMAGE = "unreadable_image"
 
 
 def image_bytes(doc: Document, field: str) -> bytes:
@@ -49,7 +45,7 @@ class DecodeImages(beam.DoFn):
             frame = decode_image(image_bytes(doc, self.config.image_field), self.config.frame_size)
         except Exception as err:  # missing file, not an image, truncated data, ...
             # A stable message (no object addresses), so reruns write identical rejects.
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, UNREADABLE_IMAGE, f"{type(err).__name__}: {stable_message(err)}"))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.UNREADABLE_IMAGE, f"{type(err).__name__}: {stable_message(err)}"))
             return
         yield doc, frame
 
@@ -78,23 +74,16 @@ class EncodeImages(VisionTextDoFn):
         self.progress.flush()  # no total to finish on: the bundle's end reports the count
 
     def _pair(self, doc: Document, codes: np.ndarray):
-        c = self.config
-        caption_first = c.caption_position == "before" or (
-            c.caption_position == "auto" and zlib.crc32(doc.uid.encode()) % 2 == 0
-        )
-        caption = self.tok.encode(doc.text, add_special_tokens=False).ids if doc.text.strip() else []
-        tokens, vision, loss = layout_image(codes, caption, self.start, self.end, self.vocab, caption_first=caption_first)
-        tokens = np.concatenate([np.asarray(self.bos, np.int32), tokens, np.asarray(self.eos, np.int32)])
-        vision = np.concatenate([np.zeros(len(self.bos), np.int32), vision, np.zeros(len(self.eos), np.int32)])
-        loss = np.concatenate([np.zeros(len(self.bos), np.float32), loss, np.full(len(self.eos), float(not caption_first), np.float32)])
+        caption_first = text_first(self.config.caption_position, doc.uid)
+        tokens, vision, loss = image_example(self.frame, codes, self.text_ids(doc.text), caption_first)
         fits = [s for s in self.stages if len(tokens) <= s.length]
         if not fits:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{len(tokens)} tokens",
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE, f"{len(tokens)} tokens",
                                                                   tokens=len(tokens)))
             return
         event = {KEPT: 1, TOKENS_IN: len(tokens)}
         for stage in fits:
-            event[stage_key(stage.name, "documents")] = 1
+            event[stage_event(stage.name, StageCount.DOCUMENTS)] = 1
             ref = SegmentRef(key=f"{doc.uid}@0", doc_id=doc.id, start=0, length=len(tokens))
             yield StageSegment(stage.name, ref, doc.uid, tokens, loss_mask=loss, vision_mask=vision)
         yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)

@@ -14,7 +14,7 @@ import logging
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from curation.manifest import stage_key
+from curation.events import StageCount, max_event, stage_event
 from curation.packing import PositionMode, StageSegment, iter_packed_rows, packing_group, packing_groups, rows_per_shard, unpack_rows
 from curation.progress import shard_line
 from curation.shards import write_shard
@@ -52,10 +52,10 @@ class PackGroup(beam.DoFn):
             rows += 1
             group_tokens += row.num_tokens
             yield (stage, group, index), row
-        Metrics.counter(NAMESPACE, f"stage.{stage}.rows").inc(rows)
+        Metrics.counter(NAMESPACE, stage_event(stage, StageCount.ROWS)).inc(rows)
         # What one worker held for this group: the evidence that packing memory is bounded.
         yield beam.pvalue.TaggedOutput(
-            GROUP_EVENTS, {stage_key(stage, "packing_groups"): 1, f"max.{stage_key(stage, 'group_tokens')}": group_tokens}
+            GROUP_EVENTS, {stage_event(stage, StageCount.PACKING_GROUPS): 1, max_event(stage_event(stage, StageCount.GROUP_TOKENS)): group_tokens}
         )
 
 
@@ -86,7 +86,7 @@ class WriteShard(beam.DoFn):
         (stage, shard, count), rows = keyed
         rows = unpack_rows([row for _, row in sorted(rows, key=lambda r: r[0])], self.lengths[stage], self.positions)
         info = write_shard(self.output, stage, shard, count, rows, self.metadata[stage])
-        Metrics.counter(NAMESPACE, f"stage.{stage}.shards").inc()
+        Metrics.counter(NAMESPACE, stage_event(stage, StageCount.SHARDS)).inc()
         log.info("%s", shard_line(shard, info))
         yield info
 

@@ -25,7 +25,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from curation.accounting import Reason, Reject
 from curation.documents import Document
-from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.events import CHUNK, KEPT, TOKENS_IN, PartCount, StageCount, part_event, rejected_event, stage_event
 from curation.progress import Progress
 from curation.stages import Stage
 from curation.tokenize import load_tokenizer
@@ -38,10 +38,6 @@ from qa_synth.chunking import Chunk, make_chunks
 from qa_synth.parse import InvalidQA, QuestionDeduper, parse_qa, validate
 from qa_synth.prompts import DEFAULT_TEMPLATE, PromptTemplate
 
-CHUNK = "chunk"
-DOES_NOT_FIT = "does_not_fit"
-NO_VALID_CHUNKS = "no_valid_chunks"  # a book none of whose chunks reached an example
-NOT_GENERATED = "not_generated"  # chunks past max_chunks: read, never sent to the generator
 BOOKS = "books"
 
 
@@ -55,7 +51,7 @@ class BookInfo:
     chunks: int
 
 
-def chunk_reject(chunk: Chunk, source: str, reason: str, detail: str = "") -> Reject:
+def chunk_reject(chunk: Chunk, source: str, reason: Reason, detail: str = "") -> Reject:
     return Reject(source, f"{chunk.book_id}#chunk{chunk.index}", reason, detail, unit=CHUNK)
 
 
@@ -68,7 +64,7 @@ def split_max_chunks(chunks: list[Chunk], max_chunks: int | None, source: str) -
     kept, rest = chunks[:max_chunks], chunks[max_chunks:]
     first, last = rest[0], rest[-1]
     detail = f"max_chunks={max_chunks}: {len(rest)} of the book's {len(chunks)} chunks were not sent to the generator"
-    reject = Reject(source, f"{first.book_id}#chunk{first.index}-{last.index}", NOT_GENERATED, detail, unit=CHUNK, records=len(rest))
+    reject = Reject(source, f"{first.book_id}#chunk{first.index}-{last.index}", Reason.NOT_GENERATED, detail, unit=CHUNK, records=len(rest))
     return kept, reject
 
 
@@ -87,14 +83,14 @@ class ChunkBooks(beam.DoFn):
         c = self.config
         chunks = make_chunks(doc.id, doc.uid, doc.tokens, self.tok, c.chunk_tokens, c.chunk_min_tokens, c.chunk_max_tokens, self.special)
         if not chunks:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.EMPTY.value, "no tokens to chunk"))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.EMPTY, "no tokens to chunk"))
             return
-        yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {f"{CHUNK}.read": len(chunks)})
+        yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {part_event(CHUNK, PartCount.READ): len(chunks)})
         yield beam.pvalue.TaggedOutput(BOOKS, (doc.uid, BookInfo(doc.source, doc.id, doc.num_tokens, len(chunks))))
         to_generate, skipped = split_max_chunks(chunks, c.max_chunks, doc.source)
         if skipped is not None:
             yield beam.pvalue.TaggedOutput(REJECTS, skipped)
-        Metrics.counter(NAMESPACE, f"{CHUNK}.to_generate").inc(len(to_generate))
+        Metrics.counter(NAMESPACE, part_event(CHUNK, PartCount.TO_GENERATE)).inc(len(to_generate))
         for chunk in to_generate:
             yield doc.source, chunk
 
@@ -128,7 +124,7 @@ class ReportGenerated(beam.DoFn):
         self.progress: Progress | None = None
 
     def setup(self):
-        self.generated = Metrics.counter(NAMESPACE, f"{CHUNK}.generated")
+        self.generated = Metrics.counter(NAMESPACE, part_event(CHUNK, PartCount.GENERATED))
         self.started: float | None = None
 
     def start_bundle(self):
@@ -157,8 +153,8 @@ class ValidateQA(beam.DoFn):
             pair = validate(parse_qa(raw), chunk.text, self.config.max_answer_words, self.config.min_grounding)
         except InvalidQA as err:
             detail = err.detail + (f" | raw: {raw[:2000]!r}" if self.config.keep_raw_output else "")
-            Metrics.counter(NAMESPACE, f"chunk.rejected.{err.reason}").inc()
-            yield beam.pvalue.TaggedOutput(REJECTS, chunk_reject(chunk, source, str(getattr(err.reason, "value", err.reason)), detail))
+            Metrics.counter(NAMESPACE, rejected_event(err.reason, CHUNK)).inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, chunk_reject(chunk, source, err.reason, detail))
             return
         yield chunk.book_uid, (source, chunk, pair)
 
@@ -203,7 +199,7 @@ class AssembleBook(beam.DoFn):
             try:
                 dedup.check(book_uid, pair.question)
             except InvalidQA as err:
-                yield beam.pvalue.TaggedOutput(REJECTS, chunk_reject(chunk, source, str(getattr(err.reason, "value", err.reason)), err.detail))
+                yield beam.pvalue.TaggedOutput(REJECTS, chunk_reject(chunk, source, err.reason, err.detail))
                 continue
             kept.append((chunk, pair))
         used = set()
@@ -212,20 +208,20 @@ class AssembleBook(beam.DoFn):
                 kept, self.tok, self.info, stage.length, self.config.qa_order, self.config.shuffle_seed, self.format
             )
             if examples:
-                yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {stage_key(stage.name, "documents"): len(examples)})
+                yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {stage_event(stage.name, StageCount.DOCUMENTS): len(examples)})
             for example in examples:
                 used.update(range(example.first_chunk, example.first_chunk + example.num_chunks))
                 yield example_to_segment(example, stage.name)
         for chunk, _ in kept:
             if chunk.index not in used:
                 yield beam.pvalue.TaggedOutput(
-                    REJECTS, chunk_reject(chunk, source, DOES_NOT_FIT, "chunk and its QA pair exceed every stage length")
+                    REJECTS, chunk_reject(chunk, source, Reason.DOES_NOT_FIT, "chunk and its QA pair exceed every stage length")
                 )
         if used:
-            yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {KEPT: 1, TOKENS_IN: book.tokens, f"{CHUNK}.accepted": len(used)})
+            yield beam.pvalue.TaggedOutput(KEPT_EVENTS, {KEPT: 1, TOKENS_IN: book.tokens, part_event(CHUNK, PartCount.ACCEPTED): len(used)})
         else:
             detail = f"none of its {book.chunks} chunks reached an example (see its chunk rejects)"
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(book.source, book.id, NO_VALID_CHUNKS, detail))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(book.source, book.id, Reason.NO_VALID_CHUNKS, detail))
 
 
 class BuildQAShards(ShardJob):

@@ -7,7 +7,8 @@ positions where `vision_mask` is 1, `input_ids` index the vision vocabulary (cod
 `<eof>` 8192, `<eov>` 8193); elsewhere the text vocabulary. `vision_layout: unified` puts them
 after the text ids instead (curation/vision_layout.py). `loss_mask` is 0/1: weighing text against
 vision is the trainer's job (it averages each modality on its own). A video longer than a stage is
-cut at frame boundaries into several examples, each with the text.
+cut at frame boundaries into several examples, each with the text (the arithmetic and the BOS/EOS
+framing are curation/vision_examples.py's; this DoFn only calls it).
 
 Progress: the VQGAN is the slow step (an hour of video is minutes of encoding), so a worker logs
 `[pid N] URL: encoded 96/240 frames (40%), 3.10 frames/s, ETA 46s, elapsed 31s` at most every
@@ -21,7 +22,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-import zlib
 
 import apache_beam as beam
 import numpy as np
@@ -29,13 +29,14 @@ from apache_beam.metrics import Metrics
 
 from curation.accounting import Reason, Reject
 from curation.documents import Document
-from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.events import KEPT, TOKENS_IN, StageCount, stage_event
 from curation.packing import SegmentRef, StageSegment
 from curation.progress import progress_line
 from curation.sources import SourceConfig
 from curation.video import VideoError
 from curation.vision_encode import video_codes
-from curation.vision_layout import CODES_PER_FRAME, layout_video
+from curation.vision_examples import frame_runs, frames_per_example, text_first, video_example, video_tokens_in
+from curation.vision_layout import CODES_PER_FRAME
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.io import ReadInputs
 from pipelines.vision_text import VisionTextDoFn, media_url
@@ -85,41 +86,34 @@ class EncodeVideos(VisionTextDoFn):
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason, err.detail))
             return
         if not codes:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, "no_frames", f"{url}: no frames sampled"))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_FRAMES, f"{url}: no frames sampled"))
             return
         if codes[0].size != CODES_PER_FRAME:
             raise ValueError(f"the VQGAN gives {codes[0].shape} codes per {c.frame_size}px frame; the layout needs 16x16")
         self.frames.inc(len(codes))
-        text = self.tok.encode(doc.text, add_special_tokens=False).ids if doc.text.strip() else []
-        event = {KEPT: 1, TOKENS_IN: len(codes) * (CODES_PER_FRAME + 1) + len(text)}
+        text = self.text_ids(doc.text)
+        event = {KEPT: 1, TOKENS_IN: video_tokens_in(len(codes), len(text))}
         placed = False
         for stage in self.stages:
-            fixed = len(self.bos) + len(self.start) + len(self.end) + self.markers + len(text) + len(self.eos)
-            per_example = (stage.length - fixed) // (CODES_PER_FRAME + 1)
+            per_example = frames_per_example(stage.length, self.frame, len(text))
             if per_example < 1:
-                continue
-            groups = [codes[i : i + per_example] for i in range(0, len(codes), per_example)]
-            event[stage_key(stage.name, "documents")] = 1
-            event[stage_key(stage.name, "segments")] = len(groups)
-            for g, frames in enumerate(groups):
-                yield self._example(doc, stage.name, g * per_example, frames, text)
+                continue  # not one frame and the text fit this stage
+            runs = frame_runs(len(codes), per_example)
+            event[stage_event(stage.name, StageCount.DOCUMENTS)] = 1
+            event[stage_event(stage.name, StageCount.SEGMENTS)] = len(runs)
+            for run in runs:
+                yield self._example(doc, stage.name, run.start, codes[run.start : run.stop], text)
             placed = True
         if not placed:
             n = event[TOKENS_IN]
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value,
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE,
                                                            f"{n} tokens; no stage holds one frame and the text", tokens=n))
             return
         yield beam.pvalue.TaggedOutput(KEPT_EVENTS, event)
 
     def _example(self, doc: Document, stage: str, first_frame: int, frames: list[np.ndarray], text: list[int]) -> StageSegment:
-        c = self.config
-        before = c.text_position == "before" or (
-            c.text_position == "auto" and zlib.crc32(f"{doc.uid}@{first_frame}".encode()) % 2 == 0
-        )
-        tokens, vision, loss = layout_video(
-            frames, self.bos + (text if before else []), (text if not before else []) + self.eos, self.start, self.end,
-            self.vocab, loss_on_text_before=False, loss_on_vision=True, loss_on_text_after=True,
-        )
+        before = text_first(self.config.text_position, f"{doc.uid}@{first_frame}")
+        tokens, vision, loss = video_example(self.frame, frames, text, before)
         ref = SegmentRef(key=f"{doc.uid}@f{first_frame}", doc_id=doc.id, start=first_frame, length=len(tokens))
         return StageSegment(stage, ref, doc.uid, tokens, loss_mask=loss, vision_mask=vision)
 

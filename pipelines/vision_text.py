@@ -9,6 +9,7 @@ import apache_beam as beam
 
 from curation.documents import Document
 from curation.tokenize import load_tokenizer
+from curation.vision_examples import VisionFrame
 from curation.vision_layout import VISION_END, VISION_START, UnifiedVocab, vision_vocab, vocab_metadata
 
 
@@ -28,7 +29,8 @@ def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:
 
 class VisionTextDoFn(beam.DoFn):
     """Loads, once per worker, what every vision pipeline needs: the VQGAN, the training tokenizer,
-    BOS/EOS, and the vision vocabulary with its `<vision>`/`</vision>` markers."""
+    and `frame` (curation.vision_examples.VisionFrame: BOS/EOS, the vision vocabulary and its
+    `<vision>`/`</vision>` markers), which the examples are built with."""
 
     def __init__(self, config, stages):
         self.config = config
@@ -40,11 +42,17 @@ class VisionTextDoFn(beam.DoFn):
         c = self.config
         self.vqgan = load_vqgan(c.vqgan, batch_size=c.encode_batch)
         self.tok, info = load_tokenizer(c.tokenizer)
-        self.bos = [info.bos_id] if c.add_bos and info.bos_id is not None else []
-        self.eos = [info.eos_id] if c.add_eos and info.eos_id is not None else []
-        self.vocab = vision_vocab(c.vision_layout, info.vocab_size)
-        unified = isinstance(self.vocab, UnifiedVocab)
+        vocab = vision_vocab(c.vision_layout, info.vocab_size)
+        unified = isinstance(vocab, UnifiedVocab)
         # Separate layout: <vision>/</vision> are text; unified: one id each, placed by the layout.
-        self.start = [] if unified else self.tok.encode(VISION_START, add_special_tokens=False).ids
-        self.end = [] if unified else self.tok.encode(VISION_END, add_special_tokens=False).ids
-        self.markers = 2 if unified else 0
+        self.frame = VisionFrame(
+            bos=(info.bos_id,) if c.add_bos and info.bos_id is not None else (),
+            eos=(info.eos_id,) if c.add_eos and info.eos_id is not None else (),
+            start=() if unified else tuple(self.tok.encode(VISION_START, add_special_tokens=False).ids),
+            end=() if unified else tuple(self.tok.encode(VISION_END, add_special_tokens=False).ids),
+            vocab=vocab,
+        )
+
+    def text_ids(self, text: str) -> list[int]:
+        """The record's text as training-tokenizer ids (none for blank text)."""
+        return self.tok.encode(text, add_special_tokens=False).ids if text.strip() else []

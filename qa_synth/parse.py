@@ -11,9 +11,8 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from enum import Enum
 
-from curation.accounting import LONE_SURROGATE
+from curation.accounting import LONE_SURROGATE, Reason, as_reason
 
 MAX_RAW_CHARS = 20_000  # a QA pair is a few hundred chars; anything past this is runaway output
 MAX_JSON_ATTEMPTS = 32  # '{' positions tried, so a brace-heavy output stays linear-ish
@@ -21,25 +20,33 @@ DEFAULT_MAX_ANSWER_WORDS = 64
 DEFAULT_MIN_GROUNDING = 0.5
 
 
-class QAReason(str, Enum):
-    """Reject reasons, as written to rejects/*.jsonl and the manifest."""
-
-    UNPARSABLE = "unparsable"
-    EMPTY_QUESTION = "empty_question"
-    EMPTY_ANSWER = "empty_answer"
-    ANSWER_TOO_LONG = "answer_too_long"
-    ANSWER_NOT_GROUNDED = "answer_not_grounded"
-    DUPLICATE_QUESTION = "duplicate_question"
-    INVALID_UNICODE = "invalid_unicode"
+# The chunk reject reasons an InvalidQA carries: members of the one Reason enum
+# (curation.accounting), written to rejects/*.jsonl and the manifest as their values.
+QA_REASONS = (
+    Reason.UNPARSABLE,
+    Reason.EMPTY_QUESTION,
+    Reason.EMPTY_ANSWER,
+    Reason.ANSWER_TOO_LONG,
+    Reason.ANSWER_NOT_GROUNDED,
+    Reason.DUPLICATE_QUESTION,
+    Reason.INVALID_UNICODE,
+)
+QAReason = QA_REASONS  # the older name, still imported by tests
 
 
 class InvalidQA(ValueError):
-    """A generator output that cannot become a training QA pair; `reason` is a QAReason value."""
+    """A generator output that cannot become a training QA pair; `reason` is one of QA_REASONS
+    (a Reason; its value string is accepted too)."""
 
-    def __init__(self, reason: QAReason | str, detail: str = ""):
-        self.reason = QAReason(reason).value
+    def __init__(self, reason: Reason | str, detail: str = ""):
+        if reason not in QA_REASONS:
+            raise ValueError(f"unknown InvalidQA reason {reason!r}: one of {[r.value for r in QA_REASONS]}")
+        self.reason = as_reason(reason)
         self.detail = detail[:200]
         super().__init__(f"{self.reason}: {self.detail}")
+
+    def __reduce__(self):  # picklable across Beam workers: rebuilt from its reason, not its message
+        return (type(self), (self.reason, self.detail))
 
 
 @dataclass(frozen=True)
@@ -80,9 +87,9 @@ def _field(obj: dict, keys: set[str]) -> object:
 def _as_text(value: object, name: str) -> str:
     """A JSON field as text: strings as is, numbers written out (an answer may be `1851`)."""
     if value is None:
-        raise InvalidQA(QAReason.UNPARSABLE, f"no {name} field")
+        raise InvalidQA(Reason.UNPARSABLE, f"no {name} field")
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise InvalidQA(QAReason.UNPARSABLE, f"{name} is a {type(value).__name__}, not text")
+        raise InvalidQA(Reason.UNPARSABLE, f"{name} is a {type(value).__name__}, not text")
     return str(value).strip()
 
 
@@ -135,20 +142,20 @@ def parse_qa(raw: str, max_chars: int = MAX_RAW_CHARS) -> QAPair:
     """The QA pair in a generator output: the first JSON object with question/answer keys
     (case-insensitive, also q/a), else a plain `Question:/Answer:` block. Raises InvalidQA."""
     if not isinstance(raw, str):
-        raise InvalidQA(QAReason.UNPARSABLE, f"output is a {type(raw).__name__}, not text")
+        raise InvalidQA(Reason.UNPARSABLE, f"output is a {type(raw).__name__}, not text")
     text = _FENCE.sub(" ", raw[:max_chars])
     pair = _from_json(text) or _from_plain(text)
     if pair is None:
         what = "no complete JSON object with question/answer keys" if "{" in text else "no question/answer found"
-        raise InvalidQA(QAReason.UNPARSABLE, f"{what}: {raw[:80]!r}")
+        raise InvalidQA(Reason.UNPARSABLE, f"{what}: {raw[:80]!r}")
     for name, text in (("question", pair.question), ("answer", pair.answer)):
         bad = LONE_SURROGATE.search(text)
         if bad:
-            raise InvalidQA(QAReason.INVALID_UNICODE, f"the {name} holds a lone surrogate U+{ord(bad.group()):04X}")
+            raise InvalidQA(Reason.INVALID_UNICODE, f"the {name} holds a lone surrogate U+{ord(bad.group()):04X}")
     if not pair.question:
-        raise InvalidQA(QAReason.EMPTY_QUESTION)
+        raise InvalidQA(Reason.EMPTY_QUESTION)
     if not pair.answer:
-        raise InvalidQA(QAReason.EMPTY_ANSWER, f"question: {pair.question[:80]!r}")
+        raise InvalidQA(Reason.EMPTY_ANSWER, f"question: {pair.question[:80]!r}")
     return pair
 
 
@@ -177,19 +184,19 @@ def validate(
     """Check a parsed pair against its chunk; returns it unchanged or raises InvalidQA.
     `max_answer_tokens` (with the training tokenizer `tok`) caps the answer in tokens as well."""
     if not pair.question.strip():
-        raise InvalidQA(QAReason.EMPTY_QUESTION)
+        raise InvalidQA(Reason.EMPTY_QUESTION)
     if not pair.answer.strip():
-        raise InvalidQA(QAReason.EMPTY_ANSWER)
+        raise InvalidQA(Reason.EMPTY_ANSWER)
     words = len(pair.answer.split())
     if words > max_answer_words:
-        raise InvalidQA(QAReason.ANSWER_TOO_LONG, f"{words} words > {max_answer_words}")
+        raise InvalidQA(Reason.ANSWER_TOO_LONG, f"{words} words > {max_answer_words}")
     if max_answer_tokens is not None and tok is not None:
         count = len(tok.encode(pair.answer, add_special_tokens=False).ids)
         if count > max_answer_tokens:
-            raise InvalidQA(QAReason.ANSWER_TOO_LONG, f"{count} tokens > {max_answer_tokens}")
+            raise InvalidQA(Reason.ANSWER_TOO_LONG, f"{count} tokens > {max_answer_tokens}")
     score = grounding(pair.answer, chunk_text)
     if score < min_grounding:
-        raise InvalidQA(QAReason.ANSWER_NOT_GROUNDED, f"{score:.2f} of answer words in chunk < {min_grounding}")
+        raise InvalidQA(Reason.ANSWER_NOT_GROUNDED, f"{score:.2f} of answer words in chunk < {min_grounding}")
     return pair
 
 
@@ -210,7 +217,7 @@ class QuestionDeduper:
         norm = normalize_question(question)
         seen = self._seen.setdefault(book_key, set())
         if norm in seen:
-            raise InvalidQA(QAReason.DUPLICATE_QUESTION, f"{question[:80]!r}")
+            raise InvalidQA(Reason.DUPLICATE_QUESTION, f"{question[:80]!r}")
         seen.add(norm)
 
     def seen(self, book_key: str) -> int:

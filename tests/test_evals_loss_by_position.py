@@ -78,3 +78,27 @@ def test_cli_writes_json_csv_and_plot(book_shards, tmp_path, capsys):
         main(["eval", "loss-by-position", "--checkpoint", str(checkpoint), "--data", str(tmp_path / "none"),
               "--out", str(out)])
     assert "no shards" in capsys.readouterr().err
+
+
+def test_cli_checkpoint_on_raw_books(sample_books, demo_tokenizer, tmp_path):
+    """Raw books through our JAX path: rows cut by evals.loss_sources, bucket means equal to the
+    direct full-sequence loss of those very rows."""
+    from evals.loss_sources import read_book_rows
+
+    books = tmp_path / "held-out.jsonl"
+    books.write_text("".join(json.dumps({"id": b["id"], "text": b["text"][:6000]}) + "\n" for b in sample_books[:3]))
+    checkpoint = ckpt.save_params(tmp_path / "toy", TOY, toy_params())
+    out = tmp_path / "ppl"
+    assert main(["eval", "loss-by-position", "--checkpoint", str(checkpoint), "--data", str(books), "--length", "128",
+                 "--tokenizer", "package:mistral_common/data/tokenizer.model.v1", "--rows", "4", "--batch-rows", "4",
+                 "--out", str(out)]) == 0
+    summary = json.loads((out / "loss_by_position.json").read_text())
+    assert summary["source"] == "books" and summary["backend"] == "jax" and summary["books"] == 3 and summary["bos"]
+    tok, info = demo_tokenizer
+    rows = read_book_rows(str(books), tok, 128, bos_id=info.bos_id)
+    picks = np.unique(np.linspace(0, rows.num_rows - 1, 4).round().astype(np.int64))
+    loss, scored, position = reference_losses(toy_params(), rows.rows(picks))
+    assert summary["tokens"] == int(scored.sum()) == 4 * 127
+    for bucket in summary["buckets"]:
+        inside = scored & (position >= bucket["start"]) & (position < bucket["end"])
+        assert bucket["loss"] == pytest.approx(loss[inside].mean(), rel=2e-4)

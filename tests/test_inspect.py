@@ -15,7 +15,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from inspection.output import describe_row, stage_stats, summarize_output
+from inspection.output import summarize_output
+from inspection.rows import describe_row
+from inspection.stage_stats import stage_stats
 from curation.text import CleanConfig, clean_text
 from curation.tokenize import encode_long
 from longctx.cli import main

@@ -118,7 +118,7 @@ def test_overwrite_removes_old_pngs(stages_run, tmp_path, capsys):
 def test_image_grid_says_images_and_marks_frames_it_cannot_decode(tmp_path):
     """Two images in a row of an images job's shard; the second holds a code outside this VQGAN's
     codebook (shards made with a larger VQGAN): drawn as a marked panel, the first decoded."""
-    from inspection.output import RowView, SegmentView, Span
+    from inspection.rows import RowView, SegmentView, Span
     from inspection.plots import plot_frame_grid
     from curation.vqgan import load_vqgan
     from tests.test_inspect import _random_vqgan

@@ -16,21 +16,11 @@ from rich.console import Console  # noqa: E402
 
 from training.config import TrainConfig  # noqa: E402
 from training.model import ModelConfig  # noqa: E402
-from training.plan import (  # noqa: E402
-    JSON_KEYS,
-    REMAT_ORDER,
-    TPU_CHIPS,
-    PlanError,
-    abstract_inputs,
-    candidate_layouts,
-    compile_step,
-    layout_cost,
-    libtpu_available,
-    load_stages,
-    plan_stage,
-    resolve_target,
-    search_stage,
-)
+from training.layouts import REMAT_ORDER, candidate_layouts, layout_cost, search_stage  # noqa: E402
+from training.plan import compile_step, plan_stage  # noqa: E402
+from training.plan_inputs import abstract_inputs, load_stages  # noqa: E402
+from training.plan_report import JSON_KEYS  # noqa: E402
+from training.plan_targets import TPU_CHIPS, PlanError, libtpu_available, resolve_target  # noqa: E402
 from training.plan_cli import add_plan_parser, run_plan  # noqa: E402
 from training.train import model_config_for  # noqa: E402
 

@@ -219,6 +219,26 @@ def _text_checkpoint(tmp_path):
     return str(ckpt.save_params(tmp_path / "text" / "final", config, init_params(config, jax.random.key(7))))
 
 
+def test_vision_problems_read_the_typed_shard_metadata():
+    """The check reads curation.shards.ShardMetadata (the one reader of the schema metadata)."""
+    from curation.shards import ShardMetadata
+    from curation.vision_layout import vocab_metadata
+    from training.vision import vision_problems
+
+    separate, unified = with_vision(TOY, "separate"), with_vision(TOY, "unified")
+    raw = {"longctx.length": "320", "longctx.vision": json.dumps(vocab_metadata(DEFAULT_VISION_VOCAB))}
+    shard = ShardMetadata.parse(raw)
+    assert vision_problems(shard, expected_vision_metadata(separate)) == []
+    problems = vision_problems(shard, expected_vision_metadata(unified))
+    assert "vision layout 'separate' != model's 'unified'" in problems
+    assert vision_problems(shard, None) == [
+        "shards hold 'separate' vision tokens but the model is text-only (set vision_layout)"]
+    text_shard = ShardMetadata.parse({"longctx.length": "320"})
+    assert vision_problems(text_shard, None) == [] == vision_problems(text_shard, expected_vision_metadata(separate))
+    with pytest.raises(ValueError, match="longctx.vision is not JSON"):  # a broken record: one line naming the key
+        ShardMetadata.parse({"longctx.length": "320", "longctx.vision": "{not json"})
+
+
 def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path, capsys):
     """Rows hold a frame of one clip and then its caption, "Rabbit." or "Cyclists.". Both losses
     fall by the stated margins, and `longctx generate` on a real clip (and on a still of it) writes

@@ -140,7 +140,7 @@ class StageData:
         problems = []
         for shard in self.shards:
             meta = shard.metadata
-            problems += vision_problems(meta.raw, vision)
+            problems += vision_problems(meta, vision)
             if meta.length != seq_len:
                 problems.append(f"stage length {meta.length} != model sequence length {seq_len}")
             vocab = meta.tokenizer.get("vocab_size")

@@ -9,19 +9,12 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from training.plan import (
-    JSON_KEYS,
-    GiB,
-    PlanError,
-    StageReport,
-    load_stages,
-    parse_layers,
-    plan_stage,
-    render_table,
-    resolve_target,
-    search_stage,
-    write_json,
-)
+from curation.units import GiB
+from training.layouts import search_stage
+from training.plan import StageReport, plan_stage
+from training.plan_inputs import load_stages
+from training.plan_report import JSON_KEYS, render_table, write_json
+from training.plan_targets import PlanError, resolve_target
 
 HELP = ("compile each stage's real train step ahead of time for a TPU slice (or these devices), or estimate "
         "it for GPUs: bytes per device, fits, FLOPs, step time")
@@ -54,6 +47,16 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--estimate", action="store_true", help="analytic estimate only, even where compiling is possible")
     parser.add_argument("--json", help="write the per-stage numbers to this JSON file")
     return parser
+
+
+def parse_layers(spec: str | None) -> tuple[int, ...]:
+    """`--layers`: `N` (compile a cut model) or `N1,N2` (extrapolate the full depth); empty: the whole model."""
+    if not spec:
+        return ()
+    try:
+        return tuple(int(x) for x in spec.split(",") if x.strip())
+    except ValueError:
+        raise PlanError(f"--layers {spec!r}: expected N or N1,N2 (e.g. 2,4)") from None
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:

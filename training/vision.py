@@ -8,13 +8,13 @@ Layouts (as `curation/vision_layout.py` writes them):
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
 
+from curation.shards import ShardMetadata
 from curation.vision_layout import DEFAULT_VISION_VOCAB, UNIFIED_EXTRA, Vocab, vision_vocab, vocab_metadata
 from training.model import ModelConfig
 
@@ -49,12 +49,11 @@ def expected_vision_metadata(model: ModelConfig) -> dict[str, Any] | None:
     return None if v is None else vocab_metadata(v)
 
 
-def vision_problems(shard_metadata: Mapping[str, str], expected: Mapping[str, Any] | None) -> list[str]:
+def vision_problems(shard: ShardMetadata, expected: Mapping[str, Any] | None) -> list[str]:
     """Why a shard's vision layout does not fit the model (empty when it does, or when the shard is text)."""
-    raw = shard_metadata.get("longctx.vision")
-    if not raw:
+    found = shard.vision
+    if found is None:
         return []
-    found = json.loads(raw)
     if expected is None:
         return [f"shards hold {found.get('layout')!r} vision tokens but the model is text-only (set vision_layout)"]
     return [f"vision {key} {found.get(key)!r} != model's {value!r}" for key, value in expected.items() if found.get(key) != value]
