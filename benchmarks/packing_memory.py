@@ -41,6 +41,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/packing_memory.py`: t
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.harness import cpu_model, load_average, proc_status, run_json_child  # noqa: E402
+from curation.events import is_max  # noqa: E402
 from benchmarks.synthetic import (  # noqa: E402
     add_corpus_args,
     block_lengths,
@@ -134,7 +135,7 @@ def pack_child_main(job_path: str) -> None:
         "group": group,
         "segments": len(spec),
         "group_tokens": sum(s[3] for s in spec),
-        "event_group_tokens": next((v for k, v in event.items() if k.startswith("max.")), None),
+        "event_group_tokens": next((v for k, v in event.items() if is_max(k)), None),
         "rows": rows,
         "rows_pickled_bytes": out_bytes,
         "baseline_rss_kib": base.get("VmRSS", 0),

@@ -15,11 +15,6 @@ from curation.packing import packing_efficiency
 from curation.shards import ShardInfo
 from curation.stages import Stage
 
-# The event keys live in curation/events.py; these names stay importable from here for the jobs
-# that still import them from the manifest (pipelines/books.py).
-stage_key = stage_event
-
-
 def config_hash(config: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

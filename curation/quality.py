@@ -115,46 +115,81 @@ def _renumber(keys: np.ndarray) -> np.ndarray:
 
 
 def _ngram_fractions(word_ids: np.ndarray, lengths: np.ndarray) -> tuple[dict[int, float], dict[int, float]]:
+    """Top and duplicate n-gram character fractions for n = 2..10.
+
+    Only n-grams whose (n-1)-gram prefix occurs more than once can repeat, so each size numbers
+    just those positions (`rep`, in text order); every other position holds an n-gram of its own.
+    In prose most 4-grams and nearly all 5-grams are unique, so the passes shrink fast. Within
+    `rep` ids are numbered in order of first occurrence, which is what the rules need: ties of
+    the top n-gram go to the one seen first, and a position repeats an earlier n-gram exactly
+    when its id is not larger than every id before it."""
     total = int(lengths.sum())
     top: dict[int, float] = {}
     dup: dict[int, float] = {}
-    ids = word_ids  # ids of the (n-1)-grams starting at each position, numbered by first occurrence
     vocab = int(word_ids.max()) + 1 if word_ids.size else 1
+    rep = np.arange(word_ids.size)  # positions whose (n-1)-gram may repeat
+    ids = word_ids  # at `rep`: ids of their (n-1)-grams, in order of first occurrence
     for n in range(2, max(DUP_NGRAMS) + 1):
         count = word_ids.size - n + 1
         if count <= 0 or total == 0:
             top.update({m: 0.0 for m in TOP_NGRAMS if m >= n})
             dup.update({m: 0.0 for m in DUP_NGRAMS if m >= n})
             break
+        # Keep positions whose (n-1)-gram occurs more than once and that still start an n-gram.
+        repeated = np.bincount(ids)[ids] > 1
+        repeated &= rep < count
+        rep, ids = rep[repeated], ids[repeated]
         # An n-gram is its (n-1)-gram prefix and its last word: a*vocab + b numbers the pair exactly
         # (both are < number of words, so the product stays far below 2**63).
-        ids = _renumber(ids[:count] * vocab + word_ids[n - 1 :])
+        ids = _renumber(ids * vocab + word_ids[rep + n - 1]) if rep.size else rep
         if n in TOP_NGRAMS:
-            counts = np.bincount(ids)
+            counts = np.bincount(ids) if ids.size else np.zeros(1, dtype=np.int64)
             best = int(np.argmax(counts))  # ties: the n-gram seen first
-            top[n] = _covered_chars(np.flatnonzero(ids == best), n, lengths) / total if counts[best] > 1 else 0.0
+            top[n] = _covered_chars(rep[ids == best], n, lengths) / total if counts[best] > 1 else 0.0
         if n in DUP_NGRAMS:
-            # Ids are numbered in order of first occurrence: a position repeats an earlier n-gram
-            # exactly when its id is not larger than every id before it.
-            first = np.empty(ids.size, dtype=bool)
-            first[0] = True
-            first[1:] = ids[1:] > np.maximum.accumulate(ids)[:-1]
-            dup[n] = _covered_chars(np.flatnonzero(~first), n, lengths) / total
+            if ids.size:
+                first = np.empty(ids.size, dtype=bool)
+                first[0] = True
+                first[1:] = ids[1:] > np.maximum.accumulate(ids)[:-1]
+                dup[n] = _covered_chars(rep[~first], n, lengths) / total
+            else:
+                dup[n] = 0.0
     return top, dup
+
+
+# Per distinct word: (holds a letter, is a stop word), shared by every document a worker judges
+# (books share most of their vocabulary). Bounded; a pure function of the word.
+_WORD_FLAGS: dict[str, tuple[bool, bool]] = {}
+_WORD_FLAGS_MAX = 1 << 19
+
+
+def _word_flags(words: Sequence[str]) -> np.ndarray:
+    """(holds a letter, is a stop word) of each distinct word, as a (len(words), 2) bool array."""
+    cache = _WORD_FLAGS
+    if len(cache) + len(words) > _WORD_FLAGS_MAX:
+        cache.clear()
+    flags = [cache.get(w) for w in words]
+    for i, found in enumerate(flags):
+        if found is None:
+            w = words[i]
+            flags[i] = cache[w] = (_LETTER.search(w) is not None, _EDGE_PUNCT.sub("", w.casefold()) in STOP_WORDS)
+    return np.array(flags, dtype=bool).reshape(len(words), 2)
 
 
 def text_stats(text: str) -> TextStats:
     """Every statistic the quality rules judge, in one pass over lines and one over words."""
+    import pandas as pd  # see _renumber
+
     lines = [s for s in (line.strip() for line in text.split("\n")) if s]
     paragraphs = [s for s in (p.strip() for p in _PARAGRAPH_BREAK.split(text)) if s]
     words = text.split()
-    vocab: dict[str, int] = {}
-    word_ids = np.array([vocab.setdefault(w, len(vocab)) for w in words], dtype=np.int64)
+    # Word ids in order of first occurrence, numbered in C (one hash-table pass).
+    codes, unique = pd.factorize(np.asarray(words, dtype=object), sort=False)
+    word_ids = codes.astype(np.int64, copy=False)
     # Properties of each distinct word, computed once and gathered per occurrence.
-    unique = list(vocab)
     unique_len = np.fromiter((len(w) for w in unique), dtype=np.int64, count=len(unique))
-    unique_alpha = np.fromiter((_LETTER.search(w) is not None for w in unique), dtype=bool, count=len(unique))
-    unique_stop = np.fromiter((_EDGE_PUNCT.sub("", w.casefold()) in STOP_WORDS for w in unique), dtype=bool, count=len(unique))
+    flags = _word_flags(unique)
+    unique_alpha, unique_stop = flags[:, 0], flags[:, 1]
     lengths = unique_len[word_ids]
     n_words = len(words)
     n_lines = len(lines)
@@ -384,8 +419,10 @@ def build_detector():
 def mean_confidences(pieces: Sequence[str], detector) -> dict[str, float]:
     """Language code -> confidence averaged over the pieces (lingua's values sum to 1 per piece)."""
     total: dict[str, float] = {}
-    for piece in pieces:
-        for value in detector.compute_language_confidence_values(piece):
+    # The pieces are identified on lingua's own threads (the same values as one call per piece,
+    # summed in the same order), so a document's windows use every core.
+    for values in detector.compute_language_confidence_values_in_parallel(list(pieces)):
+        for value in values:
             code = value.language.iso_code_639_1.name.lower()
             total[code] = total.get(code, 0.0) + value.value
     return {code: v / len(pieces) for code, v in total.items()} if pieces else {}

@@ -127,12 +127,12 @@ def _document(url: str, index: int, record_id: str, text: object, meta: dict | N
         try:
             text = decode_utf8(text)
         except Rejected as err:
-            return Reject(url, record_id, err.reason.value, err.detail)
+            return Reject(url, record_id, err.reason, err.detail)
     if not isinstance(text, str):
-        return Reject(url, record_id, Reason.WRONG_TYPE.value, f"text is {type(text).__name__}, not a string")
+        return Reject(url, record_id, Reason.WRONG_TYPE, f"text is {type(text).__name__}, not a string")
     problem = _unencodable(text, meta)
     if problem:
-        return Reject(url, record_id, Reason.INVALID_UNICODE.value, problem)
+        return Reject(url, record_id, Reason.INVALID_UNICODE, problem)
     doc = Document(source=url, id=record_id, uid=f"{url}#{index}", index=index, text=text)
     return doc.with_(meta=meta) if meta else doc
 
@@ -189,25 +189,25 @@ def _jsonl_records(lines: Iterable[tuple[int, str, str, bytes]], url: str,
         if index == 0:
             raw = raw.removeprefix(b"\xef\xbb\xbf")  # a UTF-8 byte order mark starts the file, not the record
         if not raw.strip():
-            yield Reject(url, fallback, Reason.EMPTY.value, f"blank {where}")
+            yield Reject(url, fallback, Reason.EMPTY, f"blank {where}")
             continue
         try:
             line = decode_utf8(raw)
         except Rejected as err:
-            yield Reject(url, fallback, err.reason.value, f"{where}: {err.detail}")
+            yield Reject(url, fallback, err.reason, f"{where}: {err.detail}")
             continue
         try:
             record = _parse_json(line, where)
         except Rejected as err:
-            yield Reject(url, fallback, err.reason.value, err.detail)
+            yield Reject(url, fallback, err.reason, err.detail)
             continue
         if not isinstance(record, dict):
-            yield Reject(url, fallback, Reason.MALFORMED_JSON.value, f"{where}: not a JSON object")
+            yield Reject(url, fallback, Reason.MALFORMED_JSON, f"{where}: not a JSON object")
             continue
         record_id = _record_id(record.get(config.id_field), fallback)
         missing = [f for f in (config.text_field, *config.meta_fields) if f not in record]
         if missing:
-            yield Reject(url, record_id, Reason.MISSING_FIELD.value, f"no {missing[0]!r} field")
+            yield Reject(url, record_id, Reason.MISSING_FIELD, f"no {missing[0]!r} field")
             continue
         yield _document(url, index, record_id, record[config.text_field], {f: record[f] for f in config.meta_fields})
 
@@ -247,7 +247,7 @@ def _parquet_rows(batch, url: str, base: str, first: int, config: SourceConfig, 
         meta = {f: values[row] for f, values in zip(config.meta_fields, metas)}
         if text is None or any(v is None for v in meta.values()):
             null = config.text_field if text is None else next(f for f, v in meta.items() if v is None)
-            yield Reject(url, record_id, Reason.MISSING_FIELD.value, f"{null!r} is null")
+            yield Reject(url, record_id, Reason.MISSING_FIELD, f"{null!r} is null")
         else:
             yield _document(url, index, record_id, text, meta)
 
@@ -261,7 +261,7 @@ def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, i
     names = parquet.schema_arrow.names
     missing = [f for f in (config.text_field, *config.meta_fields) if f not in names]
     if missing:
-        yield Reject(url, url, Reason.MISSING_FIELD.value, f"no {missing[0]!r} column (has {names})")
+        yield Reject(url, url, Reason.MISSING_FIELD, f"no {missing[0]!r} column (has {names})")
         return
     has_id = config.id_field in names
     columns = [config.text_field, *config.meta_fields] + ([config.id_field] if has_id else [])
@@ -283,7 +283,7 @@ def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, i
             yield Reject(
                 url,
                 f"{url}@{index + done}",
-                Reason.CORRUPT_FILE.value,
+                Reason.CORRUPT_FILE,
                 f"row group {group + 1} of {groups}: {type(err).__name__}: {_one_line(err)} ({unread} rows unread)",
                 records=max(unread, 1),
             )
@@ -457,7 +457,7 @@ def iter_range_records(item: FileRange, config: SourceConfig) -> Iterator[Docume
         if is_transient_io_error(err):
             raise
         where = f"bytes {item.start}-{item.stop}" if item.kind == "jsonl_bytes" else f"row groups {item.start + 1}-{item.stop}"
-        yield Reject(url, f"{url}@{item.kind}:{item.start}+{emitted}", Reason.CORRUPT_FILE.value,
+        yield Reject(url, f"{url}@{item.kind}:{item.start}+{emitted}", Reason.CORRUPT_FILE,
                      f"{where}: {type(err).__name__}: {_one_line(err)} (after {emitted} records)")
 
 
@@ -468,7 +468,7 @@ def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Docume
     path, url = file_url(url)
     fmt, compression = _file_format(url, config)
     if fmt not in _READERS:
-        yield Reject(url, url, Reason.CORRUPT_FILE.value, f"unknown file format (expected one of {sorted(FORMATS)})")
+        yield Reject(url, url, Reason.CORRUPT_FILE, f"unknown file format (expected one of {sorted(FORMATS)})")
         return
     emitted = 0
     try:
@@ -482,6 +482,6 @@ def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Docume
         yield Reject(
             url,
             f"{url}@{emitted}",
-            Reason.CORRUPT_FILE.value,
+            Reason.CORRUPT_FILE,
             f"{type(err).__name__}: {_one_line(err)} (after {emitted} records)",
         )

@@ -11,7 +11,7 @@ from apache_beam.metrics import Metrics
 
 from curation.accounting import Reason, Reject
 from curation.documents import Document
-from curation.manifest import KEPT, TOKENS_IN, stage_key
+from curation.events import KEPT, TOKENS_IN, StageCount, stage_event
 from curation.near_duplicates import MinHashConfig
 from curation.packing import SegmentRef, StageSegment
 from curation.progress import Progress
@@ -35,7 +35,7 @@ class CleanText(beam.DoFn):
         try:
             text = clean_text(doc.text, self.config)
         except Rejected as err:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason.value, err.detail))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason, err.detail))
             return
         yield doc.with_(text=text, content_hash=content_hash(text))
 
@@ -47,7 +47,7 @@ def first_of_duplicates(keyed: tuple[str, list[Document]]):
     yield docs[0]
     for dup in docs[1:]:
         yield beam.pvalue.TaggedOutput(
-            REJECTS, Reject(dup.source, dup.id, Reason.DUPLICATE.value, f"same content as {docs[0].source} id={docs[0].id}")
+            REJECTS, Reject(dup.source, dup.id, Reason.DUPLICATE, f"same content as {docs[0].source} id={docs[0].id}")
         )
 
 
@@ -81,7 +81,7 @@ class Tokenize(beam.DoFn):
         try:
             tokens = encode_long(self.tok, doc.text, self.bos, self.eos, self.piece_chars)
         except Exception as err:  # a tokenizer failure on one text must not stop the job
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.TOKENIZER_ERROR.value, f"{type(err).__name__}: {err}"))
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.TOKENIZER_ERROR, f"{type(err).__name__}: {err}"))
             return
         self.tokens.inc(len(tokens))
         self.progress.add(1, len(tokens))
@@ -94,15 +94,15 @@ def assign_stages(doc: Document, stages: list[Stage], policy: StagePolicy, min_t
     matched = matching_stages(n, stages, policy)
     if not matched:
         windows = ", ".join(f"{s.name}=[{s.min_tokens},{s.max_tokens or 'inf'})" for s in stages)
-        yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE.value, f"{n} tokens; stages: {windows}",
+        yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_STAGE, f"{n} tokens; stages: {windows}",
                                                           tokens=n))
         return
     event = {KEPT: 1, TOKENS_IN: n}
     for stage in matched:
         windows, dropped = cut_windows(n, stage.length, min_tail)
-        event[stage_key(stage.name, "documents")] = 1
-        event[stage_key(stage.name, "segments")] = len(windows)
-        event[stage_key(stage.name, "dropped_tokens")] = dropped
+        event[stage_event(stage.name, StageCount.DOCUMENTS)] = 1
+        event[stage_event(stage.name, StageCount.SEGMENTS)] = len(windows)
+        event[stage_event(stage.name, StageCount.DROPPED_TOKENS)] = dropped
         for w in windows:
             ref = SegmentRef(key=f"{doc.uid}@{w.start}", doc_id=doc.id, start=w.start, length=w.length)
             yield StageSegment(stage.name, ref, doc.uid, doc.tokens[w.start : w.start + w.length])

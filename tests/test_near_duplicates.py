@@ -276,3 +276,49 @@ def test_same_decisions_with_two_processes_and_reversed_input(editions, first_ru
     strip = lambda rs: sorted((r["id"], r["reason"], r["detail"].replace(str(editions[2]), str(editions[1]))) for r in rs)  # noqa: E731
     assert strip(_rejects(tmp_path / "multi")) == strip(_rejects(out))
     assert other["stages"]["s"]["tokens"] == manifest["stages"]["s"]["tokens"]
+
+
+def test_words_match_the_regex_definition_on_any_characters():
+    # normalized_words finds the runs of _WORD with translate + split; the regex is the definition.
+    import random
+
+    from curation.near_duplicates import _WORD
+
+    rng = random.Random(3)
+    for _ in range(2000):
+        text = "".join(
+            chr(rng.choice([rng.randint(32, 127), rng.randint(0x80, 0x2FFF), rng.randint(0x10000, 0x1FFFF)]))
+            for _ in range(rng.randint(0, 40))
+        )
+        assert normalized_words(text) == _WORD.findall(text.casefold()), repr(text)
+    assert normalized_words("ǅungla ΣΑΣ ß _x_ ٣٤ 二三") == ["ǆungla", "σασ", "ss", "x", "٣٤", "二三"]
+
+
+def _datasketch_signature(text: str, config: MinHashConfig) -> np.ndarray:
+    """The signature as the library computes it: one MinHash updated with every shingle hash."""
+    hashes = shingle_hashes(normalized_words(text), config.ngram)
+    if hashes.size == 0:
+        hashes = shingle_hashes([text], 1)
+    mh = MinHash(num_perm=config.num_perm, seed=config.seed, hashfunc=int, scheme="affine32")
+    mh.update_batch(hashes.tolist())
+    return mh.hashvalues
+
+
+@pytest.mark.parametrize("config", [CONFIG, MinHashConfig(ngram=3, bands=7, rows=5, seed=11)])
+def test_signature_is_datasketch_minhash_of_the_shingles(config, novels):
+    texts = ["", "   ", "?!", "one", "a b", "a b c d e f g", "x " * 50, novels[2]["text"], edit_words(novels[2]["text"], 0.05)]
+    for text in texts:
+        sig = signature(text, config)
+        assert sig.dtype == np.uint32 and sig.size == config.num_perm
+        assert np.array_equal(sig, _datasketch_signature(text, config)), text[:40]
+
+
+def test_ngram_hashes_are_sorted_and_unique():
+    from curation.near_duplicates import ngram_hashes64
+
+    words = "a b c a b c a b d".split()
+    grams = ngram_hashes64(words, 2)
+    assert grams.dtype == np.uint64 and grams.size == 4  # ab bc ca bd
+    assert np.array_equal(grams, np.unique(grams))
+    assert np.array_equal(shingle_hashes(words, 2), np.unique(shingle_hashes(words, 2)))
+    assert ngram_hashes64([], 3).size == 0

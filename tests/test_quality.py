@@ -310,3 +310,63 @@ def test_books_job_keeps_good_novels_and_rejects_the_rest(tmp_path, novels):
     assert rejects["german"][1].startswith("detected de (") and rejects["french"][1].startswith("detected fr (")
     assert manifest["rejected"] == {"language": 2, "low_quality:bullet_lines": 1, "low_quality:dup_lines": 1}
     assert manifest["stages"]["small"]["documents"] == 3
+
+
+def _reference_ngram_stats(text: str) -> tuple[dict[int, float], dict[int, float]]:
+    """The n-gram rules straight from their definitions (module docstring), with tuples and dicts:
+    the oracle for text_stats' numbered, pruned passes."""
+    words = text.split()
+    total = sum(len(w) for w in words)
+    top: dict[int, float] = {}
+    dup: dict[int, float] = {}
+
+    def covered(starts: list[int], n: int) -> float:
+        hit = {i for s in starts for i in range(s, s + n)}
+        return sum(len(words[i]) for i in hit) / total if total else 0.0
+
+    for n in range(2, 11):
+        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+        if not grams or total == 0:
+            top.update({m: 0.0 for m in TOP_NGRAMS if m >= n})
+            dup.update({m: 0.0 for m in DUP_NGRAMS if m >= n})
+            break
+        if n in TOP_NGRAMS:
+            counts: dict[tuple, int] = {}
+            for g in grams:
+                counts[g] = counts.get(g, 0) + 1
+            best = max(counts, key=counts.__getitem__)  # dicts keep first-seen order: ties go to the first
+            top[n] = covered([i for i, g in enumerate(grams) if g == best], n) if counts[best] > 1 else 0.0
+        if n in DUP_NGRAMS:
+            seen: set[tuple] = set()
+            repeats = []
+            for i, g in enumerate(grams):
+                if g in seen:
+                    repeats.append(i)
+                seen.add(g)
+            dup[n] = covered(repeats, n)
+    return top, dup
+
+
+def test_ngram_fractions_match_their_definitions_on_repetitive_texts():
+    # Small vocabularies and copied stretches make every n-gram size repeat, tie and overlap.
+    rng = random.Random(7)
+    texts = ["", "a", "a a", "a b a b a b a b a b a b", "x y z " * 12, "one two three four five six seven eight nine ten eleven"]
+    for _ in range(150):
+        vocab = "the a of whale sea ship said Emma #".split()[: rng.randint(1, 9)]
+        words = [rng.choice(vocab) for _ in range(rng.randint(0, 60))]
+        if words and rng.random() < 0.5:  # paste a stretch of the text again, somewhere later
+            start = rng.randrange(len(words))
+            words += words[start : start + rng.randint(5, 15)] + [rng.choice(vocab) for _ in range(rng.randint(0, 10))]
+        texts.append(" ".join(words))
+    for text in texts:
+        stats = text_stats(text)
+        top, dup = _reference_ngram_stats(text)
+        assert stats.top_ngram_chars == pytest.approx(top), text
+        assert stats.dup_ngram_chars == pytest.approx(dup), text
+
+
+def test_word_flags_are_the_same_with_a_warm_cache():
+    text = "The cat and THE dog, with  #tag 12 34 -- (of) that."
+    cold = text_stats(text)
+    assert text_stats(text) == cold  # the per-word cache filled by the first call changes nothing
+    assert cold.stop_words == 6 and cold.alpha_words == pytest.approx(9 / 12)
