@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from curation.units import parse_count
+
 
 def bucket_edges(length: int, spec: str | int = "log") -> np.ndarray:
     """Edges e_0 < e_1 < ... < e_k = length over target positions 1..length-1: `log` gives
@@ -54,9 +56,7 @@ def parse_buckets(spec: str) -> str | int:
     """`log` or a window width (`1024`, `1k`)."""
     if spec.strip().lower() == "log":
         return "log"
-    from evals.niah import parse_length
-
-    return parse_length(spec)
+    return parse_count(spec, minimum=1)
 
 
 def token_losses(config: Any, params: Any, batch: Mapping[str, np.ndarray], *, sp: int = 1, chunk: int = 512,

@@ -12,6 +12,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from curation.units import parse_count
+
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     model = parser.add_mutually_exclusive_group(required=True)
@@ -75,8 +77,6 @@ def book_tokenizer(args: argparse.Namespace, hf_folder: str | None) -> tuple[Any
 def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     from evals.loss_by_position import loss_by_position, parse_buckets, summarize_table, write_outputs
     from evals.loss_sources import is_book_source, read_book_rows
-    from evals.niah import parse_length
-
     buckets = parse_buckets(args.buckets)
     books = is_book_source(args.data)
     if books and not args.length:
@@ -102,7 +102,7 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     extra: dict[str, Any] = {}
     if books:
         tokenizer, bos_id, spec = book_tokenizer(args, scorer.folder if scorer else None)
-        data = read_book_rows(args.data, tokenizer, parse_length(args.length), bos_id=bos_id, text_field=args.text_field)
+        data = read_book_rows(args.data, tokenizer, parse_count(args.length, minimum=1), bos_id=bos_id, text_field=args.text_field)
         extra = {"source": "books", "tokenizer": spec, "bos": bos_id is not None, **data.describe()}
         console.print(f"{data.books} books -> {data.num_rows} rows of {data.length} tokens"
                       f"{f'; {len(data.skipped)} skipped' if data.skipped else ''}", highlight=False)

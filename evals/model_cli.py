@@ -1,11 +1,15 @@
 """The model flags every `longctx eval` command shares: which model (our JAX checkpoint or a
-transformers model), how to run it (sequence-parallel devices, ring chunk, torch device), what to
-call it and where to write."""
+transformers model), how to run it (sequence-parallel devices, ring chunk, torch device, prompts
+per batch), what to call it and where to write; and loading that model with its tokenizer."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+DEFAULT_BATCH_SIZE = 8
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, hf_model_help: str = "") -> None:
@@ -23,6 +27,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, hf_model_help: str = ""
     parser.add_argument("--sp", type=int, default=1, help="sequence-parallel devices for the prefill and the KV cache (--checkpoint)")
     parser.add_argument("--chunk", type=int, default=512, help="ring attention query/key chunk (--checkpoint)")
     parser.add_argument("--device", default="cpu", help="torch device for --hf-model")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help="prompts decoded together (--checkpoint, --hf-model; greedy answers are the same as one "
+                             "at a time; default %(default)s)")
     parser.add_argument("--name", help="model name in the outputs (default: from the path)")
     parser.add_argument("--out", required=True, help="output folder")
 
@@ -41,12 +48,45 @@ def model_name(args: argparse.Namespace) -> str:
 
 def endpoint_generator(args: argparse.Namespace, name: str):
     """The --endpoint model with its tokenizer: (tokenizer, evals/endpoint.py EndpointGenerator)."""
-    from evals import niah
+    from evals.generators import load_niah_tokenizer
     from evals.endpoint import EndpointClient, EndpointGenerator, api_key_from_env
 
     if not args.tokenizer:
         raise ValueError("--endpoint needs --tokenizer (the served model's, e.g. its Hugging Face folder) to fit "
                          "prompts to their token lengths")
-    tokenizer = niah.load_niah_tokenizer(args.tokenizer)
+    tokenizer = load_niah_tokenizer(args.tokenizer)
     client = EndpointClient(args.endpoint, args.endpoint_model, api_key_from_env(args.api_key_env))
     return tokenizer, EndpointGenerator(client, tokenizer, name if args.name else str(client.model))
+
+
+def load_generator(args: argparse.Namespace, name: str, max_length: int, note: Callable[[str], None]) -> tuple[Any, Any]:
+    """(tokenizer, generator) of --endpoint, --hf-model (its own tokenizer unless --tokenizer) or
+    --checkpoint (--tokenizer, or the folder's own tokenizer files for a Hugging Face folder).
+    `note` gets a warning when `max_length` exceeds the checkpoint's max_position_embeddings."""
+    from evals.generators import FlaxGenerator, HFGenerator, folder_tokenizer, load_niah_tokenizer
+
+    if getattr(args, "batch_size", 1) < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if getattr(args, "endpoint", None):
+        return endpoint_generator(args, name)
+    if args.hf_model:
+        from curation.hf_models import resolve_generator
+
+        folder, _ = resolve_generator(args.hf_model)
+        tokenizer = load_niah_tokenizer(args.tokenizer or folder)
+        generator = HFGenerator(args.hf_model, device=args.device, name=name)
+        generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
+        return tokenizer, generator
+    spec = args.tokenizer or folder_tokenizer(args.checkpoint)
+    if not spec:
+        raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with); only a Hugging Face "
+                         "model folder with its own tokenizer files can do without")
+    from training.checkpoint import load_any_params
+
+    tokenizer = load_niah_tokenizer(spec)
+    config, params = load_any_params(args.checkpoint)
+    if max_length > config.max_position_embeddings:
+        note(f"lengths up to {max_length} exceed the model's max_position_embeddings ({config.max_position_embeddings})")
+    generator = FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name, q_chunk=args.chunk,
+                              kv_chunk=args.chunk)
+    return tokenizer, generator

@@ -35,8 +35,9 @@ to just after the previous token that ends a sentence with a period (or to the h
 except at depth 100 where it goes last. The prompt keeps the model's frame (chat template, or the
 plain `USER: ... ASSISTANT:` layout) and stays exactly `length` tokens.
 
-Models plug in through `Generator` (prompt ids -> answer ids): our Flax checkpoints (KV-cache
-decoding, sequence-parallel prefill; training/generate.py) and any transformers causal LM.
+Models plug in through `Generator` (prompt ids -> answer ids, evals/generators.py): our Flax
+checkpoints (KV-cache decoding, sequence-parallel prefill; training/generate.py) and any
+transformers causal LM, `batch_size` prompts of a (length, depth) cell at a time.
 """
 
 from __future__ import annotations
@@ -47,16 +48,17 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from curation.chat_format import ChatFormat
-from curation.tokenize import encode_long, load_tokenizer
+from curation.units import parse_count
+from evals.generators import Generator, NiahTokenizer, generate_all
+from evals.haystack import Haystack
 
 SCORINGS = ("contains", "exact")
 FORMATS = ("longctx", "lwm")
@@ -95,66 +97,8 @@ _CONTEXT, _QUESTION = "\ue000C\ue001", "\ue000Q\ue001"
 
 
 # ----------------------------------------------------------------------------------------------
-# Tokenizer and prompt frame
+# Prompt frame (the model's tokenizer, NiahTokenizer, lives with the models in evals/generators.py)
 # ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class NiahTokenizer:
-    """What the harness needs of a tokenizer: encode/decode, BOS, end-of-answer ids, and the
-    model's chat template when it has one (a transformers tokenizer, used only to render it)."""
-
-    tok: Tokenizer
-    name: str
-    sha256: str
-    bos_id: int | None
-    eos_ids: tuple[int, ...]
-    chat: Any | None = field(default=None, compare=False)
-
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text, add_special_tokens=False).ids
-
-    def decode(self, ids: Sequence[int]) -> str:
-        return self.tok.decode(list(ids), skip_special_tokens=True)
-
-    def encode_continuation(self, text: str) -> list[int]:
-        """`text` tokenized as it is when it follows other text: SentencePiece-style tokenizers
-        prepend a word marker to every separately encoded string ("\\nThe" alone gives
-        ["▁", "<0x0A>", "The"], after a word ["<0x0A>", "The"]); encoding it after an anchor word
-        and dropping the anchor's tokens gives the in-context ids."""
-        anchor = self.encode("a")
-        ids = self.encode("a" + text)
-        return ids[len(anchor):] if ids[: len(anchor)] == anchor else self.encode(text)
-
-
-# A Hugging Face model folder's own tokenizer files (any one makes the folder a tokenizer spec).
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model")
-
-
-def folder_tokenizer(checkpoint: str) -> str | None:
-    """The model folder itself as the tokenizer spec when it holds its own tokenizer files (a
-    Hugging Face LLaMA folder, or one `longctx convert --to-hf` wrote), else None: a longctx
-    params checkpoint records no tokenizer."""
-    folder = Path(checkpoint)
-    if folder.is_dir() and any((folder / name).is_file() for name in TOKENIZER_FILES):
-        return str(folder)
-    return None
-
-
-def load_niah_tokenizer(spec: str) -> NiahTokenizer:
-    """A tokenizer spec as for `longctx books`; a model folder with a chat template also gets it."""
-    tok, info = load_tokenizer(spec)
-    chat, eos = None, [info.eos_id] if info.eos_id is not None else []
-    folder = Path(spec).expanduser()
-    if folder.is_dir() and (folder / "tokenizer_config.json").is_file():
-        from transformers import AutoTokenizer
-
-        hf = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-        if getattr(hf, "chat_template", None):
-            chat = hf
-            if hf.eos_token_id is not None:  # the end-of-turn token (<|im_end|> for ChatML)
-                eos.append(hf.eos_token_id)
-    return NiahTokenizer(tok, info.name, info.sha256, info.bos_id, tuple(dict.fromkeys(eos)), chat)
 
 
 @dataclass(frozen=True)
@@ -189,88 +133,6 @@ class PromptFrame:
         if fmt == "lwm":  # the release tokenizes the prompt whole: the tail as it follows the context
             return tokenizer.encode_continuation(self.middle + question + self.tail)
         return tokenizer.encode(self.middle + question + self.tail)
-
-
-# ----------------------------------------------------------------------------------------------
-# Haystack
-# ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Haystack:
-    """Book text as one token stream, read cyclically."""
-
-    tokens: np.ndarray
-
-    def __post_init__(self) -> None:
-        if len(self.tokens) == 0:
-            raise ValueError("the haystack has no tokens")
-
-    @classmethod
-    def from_texts(cls, texts: Iterable[str], tokenizer: NiahTokenizer, max_tokens: int | None = None) -> Haystack:
-        """Texts tokenized once, in order (a blank line between them), stopping at `max_tokens`."""
-        parts, total = [], 0
-        separator = np.asarray(tokenizer.encode("\n\n"), np.int32)
-        for text in texts:
-            ids = encode_long(tokenizer.tok, text)
-            parts += [ids, separator]
-            total += len(ids) + len(separator)
-            if max_tokens is not None and total >= max_tokens:
-                break
-        return cls(np.concatenate(parts) if parts else np.zeros(0, np.int32))
-
-    def window(self, offset: int, n: int) -> np.ndarray:
-        """n tokens from `offset`, wrapping around to the start as often as needed."""
-        index = (offset + np.arange(n)) % len(self.tokens)
-        return self.tokens[index]
-
-
-def read_texts(source: str) -> Iterator[str]:
-    """Book texts of a JSONL / Parquet / txt file, folder or glob (compressed or not), as
-    `longctx books` reads them; unreadable records are skipped."""
-    from curation.documents import Document
-    from curation.sources import SourceConfig, expand_pattern, iter_file_records
-
-    urls = expand_pattern(source)
-    if not urls:
-        raise FileNotFoundError(f"no haystack files match {source!r}")
-    for url in urls:
-        for record in iter_file_records(url, SourceConfig()):
-            if isinstance(record, Document) and record.text:
-                yield record.text
-
-
-def haystack_from_shards(stage: str, tokenizer: NiahTokenizer, max_tokens: int | None = None) -> Haystack:
-    """The documents of a stage's shards (`OUT/books/32k`), BOS/EOS dropped, in row order. The shards
-    must come from the same tokenizer as the model's."""
-    from training.data import StageData
-
-    data = StageData.open(stage)
-    made_with = data.info.tokenizer or {}
-    if made_with.get("sha256") not in (None, tokenizer.sha256):
-        raise ValueError(f"shards under {stage} were tokenized with {made_with.get('name')!r}, not {tokenizer.name!r}: "
-                         "pass that --tokenizer or a books file as --haystack")
-    drop = [t for t in (tokenizer.bos_id, *tokenizer.eos_ids) if t is not None]
-    parts, total = [], 0
-    for shard in data.shards:
-        for lo in range(0, shard.num_rows, 16):  # a few rows at a time: a gs:// haystack stops at max_tokens
-            block = shard.read(np.arange(lo, min(lo + 16, shard.num_rows)), names=["input_ids", "segment_ids"])
-            for ids, seg in zip(block["input_ids"], block["segment_ids"]):
-                tokens = ids[(seg > 0) & ~np.isin(ids, drop)]
-                parts.append(tokens)
-                total += len(tokens)
-                if max_tokens is not None and total >= max_tokens:
-                    return Haystack(np.concatenate(parts))
-    return Haystack(np.concatenate(parts) if parts else np.zeros(0, np.int32))
-
-
-def load_haystack(source: str, tokenizer: NiahTokenizer, max_tokens: int | None = None) -> Haystack:
-    """A stage folder of shards, or book files (see `read_texts`)."""
-    from curation.shards import stage_shard_urls
-
-    if Path(source).is_dir() and stage_shard_urls(source):
-        return haystack_from_shards(source, tokenizer, max_tokens)
-    return Haystack.from_texts(read_texts(source), tokenizer, max_tokens)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -428,84 +290,6 @@ def score_answer(answer: str, expected: Sequence[str], scoring: str = "contains"
 
 
 # ----------------------------------------------------------------------------------------------
-# Models
-# ----------------------------------------------------------------------------------------------
-
-
-class Generator(Protocol):
-    """A model under test: prompt token ids -> answer token ids (greedy)."""
-
-    name: str
-
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]: ...
-
-
-@dataclass
-class FlaxGenerator:
-    """Our LLaMA (a params checkpoint, or HF LLaMA weights converted on load) with KV-cache decoding.
-    `sp` > 0 builds a mesh whose sp axis shards the prefill (ring attention) and the cache; sp = 1
-    still prefills blockwise, so memory stays linear in the context length."""
-
-    config: Any
-    params: Any
-    eos_ids: tuple[int, ...] = ()
-    sp: int = 1
-    name: str = "flax"
-    q_chunk: int = 512
-    kv_chunk: int = 512
-
-    def __post_init__(self) -> None:
-        from training.generate import place_params
-        from training.mesh import make_mesh
-
-        self.mesh = make_mesh(f"sp={self.sp}")
-        self.params = place_params(self.params, self.mesh)
-
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        from training.generate import generate
-
-        return generate(self.config, self.params, list(prompt_ids), max_new_tokens, eos_id=self.eos_ids or None,
-                        mesh=self.mesh, q_chunk=self.q_chunk, kv_chunk=self.kv_chunk)
-
-
-@dataclass
-class HFGenerator:
-    """Any local transformers causal LM (a folder, or `package:DIST/model.gguf` as for the QA
-    pipeline), greedy, on CPU unless `device` says otherwise; remote code is never run."""
-
-    path: str
-    device: str = "cpu"
-    dtype: str = "float32"
-    eos_ids: tuple[int, ...] = ()
-    name: str = ""
-
-    def __post_init__(self) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM
-
-        from curation.hf_models import resolve_generator
-
-        self.folder, gguf = resolve_generator(self.path)
-        kwargs = {"gguf_file": gguf} if gguf else {}
-        self.model = AutoModelForCausalLM.from_pretrained(self.folder, dtype=getattr(torch, self.dtype),
-                                                          trust_remote_code=False, **kwargs).to(self.device).eval()
-        self.name = self.name or Path(self.path).name
-        if not self.eos_ids:
-            eos = self.model.generation_config.eos_token_id
-            self.eos_ids = tuple(eos if isinstance(eos, list) else [] if eos is None else [eos])
-
-    def generate(self, prompt_ids: Sequence[int], max_new_tokens: int) -> list[int]:
-        import torch
-
-        ids = torch.tensor([list(prompt_ids)], device=self.device)
-        with torch.no_grad():
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                      do_sample=False, eos_token_id=list(self.eos_ids) or None,
-                                      pad_token_id=self.eos_ids[0] if self.eos_ids else 0)
-        return out[0, ids.shape[1]:].tolist()
-
-
-# ----------------------------------------------------------------------------------------------
 # The grid and its outputs
 # ----------------------------------------------------------------------------------------------
 
@@ -533,25 +317,31 @@ class NiahRecord:
 def run_grid(generator: Generator, tokenizer: NiahTokenizer, haystack: Haystack, lengths: Sequence[int],
              depths: Sequence[float], *, needles: int = 1, ask: int = 1, samples: int = 1, seed: int = 0,
              scoring: str = "contains", max_new_tokens: int | None = None,
-             frame: PromptFrame | None = None, fmt: str = "longctx") -> Iterator[NiahRecord]:
-    """One record per (length, depth, sample), lengths outermost (so a model compiles each length once)."""
+             frame: PromptFrame | None = None, fmt: str = "longctx", batch_size: int = 1) -> Iterator[NiahRecord]:
+    """One record per (length, depth, sample), lengths outermost (so a model compiles each length
+    once); the samples of a cell go to the model `batch_size` at a time (a record's `seconds` is its
+    batch's wall time over its rows)."""
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
     frame = frame or PromptFrame.for_tokenizer(tokenizer, fmt)
     ends_sentence = period_test(tokenizer) if fmt == "lwm" else None
     max_new_tokens = max_new_tokens or 16 + 12 * ask  # 7 digits (a token each here) and a few words per value
     for length in lengths:
         for depth in depths:
-            for sample in range(samples):
-                case = build_case(tokenizer, frame, haystack, length, depth, needles=needles, ask=ask,
-                                  sample=sample, seed=seed, fmt=fmt, ends_sentence=ends_sentence)
+            for first in range(0, samples, batch_size):
+                cases = [build_case(tokenizer, frame, haystack, length, depth, needles=needles, ask=ask, sample=sample,
+                                    seed=seed, fmt=fmt, ends_sentence=ends_sentence)
+                         for sample in range(first, min(first + batch_size, samples))]
                 start = time.perf_counter()
-                answer_ids = generator.generate(case.prompt_ids, max_new_tokens)
-                seconds = time.perf_counter() - start
-                answer = tokenizer.decode(answer_ids).strip()
-                yield NiahRecord(generator.name, length, depth, sample, needles, ask, scoring,
-                                 score_answer(answer, case.expected, scoring), case.expected, answer, case.positions,
-                                 round(seconds, 3), fmt)
+                answers = generate_all(generator, [case.prompt_ids for case in cases], max_new_tokens)
+                seconds = (time.perf_counter() - start) / len(cases)
+                for case, answer_ids in zip(cases, answers):
+                    answer = tokenizer.decode(answer_ids).strip()
+                    yield NiahRecord(generator.name, length, depth, case.sample, needles, ask, scoring,
+                                     score_answer(answer, case.expected, scoring), case.expected, answer,
+                                     case.positions, round(seconds, 3), fmt)
 
 
 CSV_COLUMNS = ("model", "format", "length", "depth", "sample", "needles", "ask", "scoring", "score", "expected", "answer",
@@ -598,27 +388,16 @@ def score_grid(records: Sequence[NiahRecord]) -> tuple[list[int], list[float], n
 # ----------------------------------------------------------------------------------------------
 
 
-def parse_length(text: str) -> int:
-    """`4096`, `4k` (= 4096), `1m` (= 1048576)."""
-    text = text.strip().lower()
-    scale = {"k": 1 << 10, "m": 1 << 20}.get(text[-1:], 1)
-    number = text[:-1] if scale > 1 else text
-    value = float(number) * scale
-    if value < 1 or value != int(value):
-        raise ValueError(f"bad context length {text!r}")
-    return int(value)
-
-
 def parse_lengths(spec: str) -> list[int]:
     """`1k,2k,4k`, or `1k..32k:8` for 8 lengths log-spaced from 1K to 32K (both ends included)."""
     if ".." in spec:
         span, _, count = spec.partition(":")
         low, _, high = span.partition("..")
-        lo, hi, n = parse_length(low), parse_length(high), int(count or 2)
+        lo, hi, n = parse_count(low, minimum=1), parse_count(high, minimum=1), int(count or 2)
         if n < 2 or lo >= hi:
             raise ValueError(f"bad length range {spec!r}: want LOW..HIGH:N with LOW < HIGH and N >= 2")
         return sorted({round(v) for v in np.geomspace(lo, hi, n)})
-    return sorted({parse_length(p) for p in spec.split(",") if p.strip()})
+    return sorted({parse_count(p, minimum=1) for p in spec.split(",") if p.strip()})
 
 
 def parse_depths(spec: str) -> list[float]:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.progress import progress_line
-from evals.model_cli import add_model_arguments, model_name
+from evals.model_cli import add_model_arguments, load_generator, model_name
 
 SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
 
@@ -47,38 +47,16 @@ def add_niah_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_niah(args: argparse.Namespace, console: Console) -> int:
     from evals import niah
+    from evals.haystack import load_haystack
     from evals.niah_plot import length_label, plot_heatmap
 
     lengths, depths = niah.parse_lengths(args.lengths), niah.parse_depths(args.depths)
     name = model_name(args)
+    tokenizer, generator = load_generator(args, name, max(lengths), lambda text: console.print(f"[yellow]note: {text}[/]"))
     if getattr(args, "endpoint", None):
-        from evals.model_cli import endpoint_generator
-
-        tokenizer, generator = endpoint_generator(args, name)
         name = generator.name
-    elif args.hf_model:
-        from curation.hf_models import resolve_generator
-
-        folder, _ = resolve_generator(args.hf_model)
-        tokenizer = niah.load_niah_tokenizer(args.tokenizer or folder)
-        generator = niah.HFGenerator(args.hf_model, device=args.device, name=name)
-        generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
-    else:
-        spec = args.tokenizer or niah.folder_tokenizer(args.checkpoint)
-        if not spec:
-            raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with); only a Hugging Face "
-                             "model folder with its own tokenizer files can do without")
-        from training.checkpoint import load_any_params
-
-        tokenizer = niah.load_niah_tokenizer(spec)
-        config, params = load_any_params(args.checkpoint)
-        if max(lengths) > config.max_position_embeddings:
-            console.print(f"[yellow]note: lengths up to {max(lengths)} exceed the model's max_position_embeddings "
-                          f"({config.max_position_embeddings})[/]")
-        generator = niah.FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name,
-                                       q_chunk=args.chunk, kv_chunk=args.chunk)
     # Twice the longest context: room for the seeded offsets to pick different text per sample.
-    haystack = niah.load_haystack(args.haystack, tokenizer, max_tokens=2 * max(lengths))
+    haystack = load_haystack(args.haystack, tokenizer, max_tokens=2 * max(lengths))
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,7 +67,8 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
         start = time.monotonic()
         for record in niah.run_grid(generator, tokenizer, haystack, lengths, depths, needles=args.needles,
                                     ask=args.ask, samples=args.samples, seed=args.seed, scoring=args.scoring,
-                                    max_new_tokens=args.max_new_tokens, fmt=args.niah_format):
+                                    max_new_tokens=args.max_new_tokens, fmt=args.niah_format,
+                                    batch_size=args.batch_size):
             records.append(record)
             console.print(f"{length_label(record.length):>6} depth {record.depth:5.1f}% sample {record.sample}: "
                           f"score {record.score:.2f} ({record.seconds:.1f} s) expected {' '.join(record.expected)}, "

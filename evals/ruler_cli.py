@@ -4,8 +4,9 @@ Writes OUT/results.jsonl (one record per prompt, as it runs; cells already there
 rerun), OUT/summary.json and OUT/summary.csv (mean score in percent per task and length, the
 all-task average, the effective length), OUT/scores_by_length.png (score against length per task,
 the threshold dashed) and OUT/heatmap.png (tasks x lengths), and prints the table. Models load as for `longctx eval
-niah` (evals/niah.py): our JAX checkpoints, any local transformers causal LM, or an OpenAI-compatible
-completions server (`--endpoint URL`, evals/endpoint.py).
+niah` (evals/model_cli.py, evals/generators.py): our JAX checkpoints, any local transformers causal LM
+(both `--batch-size` prompts at a time), or an OpenAI-compatible completions server (`--endpoint URL`,
+evals/endpoint.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from rich.table import Table
 
 from curation.progress import progress_line
 from evals.haystack import SAMPLE_BOOKS
-from evals.model_cli import add_model_arguments, model_name
+from evals.model_cli import add_model_arguments, load_generator, model_name
 from evals.runner import DEFAULT_THRESHOLD
 from evals.tasks import TASK_NAMES
 
@@ -53,35 +54,6 @@ def _select_tasks(args: argparse.Namespace, console: Console) -> list[str]:
     return names
 
 
-def _load_model(args: argparse.Namespace, name: str, max_length: int, console: Console):
-    from evals import niah
-
-    if getattr(args, "endpoint", None):
-        from evals.model_cli import endpoint_generator
-
-        return endpoint_generator(args, name)
-    if args.hf_model:
-        from curation.hf_models import resolve_generator
-
-        folder, _ = resolve_generator(args.hf_model)
-        tokenizer = niah.load_niah_tokenizer(args.tokenizer or folder)
-        generator = niah.HFGenerator(args.hf_model, device=args.device, name=name)
-        generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
-        return tokenizer, generator
-    if not args.tokenizer:
-        raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with)")
-    from training.checkpoint import load_any_params
-
-    tokenizer = niah.load_niah_tokenizer(args.tokenizer)
-    config, params = load_any_params(args.checkpoint)
-    if max_length > config.max_position_embeddings:
-        console.print(f"[yellow]note: lengths up to {max_length} exceed the model's max_position_embeddings "
-                      f"({config.max_position_embeddings})[/]")
-    generator = niah.FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name,
-                                   q_chunk=args.chunk, kv_chunk=args.chunk)
-    return tokenizer, generator
-
-
 def run_ruler(args: argparse.Namespace, console: Console) -> int:
     from evals.common import PromptBuilder
     from evals.runner import GeneratorBackend, run_suite
@@ -98,7 +70,7 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     tasks = build_tasks(names, squad=args.squad, hotpotqa=args.hotpotqa, haystack=args.haystack,
                         book_words=max(400_000, 2 * max(lengths)))
     name = model_name(args)
-    tokenizer, generator = _load_model(args, name, max(lengths), console)
+    tokenizer, generator = load_generator(args, name, max(lengths), lambda text: console.print(f"[yellow]note: {text}[/]"))
     builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
     if getattr(args, "endpoint", None):
         from evals.endpoint import EndpointBackend
@@ -117,8 +89,8 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  {progress_line('scored', 'cells', done, total, elapsed_s)}", style="dim", highlight=False)
 
     summary = run_suite(backend, builder, tasks, lengths, args.samples, args.out, seed=args.seed,
-                        threshold=args.threshold, max_new_tokens=args.max_new_tokens, on_record=show,
-                        on_progress=progress)
+                        threshold=args.threshold, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
+                        on_record=show, on_progress=progress)
     console.print(summary_table(summary))
     effective = summary["effective_length"]
     console.print(f"{name}: effective length {effective if effective is not None else 'below the shortest length'} "

@@ -7,6 +7,10 @@ and length in percent (RULER's scale), the all-task average per length, and the 
 the longest length up to which the average stays at or above the threshold (default 85.6,
 Llama-2-7B's RULER average at 4K), or null when the shortest length already falls below it.
 OUT/summary.csv is the same table (tasks down, lengths across, an `average` row).
+
+Batching: the samples of one (length, task) cell group go to the model `batch_size` at a time
+when the backend decodes batches (`Backend.batch`; ours and transformers' do, greedy answers
+identical to one at a time); a record's `seconds` is then its batch's wall time over its rows.
 """
 
 from __future__ import annotations
@@ -32,12 +36,21 @@ class Backend(Protocol):
     def __call__(self, sample: Sample) -> str: ...
 
 
+def predict(backend: Backend, samples: Sequence[Sample]) -> list[str]:
+    """Predictions of samples that share an answer budget: one batch through the backend's `batch`
+    when it has one, else one call per sample."""
+    batch = getattr(backend, "batch", None)
+    if batch is not None and len(samples) > 1:
+        return batch(samples)
+    return [backend(sample) for sample in samples]
+
+
 @dataclass
 class GeneratorBackend:
-    """evals/niah.py's generators (our JAX checkpoints, transformers models): prompt ids in,
+    """evals/generators.py's models (our JAX checkpoints, transformers models): prompt ids in,
     greedy answer ids out, decoded with the model's tokenizer."""
 
-    generator: Any  # niah.Generator
+    generator: Any  # generators.Generator
     tokenizer: Any  # niah.NiahTokenizer
     name: str = ""
 
@@ -45,7 +58,17 @@ class GeneratorBackend:
         self.name = self.name or getattr(self.generator, "name", "model")
 
     def __call__(self, sample: Sample) -> str:
-        return self.tokenizer.decode(self.generator.generate(sample.prompt_ids, sample.max_new_tokens))
+        return self.batch([sample])[0]
+
+    def batch(self, samples: Sequence[Sample]) -> list[str]:
+        """Samples sharing one answer budget, decoded as one batch."""
+        from evals.generators import generate_all
+
+        budgets = {s.max_new_tokens for s in samples}
+        if len(budgets) != 1:
+            raise ValueError(f"a batch needs one answer budget, got {sorted(budgets)}")
+        answers = generate_all(self.generator, [s.prompt_ids for s in samples], budgets.pop())
+        return [self.tokenizer.decode(ids) for ids in answers]
 
 
 @dataclass
@@ -85,21 +108,39 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 def run_cells(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,
               seed: int = 0, *, done: set[tuple[str, int, int, int]] = frozenset(),
-              max_new_tokens: int | None = None) -> Iterator[dict[str, Any]]:
+              max_new_tokens: int | None = None, batch_size: int = 1) -> Iterator[dict[str, Any]]:
     """One record per (length, task, sample) not in `done`; lengths outermost, so a model compiles
-    or warms up each length once."""
-    for length, task, index in pending_cells(tasks, lengths, samples, seed, done):
-        sample = make_sample(task, builder, length, index, seed, max_new_tokens)
-        start = time.perf_counter()
-        prediction = backend(sample)
-        seconds = time.perf_counter() - start
-        yield {
-            "model": backend.name, "task": task.name, "length": length, "sample": index, "seed": seed,
-            "prompt_tokens": sample.prompt_tokens, "units": sample.units, "metric": sample.metric,
-            "references": sample.references, "prediction": prediction,
-            "score": score(prediction, sample.references, sample.metric),
-            "evidence_tokens": [e["token"] for e in sample.evidence], "seconds": round(seconds, 3),
-        }
+    or warms up each length once. Samples of one (length, task) go `batch_size` at a time."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    for group in cell_batches(pending_cells(tasks, lengths, samples, seed, done), batch_size):
+        built = [make_sample(task, builder, length, index, seed, max_new_tokens) for length, task, index in group]
+        # A task's samples share its answer budget; split anyway where one differs.
+        for budget in dict.fromkeys(s.max_new_tokens for s in built):
+            batch = [s for s in built if s.max_new_tokens == budget]
+            start = time.perf_counter()
+            predictions = predict(backend, batch)
+            seconds = (time.perf_counter() - start) / len(batch)
+            for sample, prediction in zip(batch, predictions):
+                yield {
+                    "model": backend.name, "task": sample.task, "length": sample.length, "sample": sample.index,
+                    "seed": seed, "prompt_tokens": sample.prompt_tokens, "units": sample.units,
+                    "metric": sample.metric, "references": sample.references, "prediction": prediction,
+                    "score": score(prediction, sample.references, sample.metric),
+                    "evidence_tokens": [e["token"] for e in sample.evidence], "seconds": round(seconds, 3),
+                }
+
+
+def cell_batches(cells: Sequence[tuple[int, Task, int]], batch_size: int) -> list[list[tuple[int, Task, int]]]:
+    """Consecutive cells of one (length, task), at most `batch_size` per batch, in order."""
+    batches: list[list[tuple[int, Task, int]]] = []
+    for cell in cells:
+        last = batches[-1] if batches else None
+        if last and len(last) < batch_size and (last[0][0], last[0][1].name) == (cell[0], cell[1].name):
+            last.append(cell)
+        else:
+            batches.append([cell])
+    return batches
 
 
 def pending_cells(tasks: Sequence[Task], lengths: Sequence[int], samples: int, seed: int,
@@ -157,7 +198,7 @@ def write_summary(summary: dict[str, Any], out: str | Path) -> tuple[Path, Path]
 
 def run_suite(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,
               out: str | Path, *, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
-              max_new_tokens: int | None = None,
+              max_new_tokens: int | None = None, batch_size: int = 1,
               on_record: Callable[[dict[str, Any]], None] | None = None,
               on_progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
     """Run the missing cells into OUT/results.jsonl, then write OUT/summary.json and summary.csv.
@@ -173,7 +214,7 @@ def run_suite(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], l
     start = time.monotonic()
     with open(results, "a", encoding="utf-8") as fh:
         for count, record in enumerate(run_cells(backend, builder, tasks, lengths, samples, seed, done=done,
-                                                 max_new_tokens=max_new_tokens), 1):
+                                                 max_new_tokens=max_new_tokens, batch_size=batch_size), 1):
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()  # a long run's records reach the disk as they come
             records.append(record)

@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from curation.units import parse_count
 from evals.haystack import SAMPLE_BOOKS
 
 DEFAULT_RULER_TASKS = "niah_single_1,niah_single_2,niah_multikey_2,niah_multivalue,niah_multiquery,vt,cwe,fwe"
@@ -60,6 +61,7 @@ class EvalSection(BaseModel):
     seed: int = 0
     sp: int = Field(1, ge=1, description="sequence-parallel devices for prefill and loss")
     chunk: int = Field(512, ge=1, description="ring attention query/key chunk")
+    batch_size: int = Field(8, ge=1, description="prompts decoded together (greedy answers as one at a time)")
     ruler: RulerSection | None = Field(default_factory=RulerSection)
     niah: NiahSection | None = Field(default_factory=NiahSection)
     loss_by_position: LossSection | None = Field(default_factory=LossSection)
@@ -67,10 +69,8 @@ class EvalSection(BaseModel):
 
 def stage_lengths(seq_len: int, lengths: list[int | str] | None) -> list[int]:
     """The lengths a stage of `seq_len` is evaluated at (see module docstring)."""
-    from evals.niah import parse_length
-
     if lengths:
-        chosen = sorted({parse_length(str(n)) for n in lengths if parse_length(str(n)) <= seq_len})
+        chosen = sorted({n for n in (parse_count(str(x), minimum=1) for x in lengths) if n <= seq_len})
         if not chosen:
             raise ValueError(f"eval lengths {lengths} are all longer than the stage's {seq_len} tokens")
         return chosen
@@ -93,7 +93,10 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
     """Run the section's evaluations on a finished stage (`stage_config`: its TrainConfig) and
     return (and write to STAGE_OUT/eval/summary.json) their headline numbers."""
     from evals import niah
+    from evals.generators import load_niah_tokenizer
+    from evals.haystack import load_haystack
     from evals.common import PromptBuilder
+    from evals.generators import FlaxGenerator
     from evals.loss_by_position import loss_by_position, write_outputs
     from evals.runner import GeneratorBackend, run_suite
     from evals.tasks import build_tasks, parse_tasks
@@ -124,16 +127,17 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
         say(f"stage {name}: loss by position written ({result['tokens']} targets, mean {result['loss']:.4f})")
 
     if section.ruler is not None or section.niah is not None:
-        tokenizer = niah.load_niah_tokenizer(_stage_tokenizer(stage_config.data, section))
-        generator = niah.FlaxGenerator(config, params, tokenizer.eos_ids, sp=section.sp, name=name,
-                                       q_chunk=section.chunk, kv_chunk=section.chunk)
+        tokenizer = load_niah_tokenizer(_stage_tokenizer(stage_config.data, section))
+        generator = FlaxGenerator(config, params, tokenizer.eos_ids, sp=section.sp, name=name,
+                                  q_chunk=section.chunk, kv_chunk=section.chunk)
         if section.ruler is not None:
             rs = section.ruler
             tasks = build_tasks(parse_tasks(rs.tasks), haystack=section.haystack,
                                 book_words=max(400_000, 2 * max(lengths)))
             builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
             ruler = run_suite(GeneratorBackend(generator, tokenizer, name), builder, tasks, lengths, rs.samples,
-                              out / "ruler", seed=section.seed, threshold=rs.threshold, max_new_tokens=rs.max_new_tokens)
+                              out / "ruler", seed=section.seed, threshold=rs.threshold, max_new_tokens=rs.max_new_tokens,
+                              batch_size=section.batch_size)
             from evals.plots import write_ruler_plots
 
             write_ruler_plots(ruler, out / "ruler")  # as `eval ruler` does: scores by length, heatmap
@@ -142,10 +146,10 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
             say(f"stage {name}: RULER effective length {ruler['effective_length']}")
         if section.niah is not None:
             ns = section.niah
-            haystack = niah.load_haystack(section.haystack, tokenizer, max_tokens=2 * max(lengths))
+            haystack = load_haystack(section.haystack, tokenizer, max_tokens=2 * max(lengths))
             records = list(niah.run_grid(generator, tokenizer, haystack, lengths, niah.parse_depths(ns.depths),
                                          needles=ns.needles, ask=ns.ask, samples=ns.samples, seed=section.seed,
-                                         fmt=ns.format))
+                                         fmt=ns.format, batch_size=section.batch_size))
             (out / "niah").mkdir(parents=True, exist_ok=True)
             niah.write_jsonl(records, out / "niah" / "results.jsonl")
             niah.write_csv(records, out / "niah" / "results.csv")

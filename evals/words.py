@@ -142,7 +142,7 @@ def wonderwords_words() -> list[str]:
 
 def book_words(source: str | Path = SAMPLE_BOOKS, min_count: int = 3) -> list[str]:
     """Word types of the books: lower-case runs of 3-14 letters seen at least `min_count` times."""
-    from evals.niah import read_texts
+    from evals.haystack import read_texts
 
     counts: Counter[str] = Counter()
     for text in read_texts(str(source)):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from evals import niah
+from evals.generators import NiahTokenizer, load_niah_tokenizer
 from evals.aggregation import COMMON, build_cwe, cwe_task
 from evals.common import PromptBuilder, make_sample, task_seeds
 from evals.words import default_source, substring_free, vocabulary
@@ -20,8 +21,8 @@ SOURCES = ["books", "bundled"] + (["wonderwords"] if importlib.util.find_spec("w
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> niah.NiahTokenizer:
-    return niah.load_niah_tokenizer(DEMO_TOKENIZER)
+def tokenizer() -> NiahTokenizer:
+    return load_niah_tokenizer(DEMO_TOKENIZER)
 
 
 def test_substring_free():

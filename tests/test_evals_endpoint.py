@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from rich.console import Console
 
-from evals import niah
 from evals.endpoint import EndpointClient, api_url, completion_request, parse_completion, parse_models
+from evals.generators import load_niah_tokenizer
 from evals.niah_cli import add_niah_arguments, run_niah
 from evals.runner import read_results
 from evals.ruler_cli import add_ruler_arguments, run_ruler
@@ -116,7 +116,7 @@ def ruler_args(argv):
 
 
 def test_eval_ruler_through_endpoint(tmp_path, monkeypatch):
-    tokenizer = niah.load_niah_tokenizer(DEMO_TOKENIZER)
+    tokenizer = load_niah_tokenizer(DEMO_TOKENIZER)
     tasks = ("niah_single_1", "niah_multikey_2", "vt", "fwe")
 
     current = [""]  # the task being run: the stub applies its oracle

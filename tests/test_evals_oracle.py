@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from evals import niah
+from evals.generators import load_niah_tokenizer
 from evals.common import PromptBuilder, make_sample, score
 from evals.haystack import BookWords
 from evals.runner import TextBackend, run_suite
@@ -98,7 +99,7 @@ def oracle(task: str, body: str) -> str:
 
 @pytest.fixture(scope="module")
 def builder() -> PromptBuilder:
-    tokenizer = niah.load_niah_tokenizer(DEMO_TOKENIZER)
+    tokenizer = load_niah_tokenizer(DEMO_TOKENIZER)
     return PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from evals import niah
+from evals.generators import load_niah_tokenizer
 from evals.common import PromptBuilder
 from evals.loss_by_position import write_outputs
 from evals.plots import plot_task_heatmap, score_rows, write_ruler_plots
@@ -42,7 +43,7 @@ def png(path) -> np.ndarray:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Two ruler folders: the oracle (100 everywhere) and a model that always says the noise sentence."""
-    tokenizer = niah.load_niah_tokenizer(DEMO_TOKENIZER)
+    tokenizer = load_niah_tokenizer(DEMO_TOKENIZER)
     builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
     tasks = build_tasks(list(TASKS))
     root = tmp_path_factory.mktemp("runs")

@@ -12,6 +12,7 @@ import pytest
 from rich.console import Console
 
 from evals import niah, qa
+from evals.generators import NiahTokenizer, load_niah_tokenizer
 from evals.common import PromptBuilder, make_sample, score, task_seeds
 from evals.haystack import BookWords
 from evals.runner import effective_length, read_results, summarize
@@ -24,8 +25,8 @@ SYNTHETIC = [n for n in TASK_NAMES if not n.startswith("qa_")]
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> niah.NiahTokenizer:
-    return niah.load_niah_tokenizer(DEMO_TOKENIZER)
+def tokenizer() -> NiahTokenizer:
+    return load_niah_tokenizer(DEMO_TOKENIZER)
 
 
 @pytest.fixture(scope="module")

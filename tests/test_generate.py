@@ -112,13 +112,13 @@ def test_cache_stays_sharded_over_sp():
     length = buffer_length(len(PROMPT) + NEW - 1, 4, 4)  # the buffer of the sp=4 test above: compiled already
     buffer = jax.device_put(jnp.zeros((1, length), jnp.int32), batch_sharding(mesh))
     args = (jax.random.key(0), jnp.float32(0))
-    (token, _), cache = prefill(params, buffer, jnp.zeros_like(buffer), 10, *args)
+    (token, _), cache = prefill(params, buffer, jnp.zeros_like(buffer), jnp.array([10]), *args)
     k = cache["layers_0"]["self_attn"]["k"]
     assert k.shape == (1, length, 2, 16)
     assert {shard.data.shape for shard in k.addressable_shards} == {(1, length // 4, 2, 16)}
-    text_only = jnp.int32(0)
-    assert "all-gather" not in step.lower(params, cache, token, text_only, jnp.int32(11), *args).compile().as_text()
-    _, cache = step(params, cache, token, text_only, jnp.int32(11), *args)
+    text_only, position = jnp.zeros(1, jnp.int32), jnp.array([11], jnp.int32)
+    assert "all-gather" not in step.lower(params, cache, token, text_only, position, *args).compile().as_text()
+    _, cache = step(params, cache, token, text_only, position, *args)
     assert cache["layers_0"]["self_attn"]["k"].sharding.spec[1] == "sp"
 
 

@@ -15,6 +15,9 @@ from curation.packing import RowArrays
 from curation.shards import write_shard
 from curation.tokenize import load_tokenizer
 from evals import niah
+from evals.generators import NiahTokenizer, load_niah_tokenizer
+from evals.haystack import Haystack, load_haystack, read_texts
+from evals.generators import FlaxGenerator, HFGenerator
 from longctx.cli import main
 from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS
 from tests.test_generate import random_params
@@ -27,14 +30,14 @@ TOY = ModelConfig(vocab_size=32000, num_layers=2, hidden_size=64, intermediate_s
 
 
 @pytest.fixture(scope="module")
-def tokenizer() -> niah.NiahTokenizer:
-    return niah.load_niah_tokenizer(DEMO_TOKENIZER)
+def tokenizer() -> NiahTokenizer:
+    return load_niah_tokenizer(DEMO_TOKENIZER)
 
 
 @pytest.fixture(scope="module")
-def haystack(tokenizer, sample_books) -> niah.Haystack:
+def haystack(tokenizer, sample_books) -> Haystack:
     # Two real novels' openings, tokenized once (the harness cycles through them as needed).
-    return niah.Haystack.from_texts([b["text"][:30_000] for b in sample_books[:2]], tokenizer)
+    return Haystack.from_texts([b["text"][:30_000] for b in sample_books[:2]], tokenizer)
 
 
 @functools.lru_cache(maxsize=None)
@@ -48,7 +51,7 @@ class Oracle:
 
     name = "oracle"
 
-    def __init__(self, tokenizer: niah.NiahTokenizer):
+    def __init__(self, tokenizer: NiahTokenizer):
         self.tokenizer = tokenizer
 
     def generate(self, prompt_ids, max_new_tokens):
@@ -129,7 +132,7 @@ class LwmOracle:
 
     name = "lwm-oracle"
 
-    def __init__(self, tokenizer: niah.NiahTokenizer):
+    def __init__(self, tokenizer: NiahTokenizer):
         self.tokenizer = tokenizer
 
     def generate(self, prompt_ids, max_new_tokens):
@@ -206,14 +209,14 @@ def test_lwm_oracle_scores_one_with_default_scoring(tokenizer, haystack):
 
 def test_haystack_sources_and_cycling(tokenizer, sample_books, tmp_path):
     # Book files as `longctx books` reads them, stopping once enough tokens are there.
-    books = niah.load_haystack(str(SAMPLE_BOOKS), tokenizer, max_tokens=5000)
+    books = load_haystack(str(SAMPLE_BOOKS), tokenizer, max_tokens=5000)
     assert len(books.tokens) >= 5000
     assert sample_books[0]["text"].startswith(tokenizer.decode(books.tokens[:50].tolist()))  # the first book first
     # A context longer than the text cycles through it.
-    short = niah.Haystack(np.arange(10, dtype=np.int32))
+    short = Haystack(np.arange(10, dtype=np.int32))
     assert short.window(7, 25).tolist() == [7, 8, 9] + list(range(10)) * 2 + [0, 1]
     frame = niah.PromptFrame.for_tokenizer(tokenizer)
-    case = niah.build_case(tokenizer, frame, niah.Haystack.from_texts(["It was a dark night."], tokenizer), 400, 50)
+    case = niah.build_case(tokenizer, frame, Haystack.from_texts(["It was a dark night."], tokenizer), 400, 50)
     assert len(case.prompt_ids) == 400
     with pytest.raises(ValueError, match="shorter than the prompt frame"):
         niah.build_case(tokenizer, frame, books, 40, 50)
@@ -225,7 +228,7 @@ def test_haystack_sources_and_cycling(tokenizer, sample_books, tmp_path):
         rows.input_ids[r, : len(doc)], rows.segment_ids[r, : len(doc)] = doc, 1
     _, info = load_tokenizer(DEMO_TOKENIZER)
     write_shard(str(tmp_path / "books"), "s512", 0, 1, rows, {"tokenizer": info.as_metadata()})
-    from_shards = niah.load_haystack(str(tmp_path / "books" / "s512"), tokenizer)
+    from_shards = load_haystack(str(tmp_path / "books" / "s512"), tokenizer)
     assert from_shards.tokens.tolist() == ids[:800]
 
 
@@ -276,7 +279,7 @@ def test_oracle_scores_one(tokenizer, haystack, needles, ask):
 def test_random_flax_model_scores_zero(tokenizer, haystack):
     """Our JAX path end to end (ring-attention prefill over sp=2, KV-cache decoding): a random model
     answers with random tokens, never the number."""
-    generator = niah.FlaxGenerator(TOY, toy_params(), tokenizer.eos_ids, sp=2, name="random-toy")
+    generator = FlaxGenerator(TOY, toy_params(), tokenizer.eos_ids, sp=2, name="random-toy")
     records = list(niah.run_grid(generator, tokenizer, haystack, [256], [0, 100], samples=2))
     assert len(records) == 4 and all(r.model == "random-toy" for r in records)
     assert all(r.score == 0.0 for r in records)
@@ -289,12 +292,12 @@ def test_hf_model_finds_the_needle():
     from curation.hf_models import resolve_generator
 
     folder, _ = resolve_generator(SMOLLM2)  # dequantised once into $LONGCTX_CACHE, shared with test_qa_transformers
-    tok = niah.load_niah_tokenizer(folder)
+    tok = load_niah_tokenizer(folder)
     assert tok.chat is not None and tok.encode("<|im_end|>")[0] in tok.eos_ids
     frame = niah.PromptFrame.for_tokenizer(tok)
     assert tok.decode(list(frame.head)) != "" and "assistant" in frame.tail
-    generator = niah.HFGenerator(SMOLLM2, eos_ids=tok.eos_ids, name="SmolLM2-135M-Instruct")
-    hay = niah.Haystack.from_texts([next(niah.read_texts(str(SAMPLE_BOOKS)))[:20_000]], tok)
+    generator = HFGenerator(SMOLLM2, eos_ids=tok.eos_ids, name="SmolLM2-135M-Instruct")
+    hay = Haystack.from_texts([next(read_texts(str(SAMPLE_BOOKS)))[:20_000]], tok)
     # One short prompt: a forward pass of this 135M model takes seconds per few hundred tokens on 2 CPUs.
     (record,) = niah.run_grid(generator, tok, hay, [256], [50], max_new_tokens=24)
     # Measured: it answers "The special magic number for X mentioned in the provided text is NNNNNNN."

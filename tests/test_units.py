@@ -42,16 +42,16 @@ def test_stage_specs_parse_lengths_through_the_one_parser():
     assert (stage.length, stage.min_tokens, stage.max_tokens) == (4096, 0, 20480)
 
 
-# What evals/niah.py's own parse_length gives for context lengths (its tests' inputs among them), so
-# parse_count(text, minimum=1) can replace it: fractions that come out whole, nothing below 1 token.
+# Context lengths as the evaluations read them (parse_count(text, minimum=1)): fractions that come
+# out whole, nothing below 1 token.
 @pytest.mark.parametrize("text, want", [("4096", 4096), ("4k", 4096), ("1M", 1 << 20), ("1.5k", 1536),
                                         ("1000", 1000), (" 2k", 2048), ("0.25m", 1 << 18)])
-def test_parse_count_reads_context_lengths_as_niah_did(text, want):
+def test_parse_count_reads_context_lengths(text, want):
     assert parse_count(text, minimum=1) == want
 
 
 @pytest.mark.parametrize("text", ["0", "1.1k", "-4k", "k", "abc", "1/2k"])
-def test_parse_count_refuses_context_lengths_niah_refused(text):
+def test_parse_count_refuses_bad_context_lengths(text):
     with pytest.raises(ValueError, match="bad count"):
         parse_count(text, minimum=1)
 

@@ -1,13 +1,15 @@
 """Greedy (or sampled) decoding from a params checkpoint, with a KV cache, for `longctx generate`
-and the needle-in-a-haystack evaluation (evals/niah.py).
+and the evaluations (evals/generators.py), one prompt or a batch of prompts of different lengths.
 
-Two compiled programs per model and buffer size:
-- prefill: one forward pass over a fixed buffer (the prompt, then room for the new tokens) that
-  fills every layer's KV cache (`Attention._cached_attention`) and picks the first new token from
-  the last prompt position. Only that position's logits are computed: at 32K tokens the full
-  [seq, vocab] logits would be gigabytes. Causal attention keeps the padding after the prompt
-  invisible to it.
-- step: one token in, its keys/values written at its position, the next token out.
+Two compiled programs per model, batch size and buffer size:
+- prefill: one forward pass over a fixed buffer [batch, L] (each prompt from position 0, then room
+  for the new tokens: rows are padded on the right) that fills every layer's KV cache
+  (`Attention._cached_attention`) and picks each row's first new token from its last prompt
+  position. Only those positions' logits are computed: at 32K tokens the full [seq, vocab] logits
+  would be gigabytes. Causal attention keeps the padding after a prompt invisible to it.
+- step: one token per row in, its keys/values written at that row's own position (rows of
+  different prompt lengths decode at different positions), the next token per row out.
+Greedy answers of a batch are each row's answer alone (tests/test_batched_decode.py).
 
 Long prompts: pass a `mesh` with an `sp` axis (training/mesh.py). The prefill then runs ring
 attention over `sp` with the buffer sharded along the sequence, exactly as training does, and the
@@ -30,17 +32,18 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from curation.vision_layout import CODES_PER_FRAME
-from training.mesh import BATCH_AXES, batch_sharding
+from training.mesh import BATCH_AXES, batch_sharding, data_parallel_size
 from training.model import LlamaModel, ModelConfig, output_kernel, param_partition_specs, vision_output_kernel
 from training.vision import model_vision_vocab
 from training.ring_attention import ring_attention_sharded
 
 
 def _pick(logits: jax.Array, key: jax.Array, temperature: jax.Array) -> jax.Array:
-    """Greedy at temperature 0, else a sample; temperature is traced, so one program serves both."""
+    """Greedy at temperature 0, else a sample, per row of logits [..., vocab]; temperature is
+    traced, so one program serves both."""
     logits = logits.astype(jnp.float32)
     sample = jax.random.categorical(key, logits / jnp.maximum(temperature, 1e-6))
-    return jnp.where(temperature > 0, sample, jnp.argmax(logits))
+    return jnp.where(temperature > 0, sample, jnp.argmax(logits, axis=-1))
 
 
 def buffer_length(total: int, sp: int | None = None, chunk: int = 512) -> int:
@@ -57,11 +60,13 @@ def buffer_length(total: int, sp: int | None = None, chunk: int = 512) -> int:
 
 @functools.lru_cache(maxsize=16)
 def decoding_programs(config: ModelConfig, mesh: Mesh | None, q_chunk: int, kv_chunk: int):
-    """(prefill, step), jitted once per model/mesh; jax.jit recompiles per buffer size by itself.
+    """(prefill, step), jitted once per model/mesh; jax.jit recompiles per batch and buffer size by itself.
 
-    prefill(params, buffer [1, L], vision_buffer [1, L], last, key, temperature) -> ((text, vision) picks, cache);
-    step(params, cache, token, token_is_vision, position, key, temperature) -> ((text, vision) picks, cache).
-    With a mesh the cache is sharded over sp along the sequence.
+    prefill(params, buffer [B, L], vision_buffer [B, L], last [B], key, temperature) -> ((text [B], vision [B]) picks, cache);
+    step(params, cache, tokens [B], tokens_are_vision [B], positions [B], key, temperature) -> ((text, vision) picks, cache).
+    Each row of the buffer holds one prompt from position 0, padded on the right; `last` is each
+    row's last prompt index and `positions` each row's own decoding position. With a mesh the
+    cache is sharded over sp along the sequence.
     """
     model = LlamaModel(config.with_(remat="none"))  # no backward pass here: nothing to rematerialise
     attention_fn, cache_sharding = None, None  # without a mesh: the model's dense attention, one device
@@ -76,9 +81,9 @@ def decoding_programs(config: ModelConfig, mesh: Mesh | None, q_chunk: int, kv_c
     vocab = model_vision_vocab(config)
 
     def picks(params, h, key, temperature):
-        """(next text token, next vision token) from hidden states [hidden]: the caller knows which
-        modality comes next. A vision pick is always a VQGAN code (never <eof>/<eov>: the caller
-        places those), as an id of the vocabulary the model embeds it with."""
+        """(next text tokens, next vision tokens) [B] from hidden states [B, hidden]: the caller knows
+        which modality comes next. A vision pick is always a VQGAN code (never <eof>/<eov>: the
+        caller places those), as an id of the vocabulary the model embeds it with."""
         h = h.astype(jnp.float32)
         text_logits = h @ output_kernel(config, params).astype(jnp.float32)
         text = _pick(text_logits, key, temperature)
@@ -91,16 +96,18 @@ def decoding_programs(config: ModelConfig, mesh: Mesh | None, q_chunk: int, kv_c
         return text, _pick(jnp.where(is_code, vision_logits, -jnp.inf), key, temperature)
 
     def prefill(params, buffer, vision_buffer, last, key, temperature):
-        positions = jnp.arange(buffer.shape[1], dtype=jnp.int32)[None]
+        # Every row counts its positions from 0; causal attention keeps each row's right padding
+        # invisible to its prompt, so rows of different lengths share one buffer.
+        positions = jnp.broadcast_to(jnp.arange(buffer.shape[1], dtype=jnp.int32), buffer.shape)
         hidden, variables = model.apply({"params": params}, buffer, positions, None, vision_buffer, attention_fn=attention_fn,
                                         return_hidden=True, mutable=["cache"])
-        h = jax.lax.dynamic_index_in_dim(hidden[0], last, keepdims=False)
+        h = hidden[jnp.arange(buffer.shape[0]), last]  # [B, hidden]: each row's last prompt token
         return picks(params, h, key, temperature), variables["cache"]
 
-    def step(params, cache, token, token_is_vision, position, key, temperature):
-        hidden, variables = model.apply({"params": params, "cache": cache}, token[None, None], position[None, None],
-                                        None, token_is_vision[None, None], return_hidden=True, mutable=["cache"])
-        return picks(params, hidden[0, -1], key, temperature), variables["cache"]
+    def step(params, cache, tokens, tokens_are_vision, positions, key, temperature):
+        hidden, variables = model.apply({"params": params, "cache": cache}, tokens[:, None], positions[:, None],
+                                        None, tokens_are_vision[:, None], return_hidden=True, mutable=["cache"])
+        return picks(params, hidden[:, -1], key, temperature), variables["cache"]
 
     out = None if cache_sharding is None else (None, cache_sharding)
     # The step donates the old cache: decoding then updates it in place instead of copying it.
@@ -114,22 +121,36 @@ def place_params(params: Any, mesh: Mesh) -> Any:
 
 
 class _Decoder:
-    """One generation: the prompt prefilled into the KV cache, then one token in, one pick out."""
+    """One batch of generations: the prompts prefilled into the KV cache (one row each, padded on
+    the right), then one token per row in, one pick per row out, each row at its own position."""
 
-    def __init__(self, config: ModelConfig, params: Any, prompt_ids: Sequence[int], prompt_vision_mask: Sequence[int] | None,
-                 new_tokens: int, temperature: float, seed: int, mesh: Mesh | None, q_chunk: int, kv_chunk: int):
-        if not prompt_ids:
+    def __init__(self, config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
+                 vision_masks: Sequence[Sequence[int] | None] | None, new_tokens: int, temperature: float, seed: int,
+                 mesh: Mesh | None, q_chunk: int, kv_chunk: int):
+        if not prompts:
+            raise ValueError("generation needs at least one prompt")
+        if any(len(p) == 0 for p in prompts):
             raise ValueError("generation needs at least one prompt token")
-        if prompt_vision_mask is not None and len(prompt_vision_mask) != len(prompt_ids):
-            raise ValueError(f"prompt_vision_mask has {len(prompt_vision_mask)} entries for {len(prompt_ids)} prompt ids")
-        n = len(prompt_ids)
+        masks = list(vision_masks) if vision_masks is not None else [None] * len(prompts)
+        for ids, mask in zip(prompts, masks):
+            if mask is not None and len(mask) != len(ids):
+                raise ValueError(f"prompt_vision_mask has {len(mask)} entries for {len(ids)} prompt ids")
+        self.rows = len(prompts)
+        lengths = np.array([len(p) for p in prompts], np.int32)
         sp = None if mesh is None else mesh.shape["sp"]
-        # The last new token is never fed back, so the cache needs n + new_tokens - 1 slots.
-        length = buffer_length(n + new_tokens - 1, sp, math.lcm(q_chunk, kv_chunk))
-        buffer, vision = np.zeros((1, length), np.int32), np.zeros((1, length), np.int32)
-        buffer[0, :n] = prompt_ids
-        if prompt_vision_mask is not None:
-            vision[0, :n] = prompt_vision_mask
+        # The last new token is never fed back, so the cache needs n + new_tokens - 1 slots per row.
+        length = buffer_length(int(lengths.max()) + new_tokens - 1, sp, math.lcm(q_chunk, kv_chunk))
+        # Under a mesh the batch is split over dp x fsdp: filler rows (a copy of the first prompt)
+        # make it divisible; their picks are never read.
+        width = 1 if mesh is None else data_parallel_size(mesh)
+        batch = -(-self.rows // width) * width
+        buffer, vision = np.zeros((batch, length), np.int32), np.zeros((batch, length), np.int32)
+        lengths = np.concatenate([lengths, np.full(batch - self.rows, lengths[0], np.int32)])
+        for row in range(batch):
+            source = row if row < self.rows else 0
+            buffer[row, : lengths[row]] = prompts[source]
+            if masks[source] is not None:
+                vision[row, : lengths[row]] = masks[source]
         prefill, self._step = decoding_programs(config, mesh, q_chunk, kv_chunk)
         self.temperature = jnp.float32(temperature)
         buffer, vision = jnp.asarray(buffer), jnp.asarray(vision)
@@ -138,46 +159,79 @@ class _Decoder:
             if not all(isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == mesh
                        for x in jax.tree.leaves(params)):
                 params = place_params(params, mesh)
-        self.params, self.position = params, n
+        self.params, self.positions = params, lengths  # each row's next position: its prompt length, then +1 per step
         self.key = jax.random.key(seed)
         self.key, sub = jax.random.split(self.key)  # the same key sequence as one split per step from the seed
         # Under the mesh the model's activation sharding constraints apply (as in training).
         with contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh):
-            self.picks, self.cache = prefill(params, buffer, vision, n - 1, sub, self.temperature)
+            self.picks, self.cache = prefill(params, buffer, vision, jnp.asarray(lengths - 1), sub, self.temperature)
 
-    def text(self) -> int:
-        return int(self.picks[0])
+    def text(self) -> list[int]:
+        """Each prompt's next text token."""
+        return np.asarray(self.picks[0])[: self.rows].tolist()
 
-    def vision(self) -> int:
-        return int(self.picks[1])
+    def vision(self) -> list[int]:
+        return np.asarray(self.picks[1])[: self.rows].tolist()
 
-    def feed(self, token: int, is_vision: bool = False) -> None:
+    def feed(self, tokens: Sequence[int], is_vision: bool = False) -> None:
+        """One token per prompt, written at each row's own next position."""
+        batch = len(self.positions)
+        fed = np.zeros(batch, np.int32)
+        fed[: self.rows] = tokens
         self.key, sub = jax.random.split(self.key)
-        self.picks, self.cache = self._step(self.params, self.cache, jnp.int32(token), jnp.int32(is_vision),
-                                            jnp.int32(self.position), sub, self.temperature)
-        self.position += 1
+        # No mesh context here (as before batching): the step's layout follows its sharded inputs.
+        self.picks, self.cache = self._step(self.params, self.cache, jnp.asarray(fed),
+                                            jnp.full(batch, int(is_vision), jnp.int32),
+                                            jnp.asarray(self.positions), sub, self.temperature)
+        self.positions = self.positions + 1
+
+
+def _stop_ids(eos_id: int | Sequence[int] | None) -> set[int]:
+    return set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
+
+
+def generate_batch(config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]], max_new_tokens: int,
+                   temperature: float = 0.0, seed: int = 0, eos_id: int | Sequence[int] | None = None, *,
+                   prompt_vision_masks: Sequence[Sequence[int] | None] | None = None, mesh: Mesh | None = None,
+                   q_chunk: int = 512, kv_chunk: int = 512) -> list[list[int]]:
+    """New text token ids after each prompt (prompts may differ in length), each row stopping after
+    its first `eos_id`; decoding stops when every row has. Greedy (temperature 0) gives each row
+    exactly what `generate` gives it alone. Sampling draws one key per step for the whole batch,
+    so a sampled row depends on its batch. See `generate` for `mesh` and the chunks."""
+    if max_new_tokens <= 0:
+        return [[] for _ in prompts]
+    stop = _stop_ids(eos_id)
+    decoder = _Decoder(config, params, prompts, prompt_vision_masks, max_new_tokens, temperature, seed, mesh,
+                       q_chunk, kv_chunk)
+    new = [[token] for token in decoder.text()]
+    running = [token not in stop for token in decoder.text()]
+    for _ in range(max_new_tokens - 1):
+        if not any(running):
+            break
+        decoder.feed([row[-1] for row in new])  # finished rows are fed too (one batch); their picks are dropped
+        for row, token in enumerate(decoder.text()):
+            if running[row]:
+                new[row].append(token)
+                running[row] = token not in stop
+    return new
 
 
 def generate(config: ModelConfig, params: Any, prompt_ids: Sequence[int], max_new_tokens: int,
              temperature: float = 0.0, seed: int = 0, eos_id: int | Sequence[int] | None = None, *,
              prompt_vision_mask: Sequence[int] | None = None, mesh: Mesh | None = None,
              q_chunk: int = 512, kv_chunk: int = 512) -> list[int]:
-    """New text token ids after `prompt_ids` (greedy when temperature == 0), stopping after an `eos_id`.
+    """New text token ids after `prompt_ids` (greedy when temperature == 0), stopping after an `eos_id`:
+    `generate_batch` with one prompt.
 
     `prompt_vision_mask` marks a vision-language prompt's vision tokens (as in the shards). With
     `mesh` (an `sp` axis; see module docstring) the prompt is prefilled with ring attention
     sequence-parallel over sp and the KV cache is sharded over sp; params are placed on the mesh
     (call `place_params` once beforehand to avoid re-placing them on every call).
     """
-    if max_new_tokens <= 0:
-        return []
-    stop = set() if eos_id is None else {eos_id} if isinstance(eos_id, int) else set(eos_id)
-    decoder = _Decoder(config, params, prompt_ids, prompt_vision_mask, max_new_tokens, temperature, seed, mesh, q_chunk, kv_chunk)
-    new = [decoder.text()]
-    while len(new) < max_new_tokens and new[-1] not in stop:
-        decoder.feed(new[-1])
-        new.append(decoder.text())
-    return new
+    if not prompt_ids:
+        raise ValueError("generation needs at least one prompt token")
+    return generate_batch(config, params, [prompt_ids], max_new_tokens, temperature, seed, eos_id,
+                          prompt_vision_masks=[prompt_vision_mask], mesh=mesh, q_chunk=q_chunk, kv_chunk=kv_chunk)[0]
 
 
 def generate_frames(config: ModelConfig, params: Any, prompt_ids: Sequence[int], num_frames: int,
@@ -192,15 +246,15 @@ def generate_frames(config: ModelConfig, params: Any, prompt_ids: Sequence[int],
         raise ValueError("a text-only model cannot generate vision tokens (its config has no vision_layout)")
     if num_frames < 1:
         raise ValueError("num_frames must be at least 1")
-    decoder = _Decoder(config, params, prompt_ids, prompt_vision_mask, num_frames * (CODES_PER_FRAME + 1), temperature,
-                       seed, mesh, q_chunk, kv_chunk)
+    decoder = _Decoder(config, params, [prompt_ids], [prompt_vision_mask], num_frames * (CODES_PER_FRAME + 1),
+                       temperature, seed, mesh, q_chunk, kv_chunk)
     frames = np.zeros((num_frames, CODES_PER_FRAME), np.int32)
     for f in range(num_frames):
         for i in range(CODES_PER_FRAME):
-            token = decoder.vision()
+            token = decoder.vision()[0]
             frames[f, i] = token - vocab.offset
-            decoder.feed(token, is_vision=True)
+            decoder.feed([token], is_vision=True)
         if f + 1 < num_frames:  # the <eov> after the last frame is never fed: nothing follows it here
-            decoder.feed(vocab.eof, is_vision=True)
+            decoder.feed([vocab.eof], is_vision=True)
     side = int(math.isqrt(CODES_PER_FRAME))
     return frames.reshape(num_frames, side, side)

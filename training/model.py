@@ -298,24 +298,34 @@ class Attention(nn.Module):
                           segment_ids: jax.Array | None) -> jax.Array:
         """The KV cache of generation (training/generate.py), in the mutable "cache" collection.
 
-        One slot per position: generation decodes one document whose positions count from 0. The
-        first call (the prefill, over the whole buffer: prompt plus room for new tokens) stores its
-        keys/values and attends as training does, so a long prompt goes through ring attention.
-        Each later call writes its keys/values at its positions and attends to every slot up to its
-        own position; slots past it (the prefill's padding) stay invisible until overwritten.
+        One slot per position: each batch row decodes one document whose positions count from 0. The
+        first call (the prefill, over the whole buffer: prompts plus room for new tokens, each row
+        padded on the right) stores its keys/values and attends as training does, so a long prompt
+        goes through ring attention. Each later call writes its keys/values at its row's own
+        positions (rows of different prompt lengths decode at different positions) and attends to
+        every slot up to its own position; slots past it (the prefill's padding) stay invisible
+        until overwritten.
         """
         if not self.has_variable("cache", "k"):
             self.put_variable("cache", "k", k)
             self.put_variable("cache", "v", v)
             return (self.attention_fn or dense_attention)(q, k, v, segment_ids)
-        start = (0, positions[0, 0], 0, 0)  # every batch row decodes at the same positions
-        k_all = jax.lax.dynamic_update_slice(self.get_variable("cache", "k"), k, start)
-        v_all = jax.lax.dynamic_update_slice(self.get_variable("cache", "v"), v, start)
+        slots = jnp.arange(self.get_variable("cache", "k").shape[1], dtype=jnp.int32)
+        # Slot j of row b takes this call's token j - positions[b, 0] when that is one of them: an
+        # elementwise select along the sequence, so a cache sharded over sp is updated in place.
+        offset = slots[None, :] - positions[:, :1]  # [b, slots]
+        written = ((offset >= 0) & (offset < q.shape[1]))[:, :, None, None]
+        index = jnp.clip(offset, 0, q.shape[1] - 1)[:, :, None, None]
+        k_all = jnp.where(written, jnp.take_along_axis(k, index, axis=1), self.get_variable("cache", "k"))
+        v_all = jnp.where(written, jnp.take_along_axis(v, index, axis=1), self.get_variable("cache", "v"))
         self.put_variable("cache", "k", k_all)
         self.put_variable("cache", "v", v_all)
-        slots = jnp.arange(k_all.shape[1], dtype=jnp.int32)
-        out = attention_reference(q, k_all, v_all, q_positions=positions[0], kv_positions=slots)
-        return out.astype(v.dtype)
+
+        def attend(q_row, k_row, v_row, positions_row):  # one row: its own causal limit
+            return attention_reference(q_row[None], k_row[None], v_row[None], q_positions=positions_row,
+                                       kv_positions=slots)[0]
+
+        return jax.vmap(attend)(q, k_all, v_all, positions).astype(v.dtype)
 
 
 class MLP(nn.Module):
