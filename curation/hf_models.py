@@ -14,10 +14,14 @@ from curation.tokenize import cache_dir, resolve_package_path
 
 
 def resolve_generator(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
-    """(path or hub id, gguf file name or None) for `from_pretrained`."""
-    if not model.startswith("package:"):
+    """(path or hub id, gguf file name or None) for `from_pretrained`. A local `.gguf` file, or one
+    shipped in a package, becomes its dequantised safetensors folder."""
+    if model.startswith("package:"):
+        path = resolve_package_path(model)
+    elif model.endswith(".gguf") and Path(model).is_file():
+        path = Path(model)
+    else:
         return model, gguf_file
-    path = resolve_package_path(model)
     if path.suffix != ".gguf":
         return str(path), gguf_file
     return str(dequantised_copy(path)), None
@@ -25,7 +29,7 @@ def resolve_generator(model: str, gguf_file: str | None = None) -> tuple[str, st
 
 def dequantised_copy(gguf: Path) -> Path:
     """A float32 safetensors copy of a GGUF model (and its tokenizer), made once and cached."""
-    key = hashlib.sha256(f"{gguf}:{gguf.stat().st_size}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:16]
     target = cache_dir() / "models" / f"{gguf.stem}-{key}"
     if (target / "config.json").is_file():
         return target

@@ -6,13 +6,13 @@ wires it. Writes OUT/loss_by_position.json, .csv and .png and prints the table."
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from curation.units import parse_count
+from evals.model_cli import model_name
 
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,16 +38,6 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (--hf-model) (default: %(default)s)")
     parser.add_argument("--name", help="label of the curve (default: from the model path)")
     parser.add_argument("--out", required=True, help="output folder")
-
-
-def model_label(args: argparse.Namespace) -> str:
-    """--name, else the run (RUN/checkpoints/final), the GGUF's stem or the model folder's name."""
-    if args.name:
-        return args.name
-    path = Path(args.checkpoint or args.hf_model)
-    if path.name == "final" and path.parent.name == "checkpoints":
-        return path.parents[1].name
-    return path.stem if path.suffix == ".gguf" else path.name
 
 
 def book_tokenizer(args: argparse.Namespace, hf_folder: str | None) -> tuple[Any, int | None, str]:
@@ -89,7 +79,7 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
         from training.data import StageData
 
         data = StageData.open(args.data)  # before the model: a wrong folder fails fast
-    name = model_label(args)
+    name = model_name(args)
     scorer = config = params = None
     if args.hf_model:
         from evals.hf_loss import HFScorer

@@ -292,6 +292,10 @@ def test_hf_model_finds_the_needle():
     from curation.hf_models import resolve_generator
 
     folder, _ = resolve_generator(SMOLLM2)  # dequantised once into $LONGCTX_CACHE, shared with test_qa_transformers
+    # The same GGUF given as a local file path is the same dequantised folder (no second conversion).
+    from curation.tokenize import resolve_package_path
+
+    assert resolve_generator(str(resolve_package_path(SMOLLM2))) == (folder, None)
     tok = load_niah_tokenizer(folder)
     assert tok.chat is not None and tok.encode("<|im_end|>")[0] in tok.eos_ids
     frame = niah.PromptFrame.for_tokenizer(tok)
