@@ -15,6 +15,14 @@ MAX_CLUSTERS = 10  # clusters shown, the largest first; the rest are counted in 
 MAX_DROPPED = 5  # dropped ids shown per cluster
 
 
+def _table(title: str, columns: tuple[str, ...], numeric: tuple[str, ...], **options) -> Table:
+    """A table with `columns`, the `numeric` ones right-aligned, long cells folded."""
+    table = Table(title=title, header_style="bold", **options)
+    for col in columns:
+        table.add_column(col, justify="right" if col in numeric else "left", overflow="fold")
+    return table
+
+
 def _dropped_cell(cluster: NearDuplicateCluster, max_dropped: int) -> Text:
     lines = []
     for copy in cluster.dropped[:max_dropped]:
@@ -32,10 +40,9 @@ def near_duplicate_table(curation: CurationRejects, max_clusters: int = MAX_CLUS
     if not clusters:
         return None
     dropped = sum(len(c.dropped) for c in clusters)
-    table = Table(title=f"near-duplicate clusters ({len(clusters):,} kept document(s), {dropped:,} dropped)",
-                  header_style="bold", show_lines=True)
-    for col in ("kept id", "kept source", "kept chars", "dropped: estimated similarity", "cluster size"):
-        table.add_column(col, justify="right" if col in ("kept chars", "cluster size") else "left", overflow="fold")
+    table = _table(f"near-duplicate clusters ({len(clusters):,} kept document(s), {dropped:,} dropped)",
+                   ("kept id", "kept source", "kept chars", "dropped: estimated similarity", "cluster size"),
+                   ("kept chars", "cluster size"), show_lines=True)
     for cluster in clusters[:max_clusters]:
         table.add_row(Text(cluster.kept_id), Text(cluster.kept_source), f"{cluster.kept_chars:,}",
                       _dropped_cell(cluster, max_dropped), f"{cluster.size:,}")
@@ -51,9 +58,8 @@ def quality_rule_table(curation: CurationRejects) -> Table | None:
     rules = curation.rules
     if not rules:
         return None
-    table = Table(title="quality rules (low_quality:<rule> rejects)", header_style="bold")
-    for col in ("rule", "rejected for it", "failing it", "examples (id: value)"):
-        table.add_column(col, justify="right" if col in ("rejected for it", "failing it") else "left", overflow="fold")
+    table = _table("quality rules (low_quality:<rule> rejects)", ("rule", "rejected for it", "failing it", "examples (id: value)"),
+                   ("rejected for it", "failing it"))
     for rule in rules:
         examples = ", ".join(f"{doc}: {'-' if value is None else format(value, '.4g')}" for doc, value in rule.examples)
         table.add_row(Text(rule.rule), f"{rule.first:,}", f"{rule.failed:,}", Text(examples))
@@ -66,9 +72,8 @@ def contamination_table(curation: CurationRejects) -> Table | None:
     rows = curation.contamination
     if not rows:
         return None
-    table = Table(title="contamination by evaluation document", header_style="bold")
-    for col in ("evaluation document", "documents", "max shared n-grams", "examples"):
-        table.add_column(col, justify="right" if col in ("documents", "max shared n-grams") else "left", overflow="fold")
+    table = _table("contamination by evaluation document", ("evaluation document", "documents", "max shared n-grams", "examples"),
+                   ("documents", "max shared n-grams"))
     for row in rows:
         shared = f"{row.max_shared_ngrams:,} of {row.eval_ngrams:,}" if row.eval_ngrams else f"{row.max_shared_ngrams:,}"
         table.add_row(Text(row.eval_document), f"{row.documents:,}", shared, Text(", ".join(row.examples)))
