@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from curation.shards import ShardMetadata, ShardReader, join_url, read_manifest, read_shard_headers, stage_shard_urls
+from curation.shards import ShardMetadata, ShardReader, join_url, read_manifest, read_shard, read_shard_headers, stage_shard_urls
 from curation.vision_layout import CODES_PER_FRAME, UnifiedVocab, Vocab, decode_layout
 from inspection.stage_stats import BLOCK_POSITIONS
 
@@ -222,21 +222,12 @@ def load_row_tokenizer(metadata: ShardMetadata, override: str | None = None) -> 
 
 
 def row_documents(url: str, row: int) -> tuple[list[str], list[int]]:
-    """(doc ids, doc starts) of one row of a shard. ShardReader reads token columns only, so the
-    two list columns come through pyarrow: a local shard is memory-mapped (only the pages of these
-    columns are touched); a remote one is fetched whole, the one case where `--row` reads more
-    than its row."""
-    import fsspec
-    import pyarrow as pa
-
-    fs, path = fsspec.core.url_to_fs(url)
-    protocols = (fs.protocol,) if isinstance(fs.protocol, str) else fs.protocol
-    if "file" in protocols or "local" in protocols:
-        batch = pa.ipc.open_stream(pa.memory_map(path, "r")).read_next_batch()
-    else:
-        with fs.open(path, "rb") as fh:
-            batch = pa.ipc.open_stream(pa.py_buffer(fh.read())).read_next_batch()
-    return batch.column("doc_ids")[row].as_py(), [int(x) for x in batch.column("doc_starts")[row].as_py()]
+    """(doc ids, doc starts) of one row of a shard, through the one shard reader (`read_shard`:
+    a local shard is memory-mapped, so only these columns' pages are touched; a remote one is
+    fetched whole, the one case where `--row` reads more than its row: ShardReader's byte ranges
+    cover the token columns only)."""
+    shard = read_shard(url)
+    return list(shard.doc_ids[row]), [int(x) for x in shard.doc_starts[row]]
 
 
 def describe_row(
