@@ -12,7 +12,7 @@ import os
 import time
 from typing import TYPE_CHECKING
 
-from curation.units import duration as format_duration  # 45s, 12m05s, 3h07m (one home: curation.units)
+from curation.units import duration  # 45s, 12m05s, 3h07m
 
 if TYPE_CHECKING:  # a type only: this module stays importable without pyarrow
     from curation.shards import ShardInfo
@@ -24,10 +24,10 @@ def progress_line(verb: str, unit: str, done: int, total: int | None, elapsed_s:
     """`generated 40/228 chunks (17%), 0.11 chunks/s, ETA 28m07s, elapsed 6m00s` (no ETA before a rate exists)."""
     rate = done / elapsed_s if elapsed_s > 0 else 0.0
     if total is None:
-        return f"{verb} {done} {unit}, {rate:.2f} {unit}/s, elapsed {format_duration(elapsed_s)}"
+        return f"{verb} {done} {unit}, {rate:.2f} {unit}/s, elapsed {duration(elapsed_s)}"
     share = f" ({100 * done // total}%)" if total else ""
-    eta = format_duration((total - done) / rate) if rate > 0 else "unknown"
-    return f"{verb} {done}/{total} {unit}{share}, {rate:.2f} {unit}/s, ETA {eta}, elapsed {format_duration(elapsed_s)}"
+    eta = duration((total - done) / rate) if rate > 0 else "unknown"
+    return f"{verb} {done}/{total} {unit}{share}, {rate:.2f} {unit}/s, ETA {eta}, elapsed {duration(elapsed_s)}"
 
 
 def shard_line(index: int, info: ShardInfo) -> str:

@@ -31,7 +31,6 @@ QA_REASONS = (
     Reason.DUPLICATE_QUESTION,
     Reason.INVALID_UNICODE,
 )
-QAReason = QA_REASONS  # the older name, still imported by tests
 
 
 class InvalidQA(ValueError):

@@ -9,7 +9,8 @@ import logging
 
 import pytest
 
-from curation.progress import format_duration, progress_line
+from curation.progress import progress_line
+from curation.units import duration
 from pipelines.config import QAConfig
 from pipelines.launch import run_qa
 from tests.conftest import DEMO_TOKENIZER
@@ -24,7 +25,7 @@ def test_progress_line_has_counts_rate_and_eta():
     )
     assert progress_line("generated", "chunks", 0, 228, 0.0).endswith("ETA unknown, elapsed 0s")
     assert progress_line("tokenized", "documents", 3, None, 2.0) == "tokenized 3 documents, 1.50 documents/s, elapsed 2s"
-    assert [format_duration(s) for s in (0, 59.4, 61, 3600 + 7 * 60 + 5)] == ["0s", "59s", "1m01s", "1h07m"]
+    assert [duration(s) for s in (0, 59.4, 61, 3600 + 7 * 60 + 5)] == ["0s", "59s", "1m01s", "1h07m"]
 
 
 def test_max_chunks_is_a_flag_config_key_and_in_the_hash_only_when_set():

@@ -21,7 +21,7 @@ from qa_synth.extractive import BLANK, extractive_qa
 from qa_synth.parse import (
     InvalidQA,
     QAPair,
-    QAReason,
+    QA_REASONS,
     QuestionDeduper,
     grounding,
     parse_qa,
@@ -251,7 +251,7 @@ def test_parse_huge_outputs_fail_fast(raw):
 
 
 def test_reasons_are_exactly_the_documented_ones():
-    assert {r.value for r in QAReason} == {
+    assert {r.value for r in QA_REASONS} == {
         "unparsable", "empty_question", "empty_answer", "answer_too_long", "answer_not_grounded", "duplicate_question",
         "invalid_unicode",
     }

