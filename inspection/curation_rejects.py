@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from curation.accounting import Reason
+from curation.quality import LOW_QUALITY as LOW_QUALITY_REASON
 
 NEAR_DUPLICATE = Reason.NEAR_DUPLICATE.value
 CONTAMINATED = Reason.CONTAMINATED.value
-LOW_QUALITY = Reason.LOW_QUALITY_WORDS.value.split(":")[0] + ":"  # every quality rule's reason is `low_quality:<rule>`
+LOW_QUALITY = f"{LOW_QUALITY_REASON}:"  # every quality rule's reason is `low_quality:<rule>`
 EXAMPLES = 3  # example ids kept per quality rule and per evaluation document
 
 
