@@ -2,8 +2,12 @@
 
 Runs, in one process on one corpus (the sample, or `--copies K` distinct copies of it):
   (a) the ceiling: the pipeline's own tokenizer object (`load_tokenizer` of the config's spec)
-      encoding, in one batch, exactly the pieces the pipeline encodes (the cleaned texts cut by
-      `TextTokenizer.pieces`), best of `--raw-repeats`: tokenizing is the one real cost per token;
+      batch-encoding the cleaned texts cut into ~32K-character pieces (`TextTokenizer.pieces`, the
+      cut the tokenizer's own ids are proven for), in one parallel call, best of `--raw-repeats`:
+      what tokenizing the corpus costs with the tokenizer's library alone;
+  (a') the pipeline's encoder alone: `encode_long` of every cleaned text as the Tokenize step
+      calls it (for SentencePiece BPE: each distinct word encoded once, `curation.word_encoding`),
+      the same ids; shows how much of (a) the pipeline's tokenizing still costs;
   (b) the whole pipeline on DirectRunner in-memory with the config as it is (the demo's: quality
       and language filters, exact and near-duplicate detection on), best of `--repeats`;
   (c) one more pipeline run under a sampling profiler, its wall time split by step (read, clean,
@@ -37,7 +41,7 @@ if __package__ in (None, ""):  # run as `python benchmarks/books_throughput.py`:
 
 from benchmarks.harness import REPO, load_average  # noqa: E402
 from curation.text import CleanConfig, Rejected, clean_text  # noqa: E402
-from curation.tokenize import load_tokenizer  # noqa: E402
+from curation.tokenize import encode_long, load_tokenizer  # noqa: E402
 from pipelines.config import BooksConfig, load_yaml  # noqa: E402
 from pipelines.launch import run_books  # noqa: E402
 
@@ -286,6 +290,12 @@ def main(argv: list[str] | None = None) -> None:
         print(f"load average before: {fmt_load()}")
         ceil_s, ceil_cpu, ceil_tokens = ceiling(tok, pieces, args.raw_repeats)
         print(f"ceiling: {len(pieces)} pieces, {ceil_tokens} tokens in {ceil_s:.2f}s, {ceil_cpu:.2f} CPU s (best of {args.raw_repeats})")
+        enc_s, enc_cpu, enc_ids = timed(lambda: [encode_long(tok, t, piece_chars=config.encode_piece_chars) for t in texts],
+                                        args.raw_repeats)
+        enc_tokens = sum(len(ids) for ids in enc_ids)
+        if enc_tokens != ceil_tokens:
+            raise SystemExit(f"the pipeline's encoder gave {enc_tokens} tokens, the ceiling {ceil_tokens}: not the same ids")
+        print(f"encoder alone: {enc_tokens} tokens in {enc_s:.2f}s, {enc_cpu:.2f} CPU s (best of {args.raw_repeats})")
         runs = [("pipeline, DirectRunner in-memory", DIRECT)]
         if args.processes:
             runs.append((f"pipeline, {args.processes} processes", processes(args.processes)))
@@ -314,8 +324,10 @@ def main(argv: list[str] | None = None) -> None:
     ceil_rate = ceil_tokens / ceil_s
     print("\n| run | tokens | seconds | tokens/s | vs ceiling | CPU s | vs ceiling, CPU |")
     print("|---|---:|---:|---:|---:|---:|---:|")
-    print(f"| ceiling: batch encode of the pipeline's pieces | {ceil_tokens:,} | {ceil_s:.2f} | {ceil_rate:,.0f} | 1.00x "
+    print(f"| ceiling: batch encode of ~32K-char pieces | {ceil_tokens:,} | {ceil_s:.2f} | {ceil_rate:,.0f} | 1.00x "
           f"| {ceil_cpu:.2f} | 1.00x |")
+    print(f"| the pipeline's encoder alone (encode_long per text) | {enc_tokens:,} | {enc_s:.2f} | {enc_tokens / enc_s:,.0f} "
+          f"| {ceil_s / enc_s:.2f}x | {enc_cpu:.2f} | {ceil_cpu / enc_cpu:.2f}x |")
     for label, seconds, cpu, m in results:
         rate = m["tokens_in"] / seconds
         # CPU is this process's only: with --processes the work runs in workers it does not count.

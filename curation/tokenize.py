@@ -15,7 +15,9 @@ The reference ids of a text are those of one whole-text encode by the tokenizer'
 `SentencePieceProcessor.encode` for a `.model`, `Tokenizer.encode(text, add_special_tokens=False)`
 for a `tokenizer.json` or an AutoTokenizer's backend. `encode_long` cuts a long text into pieces
 only where the tokenizer's family provably gives the same ids piecewise (see `Plan`); a tokenizer
-whose layout we cannot prove safe is encoded whole, and that is logged once.
+whose layout we cannot prove safe is encoded whole, and that is logged once. Where the cuts drop
+the space (SentencePiece BPE, the LLaMA-2 layout), a text is cut at every allowed space and each
+distinct unit encoded once (`curation.word_encoding`): a book costs its vocabulary, not its length.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ from typing import Any
 
 import numpy as np
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+
+from curation import word_encoding
 
 log = logging.getLogger(__name__)
 
@@ -521,6 +525,7 @@ class TextTokenizer:
             self._special_re = re.compile("|".join(re.escape(t) for t in alternatives))
         if plan.rule is None:
             log.warning("tokenizer %s: long texts are encoded whole, not in pieces (%s)", name or plan.family, plan.reason)
+        self._mark_starts: np.ndarray | None = None  # built on the first encode by units
 
     @classmethod
     def from_fast(cls, tok: Tokenizer, name: str = "") -> TextTokenizer:
@@ -608,14 +613,16 @@ class TextTokenizer:
         units.append(None)
         return units
 
+    def _encode_strings(self, strings: list[str]) -> list[list[int]]:
+        """The reference ids of each string encoded alone, in one parallel batch."""
+        if self._sp is not None:
+            return self._sp.encode(strings)
+        fast = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
+        return [e.ids for e in fast(strings, add_special_tokens=False)]
+
     def _encode_units(self, units: list[str | int | None]) -> list[list[int]]:
         """Encode the string units in one parallel batch; one id list per None-closed text."""
-        strings = [u for u in units if isinstance(u, str)]
-        if self._sp is not None:
-            encoded = iter(self._sp.encode(strings))
-        else:
-            fast = getattr(self.backend, "encode_batch_fast", self.backend.encode_batch)
-            encoded = iter([e.ids for e in fast(strings, add_special_tokens=False)])
+        encoded = iter(self._encode_strings([u for u in units if isinstance(u, str)]))
         out: list[list[int]] = []
         ids: list[int] = []
         for unit in units:
@@ -629,20 +636,53 @@ class TextTokenizer:
         return out
 
     def pieces(self, text: str, piece_chars: int = DEFAULT_PIECE_CHARS) -> list[str]:
-        """The texts `encode_long` encodes independently for `text` (special ids left out)."""
+        """`text` cut into pieces of about `piece_chars` characters by the family's rule (special ids
+        left out): what `encode_long` encodes when it does not go by units (`by_units`), and the
+        pieces a plain batch encode of the whole text would take (the throughput benchmark's ceiling)."""
         return [u for u in self._stretches(text, piece_chars) if isinstance(u, str)]
+
+    def by_units(self, text: str) -> bool:
+        """Whether `encode_long` encodes `text` one distinct unit at a time (`curation.word_encoding`):
+        the family's cuts drop the space, which a space mark stands for, and no added-token text
+        holding whitespace could form across a join, nor occurs in the text at all."""
+        rule = self.plan.rule
+        if rule is None or not rule.drop_space or not rule.marker or rule.avoid_normalized:
+            return False
+        return not any(token in text or any(c.isspace() for c in token) for token in rule.avoid)
+
+    def _unit_mark_starts(self) -> np.ndarray:
+        """id -> whether the vocabulary token starts with the space mark (bool, one per id)."""
+        if self._mark_starts is None:
+            mark = self.plan.rule.marker
+            if self._sp is not None:
+                tokens = {self._sp.id_to_piece(i): i for i in range(self._sp.get_piece_size())}
+            else:
+                tokens = self.backend.get_vocab(with_added_tokens=True)
+            starts = np.zeros(max(tokens.values(), default=-1) + 1, dtype=bool)
+            for token, token_id in tokens.items():
+                starts[token_id] = token.startswith(mark)
+            self._mark_starts = starts
+        return self._mark_starts
 
     def encode_long(
         self, text: str, bos_id: int | None = None, eos_id: int | None = None, piece_chars: int = DEFAULT_PIECE_CHARS
     ) -> np.ndarray:
-        """The whole-text ids of `text` as int32, with optional BOS/EOS, in linear time and memory:
-        pieces are encoded a batch at a time, and only their int32 ids are kept."""
-        units = self._stretches(text, piece_chars)[:-1]
+        """The whole-text ids of `text` as int32, with optional BOS/EOS, in linear time and memory.
+        Where the family allows it (`by_units`), each distinct unit of a block of the text is
+        encoded once, joined with others into texts of about `piece_chars` characters; otherwise
+        the text's pieces of about `piece_chars` characters are encoded a batch at a time. Only
+        int32 ids are kept."""
         parts = [np.asarray([] if bos_id is None else [bos_id], dtype=np.int32)]
-        for i in range(0, len(units), _BATCH_PIECES):
-            # Each unit is closed on its own, so a batch's ids come back one array per unit.
-            batch = [x for u in units[i : i + _BATCH_PIECES] for x in (u, None)]
-            parts.extend(np.asarray(ids, dtype=np.int32) for ids in self._encode_units(batch))
+        if self.by_units(text):
+            marker, starts = self.plan.rule.marker, self._unit_mark_starts()
+            for block in split_for_encoding(text, word_encoding.BLOCK_CHARS, self.plan.rule):
+                parts.append(word_encoding.encode_by_units(block, marker, starts, self._encode_strings, piece_chars))
+        else:
+            units = self._stretches(text, piece_chars)[:-1]
+            for i in range(0, len(units), _BATCH_PIECES):
+                # Each unit is closed on its own, so a batch's ids come back one array per unit.
+                batch = [x for u in units[i : i + _BATCH_PIECES] for x in (u, None)]
+                parts.extend(np.asarray(ids, dtype=np.int32) for ids in self._encode_units(batch))
         parts.append(np.asarray([] if eos_id is None else [eos_id], dtype=np.int32))
         return np.concatenate(parts)
 
@@ -675,7 +715,7 @@ class TextTokenizer:
     def __getattr__(self, name: str) -> Any:
         # Only reached for attributes not defined here; never for our own (copy/pickle probe
         # dunders before __dict__ exists).
-        if name.startswith("__") or name in ("backend", "plan", "name", "_sp", "_specials", "_special_re"):
+        if name.startswith("__") or name in ("backend", "plan", "name", "_sp", "_specials", "_special_re", "_mark_starts"):
             raise AttributeError(name)
         return getattr(self.backend, name)
 
