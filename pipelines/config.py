@@ -111,7 +111,7 @@ class TextFrontConfig(JobConfig):
     decontaminate_text_field: str = Field("text", description="JSONL field / Parquet column holding the text of the evaluation documents")
     quality_filter: bool = Field(True, description="reject documents failing a Gopher-style quality rule (low_quality:RULE; thresholds in quality)")
     quality: QualityRules = Field(default_factory=QualityRules, description="thresholds of the quality rules, a YAML mapping (curation/quality.py QualityRules; null switches a bound off); as a flag an inline YAML mapping such as '{min_words: 50}', which replaces the file's quality section")
-    languages: Languages = Field(default_factory=lambda: ["en"], description="keep documents in these languages (ISO 639-1 codes, identified by lingua on a few evenly spaced 2,000-character windows); others are rejected (language); empty (--languages '') = off; repeatable or comma-separated")
+    languages: Languages = Field(default_factory=lambda: ["en"], description="keep documents in these languages (ISO 639-1 codes, identified by lingua on three evenly spaced 1,000-character windows); others are rejected (language); empty (--languages '') = off; repeatable or comma-separated")
     min_language_confidence: float = Field(0.5, ge=0.0, le=1.0, description="a document's summed confidence for the allowed languages must reach this (language)")
 
 

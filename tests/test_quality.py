@@ -4,9 +4,11 @@ the sample novels passing the defaults, the config, the Beam counters, and a boo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gzip
 import json
 import random
+import re
 
 import apache_beam as beam
 import pytest
@@ -59,6 +61,16 @@ aller jusqu'au ruisseau, et les enfants couraient derrière lui pour écouter se
 Un jour, un étranger arriva au village. Il portait un manteau gris et ne disait presque rien.
 L'aubergiste lui donna une chambre sous le toit, mais personne ne savait d'où il venait ni où il
 allait. Au bout de trois semaines, il avait disparu, et sur la table il n'y avait qu'une lettre.
+"""
+
+
+SPANISH = """Al borde del viejo bosque había un pequeño pueblo donde la gente vivía desde hacía muchos años,
+tranquila y contenta. Cada mañana el molinero cruzaba el puente con su perro para ir hasta el arroyo,
+y los niños corrían detrás de él porque les contaba historias de países lejanos.
+
+Un día llegó un forastero al pueblo. Llevaba un abrigo gris y casi no decía nada. La posadera le dio
+una habitación bajo el tejado, pero nadie sabía de dónde venía ni adónde iba. Al cabo de tres semanas
+había desaparecido, y sobre la mesa sólo quedaba una carta.
 """
 
 
@@ -370,3 +382,82 @@ def test_word_flags_are_the_same_with_a_warm_cache():
     cold = text_stats(text)
     assert text_stats(text) == cold  # the per-word cache filled by the first call changes nothing
     assert cold.stop_words == 6 and cold.alpha_words == pytest.approx(9 / 12)
+
+
+def _reference_stats(text: str) -> dict:
+    """Every TextStats field straight from the documented definitions, with plain Python (str.split,
+    sets, loops): the oracle for text_stats' Arrow word split and counting shortcuts."""
+    words = text.split()
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    paragraphs = [p.strip() for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+
+    def duplicates(parts: list[str]) -> tuple[float, float]:
+        seen: set[str] = set()
+        dup = [p for p in parts if p in seen or seen.add(p)]
+        return (len(dup) / len(parts), sum(map(len, dup)) / sum(map(len, parts))) if parts else (0.0, 0.0)
+
+    def stop(word: str) -> bool:
+        w = word.casefold()
+        while w and not (w[0].isalnum() or w[0] == "_"):
+            w = w[1:]
+        while w and not (w[-1].isalnum() or w[-1] == "_"):
+            w = w[:-1]
+        return w in {"the", "be", "to", "of", "and", "that", "have", "with"}
+
+    n = len(words)
+    top, dup = _reference_ngram_stats(text)
+    # Ratios per word and per line are counts times 1/n, as text_stats has always computed them
+    # (count / n can differ in the last bit).
+    per_word, per_line = (1 / n if n else 0.0), (1 / len(lines) if lines else 0.0)
+    return {
+        "words": n,
+        "mean_word_length": sum(map(len, words)) / n if n else 0.0,
+        "hash_ratio": text.count("#") * per_word,
+        "ellipsis_ratio": (text.count("...") + text.count("…")) * per_word,
+        "bullet_lines": sum(line[0] in "•●○◦▪▫■□‣⁃∙·➢►▶-*–" for line in lines) * per_line,
+        "ellipsis_lines": sum(line.endswith(("...", "…")) for line in lines) * per_line,
+        "alpha_words": sum(any(c.isalpha() for c in w) for w in words) / n if n else 0.0,
+        "stop_words": sum(map(stop, words)),
+        **dict(zip(("dup_lines", "dup_line_chars"), duplicates(lines))),
+        **dict(zip(("dup_paragraphs", "dup_paragraph_chars"), duplicates(paragraphs))),
+        "top_ngram_chars": top,
+        "dup_ngram_chars": dup,
+    }
+
+
+# Whitespace str.split() breaks at beyond ASCII's (no-break and ideographic spaces, line and
+# paragraph separators, NEL, the ASCII file/group/record/unit separators), leading and trailing
+# whitespace, CRLF, a lone surrogate: each where a fast word split could part from str.split().
+TRICKY = [
+    "", " ", "\n\n", " \t\r\n", "word", "  The cat  ", "\nthe\n",
+    "The\u00a0cat sat\u2028on the\u3000mat with\u0085a\x1chat\x1d.", "lone \ud800 surrogate, the end",
+    "Crlf line one\r\nline two...\r\n\r\n  • bullet one\r\n\t- bullet two \r\n…\r\n",
+    "Élan vital, naïve café — the «end»; (of) THE: ‘that’ Have! with? and… 12 34 ## #tag",
+    "Ünïcödé wörds ünd ünïcödé wörds\u00a0ünd ünïcödé wörds ünd ünïcödé wörds " * 3,
+    "To be, or not to be: that is the question.\n\nTo be, or not to be: that is the question.\n\n" * 3,
+]
+
+
+@pytest.mark.parametrize("text", TRICKY + [GOOD, CASES["dup_paragraph_chars"][0], CASES["dup_7gram_chars"][0],
+                                           GERMAN + "\u00a0" + FRENCH])
+def test_text_stats_equal_their_definitions_exactly(text):
+    # Exact equality, floats included: the counting shortcuts must change no bit of any statistic.
+    stats = dataclasses.asdict(text_stats(text))
+    assert stats == _reference_stats(text)
+    assert dataclasses.asdict(text_stats(text)) == stats  # the same again with the word cache warm
+
+
+def test_the_default_language_sample_gives_the_verdicts_of_the_larger_one(novels, detector):
+    # The default reads 3 windows of 1000 characters (a third of lingua's former cost); on the
+    # sample novels and on other languages' texts, short and long, every verdict is the one 5
+    # windows of 2000 gave, with the allowed share at 0 or 1, far from the 0.5 threshold.
+    default, larger = LanguageRule(), LanguageRule(windows=5, window_chars=2000)
+    assert default.windows * default.window_chars == 3000
+    long_novels = [n["text"] for n in novels]
+    others = [GERMAN, FRENCH, SPANISH, GERMAN * 3 + FRENCH, FRENCH * 4, (SPANISH + "\n\n") * 30, (GERMAN + "\n\n") * 20]
+    for text in long_novels + others:
+        new, old = identify_language(text, default, detector), identify_language(text, larger, detector)
+        assert (new.detected, language_ok(new, default)) == (old.detected, language_ok(old, larger))
+        assert abs(new.allowed - default.min_confidence) > 0.45 and new.confidence > 0.95
+    assert all(identify_language(text, default, detector).detected == "en" for text in long_novels)
+    assert [identify_language(text, default, detector).detected for text in others] == ["de", "fr", "es", "de", "fr", "es", "de"]
