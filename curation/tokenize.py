@@ -22,6 +22,7 @@ distinct unit encoded once (`curation.word_encoding`): a book costs its vocabula
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import importlib.util
@@ -835,6 +836,16 @@ def _load_auto(spec: str, source: str) -> Tokenizer:
     return backend
 
 
+@functools.lru_cache(maxsize=8)
+def _load_file(spec: str, path: str, sha256: str) -> TextTokenizer:
+    """A tokenizer file, loaded once per process for each spec and content (`sha256`): every DoFn
+    setup and job in a process shares it (its encoders are thread-safe and it holds no state that
+    changes a result), and a changed file is a new key."""
+    if path.endswith(".json"):
+        return TextTokenizer.from_fast(Tokenizer.from_file(path), spec)
+    return _load_sentencepiece(spec, Path(path), sha256)
+
+
 def load_tokenizer(spec: str) -> tuple[TextTokenizer, TokenizerInfo]:
     """Load a tokenizer from a spec (see module docstring) with its provenance."""
     if spec.startswith("package:"):
@@ -856,10 +867,7 @@ def load_tokenizer(spec: str) -> tuple[TextTokenizer, TokenizerInfo]:
                 raise TokenizerLoadError(f"tokenizer {spec!r}: no tokenizer.json, tokenizer.model or tokenizer_config.json in {path}")
     if auto_source is None and path.is_file():
         sha256 = _sha256_file(path)
-        if path.suffix == ".json":
-            tok = TextTokenizer.from_fast(Tokenizer.from_file(str(path)), spec)
-        else:
-            tok = _load_sentencepiece(spec, path, sha256)
+        tok = _load_file(spec, str(path), sha256)
     elif auto_source is None and (path.exists() or spec.startswith((".", "/", "~"))):
         raise TokenizerLoadError(f"tokenizer {spec!r}: no tokenizer.json or tokenizer.model in {path}")
     else:
