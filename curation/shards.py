@@ -16,7 +16,6 @@ What a shard records about how it was made is parsed once, into `ShardMetadata`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
@@ -69,7 +68,10 @@ def _fixed(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1), type=dtype), length)
 
 
-def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
+def rows_to_ipc_buffer(rows: RowArrays, metadata: dict[str, Any]) -> pa.Buffer:
+    """The shard file's bytes, as one Arrow buffer. Written twice: first to a counting sink (no
+    data moves), then into a buffer of exactly that size, so the ~64 MB body is copied once (a
+    growing BytesIO copied it as it grew and again in getvalue: 4-7x the time)."""
     length = rows.input_ids.shape[1]
     schema = shard_schema(length, metadata, with_vision=rows.vision_mask is not None)
     columns = [
@@ -83,17 +85,28 @@ def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
     doc_ids = [[printable(d) for d in ids] for ids in rows.doc_ids]  # Arrow strings must be valid UTF-8
     columns += [pa.array(doc_ids, pa.list_(pa.string())), pa.array(rows.doc_starts, pa.list_(pa.int64()))]
     batch = pa.record_batch(columns, schema=schema)
-    sink = io.BytesIO()
+    counter = pa.MockOutputStream()
+    _write_stream(counter, schema, batch)
+    buffer = pa.allocate_buffer(counter.size())
+    _write_stream(pa.FixedSizeBufferWriter(buffer), schema, batch)
+    return buffer
+
+
+def _write_stream(sink: pa.NativeFile, schema: pa.Schema, batch: pa.RecordBatch) -> None:
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_batch(batch)
-    return sink.getvalue()
+
+
+def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
+    """The shard file's bytes (`rows_to_ipc_buffer` as a Python bytes object)."""
+    return rows_to_ipc_buffer(rows, metadata).to_pybytes()
 
 
 def join_url(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
-def write_bytes_atomic(url: str, data: bytes) -> None:
+def write_bytes_atomic(url: str, data: bytes | pa.Buffer) -> None:
     """Readers see the whole file or nothing. Locally: a hidden temporary name beside the target,
     then a rename. On object stores (gs://, s3://, memory://) an object becomes visible only when
     its upload completes, so it is written under its final name directly (a rename there would be
@@ -137,7 +150,7 @@ class ShardInfo:
 def write_shard(
     output: str, stage: str, index: int, count: int, rows: RowArrays, metadata: dict[str, Any], split: str = "train"
 ) -> ShardInfo:
-    data = rows_to_ipc_bytes(rows, metadata)
+    data = rows_to_ipc_buffer(rows, metadata)  # hashed and written as is: no bytes copy
     rel = f"{stage}/{shard_name(split, index, count)}"
     write_bytes_atomic(join_url(output, rel), data)
     return ShardInfo(

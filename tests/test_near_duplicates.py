@@ -322,3 +322,52 @@ def test_ngram_hashes_are_sorted_and_unique():
     assert np.array_equal(grams, np.unique(grams))
     assert np.array_equal(shingle_hashes(words, 2), np.unique(shingle_hashes(words, 2)))
     assert ngram_hashes64([], 3).size == 0
+
+
+def _random_text(rng, alphabet: list[str], size: int) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(size))
+
+
+def test_word_hashes_from_bytes_match_the_word_list_on_any_characters():
+    # signature cuts and numbers words as UTF-8 bytes (ASCII map, blanked non-ASCII non-word
+    # characters, or str.translate past 16 of them / on a lone surrogate); it must give exactly the
+    # hashes of normalized_words, whose words the regex defines.
+    import random
+
+    from curation.near_duplicates import _WORD, _text_word_hashes, _word_bytes, _word_hashes
+
+    rng = random.Random(5)
+    # Letters of several scripts, digits, ASCII and Unicode punctuation and spaces, a lone surrogate.
+    alphabet = list("aZ9 _-.\n\t") + ["é", "É", "ß", "ǅ", "Σ", "ж", "二", "٣", "’", "“", "—", "…"]
+    alphabet += ["\xa0", "\u3000", "\u2028", "\ud800", "😀"]
+    many_marks = [chr(c) for c in range(0x2010, 0x2040)]  # 48 punctuation marks: the translate way
+    for trial in range(600):
+        pool = alphabet + (many_marks if trial % 3 == 0 else [])
+        text = _random_text(rng, pool, rng.randint(0, 60))
+        if trial % 5 == 0:
+            text = text.encode("ascii", "ignore").decode()  # the all-ASCII way
+        words = _WORD.findall(text.casefold())
+        expected = _word_hashes(words) if words else np.zeros(0, dtype=np.uint64)
+        assert _word_bytes(text).decode("utf-8", "surrogatepass").split() == words, repr(text)
+        assert np.array_equal(_text_word_hashes(text), expected), repr(text)
+
+
+def test_signature_on_each_sample_novel_is_datasketch_minhash(novels):
+    # Each novel's opening (ASCII), and the end of Mansfield Park, whose "£" (not a word
+    # character) sends it the non-ASCII way of cutting words.
+    tail = {r["id"]: r["text"][-60_000:] for r in read_novels()}["mansfieldpark"]
+    assert "£" in tail and all(r["text"].isascii() for r in novels)
+    for name, text in [(r["id"], r["text"]) for r in novels] + [("mansfieldpark tail", tail)]:
+        assert np.array_equal(signature(text, CONFIG), _datasketch_signature(text, CONFIG)), name
+
+
+def test_minhash_blocks_and_an_empty_set():
+    # More hashes than one block, and none at all (datasketch's initial all-ones values).
+    from curation.near_duplicates import _BATCH, minhash_values
+
+    hashes = np.arange(2 * _BATCH + 7, dtype=np.uint32) * np.uint32(2654435761)
+    mh = MinHash(num_perm=CONFIG.num_perm, seed=CONFIG.seed, hashfunc=int, scheme="affine32")
+    mh.update_batch(hashes.tolist())
+    assert np.array_equal(minhash_values(hashes, CONFIG.num_perm, CONFIG.seed), mh.hashvalues)
+    empty = minhash_values(np.zeros(0, dtype=np.uint32), CONFIG.num_perm, CONFIG.seed)
+    assert np.array_equal(empty, MinHash(num_perm=CONFIG.num_perm, seed=CONFIG.seed, scheme="affine32").hashvalues)
