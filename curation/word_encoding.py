@@ -51,67 +51,59 @@ def _factorize(items: list[str]) -> tuple[np.ndarray, list[str]]:
     return codes, list(distinct)
 
 
-# Code point -> `str.isspace` (the whitespace `CutRule.allows` means), for every code point up to
-# the last whitespace one (U+3000); none above it is whitespace.
-_WHITESPACE = np.array([chr(cp).isspace() for cp in range(0x3001)], dtype=bool)
-
-
-def _is_space(code_points: np.ndarray) -> np.ndarray:
-    return _WHITESPACE[np.minimum(code_points, 0x3000)] & (code_points <= 0x3000)
-
-
 def is_simple(unit: str, marker: str) -> bool:
     """A unit whose encoding holds exactly one token starting with `marker` (its first)."""
     return bool(unit) and " " not in unit and marker not in unit and not unit[0].isspace() and not unit[-1].isspace()
+
+
+def _segments(text: str) -> tuple[np.ndarray, list[str]]:
+    """`text.split(" ")` numbered: (the distinct segment at each position, the distinct segments).
+    Arrow splits and numbers them in C, so only distinct segments become Python strings; a text
+    Arrow cannot hold (a lone surrogate is not UTF-8) is split by Python."""
+    import pyarrow as pa  # here, not at the top: the CLI imports curation.tokenize for loading only
+    import pyarrow.compute as pc
+
+    try:
+        column = pa.array([text], type=pa.large_string())
+    except UnicodeEncodeError:
+        return _factorize(text.split(" "))
+    encoded = pc.dictionary_encode(pc.split_pattern(column, pattern=" ").flatten())
+    return encoded.indices.to_numpy(), encoded.dictionary.to_pylist()
 
 
 def split_units(text: str, marker: str) -> Units:
     """The text cut at every space a `CutRule(drop_space=True, marker=marker)` allows (a single
     space with a non-space on both sides, the left one not `marker`), the spaces dropped.
 
-    `str.split(" ")` cuts at every space and the segments are numbered in C; whether a cut is
-    allowed depends on the characters around its space, read from the text's code points in
-    numpy. The few runs of segments across a refused cut (runs of spaces, a space next to a line
-    break) are joined back into units of their own."""
-    segments = text.split(" ")
-    if len(segments) == 1:
-        return Units(np.zeros(1, dtype=np.intp), segments, np.array([is_simple(text, marker)]), np.array([len(text)]))
-    points = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-    spaces = np.flatnonzero(points == 32)
-    seg_start = np.concatenate(([0], spaces + 1))
-    seg_end = np.concatenate((spaces, [points.size]))
-    nonempty = seg_end > seg_start
-    first = points[np.minimum(seg_start, points.size - 1)]
-    last = points[np.maximum(seg_end - 1, 0)]
-    starts_ok = nonempty & ~_is_space(first)
-    ends_ok = nonempty & ~_is_space(last) & (last != ord(marker))
+    The text is split at every space and the segments numbered (`_segments`); whether a cut is
+    allowed depends only on the ends of its two neighbouring segments, so it is decided once per
+    distinct segment and gathered in numpy. The few runs of segments across a refused cut (runs
+    of spaces, a space next to a line break) are joined back into units of their own."""
+    codes, distinct = _segments(text)
+    n = len(distinct)
+    starts_ok = np.fromiter((bool(s) and not s[0].isspace() for s in distinct), dtype=bool, count=n)
+    ends_ok = np.fromiter((bool(s) and not s[-1].isspace() and s[-1] != marker for s in distinct), dtype=bool, count=n)
     simple = starts_ok & ends_ok
     if marker in text:
-        marks = np.flatnonzero(points == ord(marker))
-        simple[np.searchsorted(spaces, marks)] = False  # the segment holding each mark
-    codes, distinct = _factorize(segments)
-    n = len(distinct)
-    simple_distinct = np.zeros(n, dtype=bool)
-    simple_distinct[codes] = simple  # a distinct segment has one string, so one value
-    chars = np.zeros(n, dtype=np.int64)
-    chars[codes] = seg_end - seg_start
-    allowed = ends_ok[:-1] & starts_ok[1:]
+        simple &= np.fromiter((marker not in s for s in distinct), dtype=bool, count=n)
+    chars = np.fromiter(map(len, distinct), dtype=np.int64, count=n)
+    allowed = ends_ok[codes[:-1]] & starts_ok[codes[1:]]
     if allowed.all():
-        return Units(codes, distinct, simple_distinct, chars)
+        return Units(codes, distinct, simple, chars)
     # Units start after each allowed cut; a unit of several segments is a new distinct unit
     # (it holds a space, so it is never simple and never equal to a segment).
     starts = np.flatnonzero(np.concatenate(([True], allowed)))
-    sizes = np.diff(np.append(starts, len(segments)))
-    unit_codes = codes[starts]
+    sizes = np.diff(np.append(starts, codes.size))
+    unit_codes = codes[starts].astype(np.int64)
     joined: dict[str, int] = {}
     for k in np.flatnonzero(sizes > 1).tolist():
         a = int(starts[k])
-        unit = " ".join(segments[a : a + int(sizes[k])])
+        unit = " ".join([distinct[c] for c in codes[a : a + int(sizes[k])].tolist()])
         unit_codes[k] = joined.setdefault(unit, n + len(joined))
     return Units(
         unit_codes,
         distinct + list(joined),
-        np.concatenate((simple_distinct, np.zeros(len(joined), dtype=bool))),
+        np.concatenate((simple, np.zeros(len(joined), dtype=bool))),
         np.concatenate((chars, np.fromiter(map(len, joined), dtype=np.int64, count=len(joined)))),
     )
 

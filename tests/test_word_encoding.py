@@ -21,6 +21,8 @@ RULE = CutRule(drop_space=True, marker=SPACE_MARK)
 ATOMS = [" ", "  ", "\t", "\n", " \n", "\n ", "\u00a0", "\u3000", "\u2028", "the", "Emma", "walked", "I", "a",
          "'s", ",", ".", "—", "“", "中文", "Привет", "e\u0301", "😀", "▁", "▁▁", "a▁", "<s>", "</s>"]
 texts = st.lists(st.one_of(st.sampled_from(ATOMS), st.text(max_size=3)), max_size=60).map("".join)
+# A lone surrogate is no UTF-8 (Arrow cannot hold the text): units are still cut, by Python.
+unit_texts = st.lists(st.one_of(st.sampled_from([*ATOMS, "\ud800"]), st.text(max_size=3)), max_size=60).map("".join)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +43,7 @@ def reference_units(text: str) -> list[str]:
 
 
 @settings(max_examples=300)
-@given(text=texts)
+@given(text=unit_texts)
 def test_units_are_the_cut_rules(text):
     units = split_units(text, SPACE_MARK)
     assert [units.distinct[c] for c in units.codes] == reference_units(text)
