@@ -665,6 +665,16 @@ class TextTokenizer:
             self._mark_starts = starts
         return self._mark_starts
 
+    def _encode_by_units(self, text: str, piece_chars: int) -> list[np.ndarray] | None:
+        """The ids of `text`'s blocks, each encoded by distinct units; None for a text that is not
+        UTF-8 (a lone surrogate), which the reference encoder is left to judge."""
+        marker, starts = self.plan.rule.marker, self._unit_mark_starts()
+        try:
+            return [word_encoding.encode_by_units(block, marker, starts, self._encode_strings, piece_chars)
+                    for block in split_for_encoding(text, word_encoding.BLOCK_CHARS, self.plan.rule)]
+        except UnicodeEncodeError:
+            return None
+
     def encode_long(
         self, text: str, bos_id: int | None = None, eos_id: int | None = None, piece_chars: int = DEFAULT_PIECE_CHARS
     ) -> np.ndarray:
@@ -674,10 +684,9 @@ class TextTokenizer:
         the text's pieces of about `piece_chars` characters are encoded a batch at a time. Only
         int32 ids are kept."""
         parts = [np.asarray([] if bos_id is None else [bos_id], dtype=np.int32)]
-        if self.by_units(text):
-            marker, starts = self.plan.rule.marker, self._unit_mark_starts()
-            for block in split_for_encoding(text, word_encoding.BLOCK_CHARS, self.plan.rule):
-                parts.append(word_encoding.encode_by_units(block, marker, starts, self._encode_strings, piece_chars))
+        by_units = self._encode_by_units(text, piece_chars) if self.by_units(text) else None
+        if by_units is not None:
+            parts.extend(by_units)
         else:
             units = self._stretches(text, piece_chars)[:-1]
             for i in range(0, len(units), _BATCH_PIECES):
