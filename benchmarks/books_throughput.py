@@ -99,14 +99,14 @@ def replicate(corpus: Path, copies: int, folder: Path) -> Path:
 # Steps of the pipeline, by the module (and for some, the function) of the innermost frame of ours
 # on the stack. Library frames (numpy, pandas, re, ...) count for the frame of ours that called
 # them; a few libraries are a step on their own wherever they are called from.
-LIBRARY_STEPS = {"sentencepiece": "tokenize", "tokenizers": "tokenize", "lingua": "language", "datasketch": "near-duplicates",
-                 "pyarrow": "write shards"}
+# (pyarrow is not one: the quality, near-duplicate and tokenize steps call it too.)
+LIBRARY_STEPS = {"sentencepiece": "tokenize", "tokenizers": "tokenize", "lingua": "language", "datasketch": "near-duplicates"}
 LANGUAGE_FUNCTIONS = {"identify_language", "mean_confidences", "language_windows", "language_verdict", "build_detector"}
 MODULE_STEPS = {
     "curation/sources.py": "read", "pipelines/io.py": "read",
     "curation/text.py": "clean", "curation/quality.py": "quality rules", "pipelines/quality.py": "quality rules",
     "curation/near_duplicates.py": "near-duplicates", "pipelines/dedup.py": "near-duplicates",
-    "curation/tokenize.py": "tokenize", "curation/stages.py": "stages",
+    "curation/tokenize.py": "tokenize", "curation/word_encoding.py": "tokenize", "curation/stages.py": "stages",
     "curation/packing.py": "pack", "pipelines/packing.py": "pack",
     "curation/shards.py": "write shards", "curation/manifest.py": "rejects + manifest",
     "pipelines/accounting.py": "rejects + manifest", "curation/accounting.py": "rejects + manifest",

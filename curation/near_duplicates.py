@@ -32,6 +32,7 @@ import numpy as np
 from datasketch import MinHash
 
 from curation.accounting import Reason
+from curation.word_memo import WordMemo
 
 NEAR_DUPLICATE = Reason.NEAR_DUPLICATE.value
 
@@ -134,25 +135,13 @@ def _word_hash(word: str) -> int:
     return int.from_bytes(hashlib.blake2b(word.encode("utf-8"), digest_size=8).digest(), "little")
 
 
-# Word -> its 64-bit hash, shared by every document a worker sees: books share most of their
-# vocabulary, so after the first few each document hashes only its new words. Bounded, and a
-# pure function of the word, so what it holds never changes a result.
-_WORD_HASHES: dict[str, int] = {}
-_WORD_HASHES_MAX = 1 << 19  # ~60 MB at most (key, int, table slot)
+# Word -> its 64-bit hash, shared by every document a worker sees (~60 MB at most: key, int, slot).
+_WORD_HASHES = WordMemo(_word_hash, 1 << 19)
 
 
 def _hash_table(distinct: list[str]) -> np.ndarray:
-    """The 64-bit hash of each distinct word (uint64), from the cache: one C-level `map` of
-    lookups (hits dominate after the first few books), blake2b only for the misses."""
-    cache = _WORD_HASHES
-    if len(cache) + len(distinct) > _WORD_HASHES_MAX:
-        cache.clear()
-    values = list(map(cache.get, distinct))
-    if None in values:
-        for i, word in enumerate(distinct):
-            if values[i] is None:
-                values[i] = cache[word] = _word_hash(word)
-    return np.array(values, dtype=np.uint64)
+    """The 64-bit hash of each distinct word (uint64); blake2b only for words new to the worker."""
+    return np.array(_WORD_HASHES(distinct), dtype=np.uint64)
 
 
 def _word_hashes(words: list[str]) -> np.ndarray:

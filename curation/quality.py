@@ -46,6 +46,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from curation.accounting import Reason
+from curation.word_memo import WordMemo
 
 LOW_QUALITY = "low_quality"
 LANGUAGE = Reason.LANGUAGE.value
@@ -202,28 +203,21 @@ def _words(text: str) -> tuple[np.ndarray, list[str]]:
     return codes.astype(np.int64, copy=False), list(distinct)
 
 
-# Per distinct word: 1 if it holds a letter, plus 2 if it is a stop word; shared by every document
-# a worker judges (books share most of their vocabulary). Bounded; a pure function of the word.
-_WORD_KINDS: dict[str, int] = {}
-_WORD_KINDS_MAX = 1 << 19
 _ALPHA, _STOP = 1, 2
 
 
 def _word_kind(word: str) -> int:
+    """1 if the word holds a letter, plus 2 if it is a stop word."""
     return (_ALPHA if _LETTER.search(word) else 0) | (_STOP if _EDGE_PUNCT.sub("", word.casefold()) in STOP_WORDS else 0)
+
+
+# Per distinct word, its kind; shared by every document a worker judges.
+_WORD_KINDS = WordMemo(_word_kind, 1 << 19)
 
 
 def _word_kinds(words: Sequence[str]) -> np.ndarray:
     """The kind (_ALPHA | _STOP bits) of each distinct word, as an int8 array."""
-    cache = _WORD_KINDS
-    if len(cache) + len(words) > _WORD_KINDS_MAX:
-        cache.clear()
-    kinds = list(map(cache.get, words))
-    if None in kinds:
-        for i, found in enumerate(kinds):
-            if found is None:
-                kinds[i] = cache[words[i]] = _word_kind(words[i])
-    return np.array(kinds, dtype=np.int8)
+    return np.array(_WORD_KINDS(words), dtype=np.int8)
 
 
 def text_stats(text: str) -> TextStats:

@@ -73,7 +73,7 @@ class JobConfig(BaseModel):
     max_control_ratio: float = Field(0.001, description="reject texts with a larger share of control characters (binary)")
     unicode_normalization: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form applied to the text")
     strip_gutenberg: bool = Field(True, description="strip Project Gutenberg licence header and footer when present")
-    encode_piece_chars: int = Field(32_768, description="long texts are encoded in pieces of about this many characters (cut at spaces)")
+    encode_piece_chars: int = Field(32_768, description="long texts are encoded in pieces of about this many characters (cut at spaces; for SentencePiece BPE, the distinct words of a text joined into pieces of this size)")
 
     @model_validator(mode="before")
     @classmethod
