@@ -219,6 +219,14 @@ def _text_checkpoint(tmp_path):
     return str(ckpt.save_params(tmp_path / "text" / "final", config, init_params(config, jax.random.key(7))))
 
 
+def test_a_caption_is_a_learned_caption_or_its_tail():
+    assert said_a_caption("prompt: x\nnew token ids: 1,2\noutput: Cyclists.\n")
+    assert said_a_caption("new token ids: 2581,28723,2\noutput: bit.\n")  # "Rab|bit|." without its first token
+    assert not said_a_caption("new token ids: 28723,2\noutput: .\n")  # one token: any caption's end
+    assert not said_a_caption("new token ids: 2581,28723\noutput: bit.\n")  # no EOS: not a finished caption
+    assert not said_a_caption("new token ids: 272,2\noutput: the\n")
+
+
 def test_vision_problems_read_the_typed_shard_metadata():
     """The check reads curation.shards.ShardMetadata (the one reader of the schema metadata)."""
     from curation.shards import ShardMetadata
@@ -239,12 +247,32 @@ def test_vision_problems_read_the_typed_shard_metadata():
         ShardMetadata.parse({"longctx.length": "320", "longctx.vision": "{not json"})
 
 
+def said_a_caption(out: str) -> bool:
+    """Whether `longctx generate`'s output is a caption the toy model learned: "Rabbit." or
+    "Cyclists.", or the last two or more of a caption's tokens and then EOS. Inside the full suite
+    the toy model (150 steps) once skipped a caption's first token and wrote "bit." + EOS; the tail
+    of a learned caption is still that caption, which a model that learned nothing does not write."""
+    if "Cyclists" in out or "Rabbit" in out:
+        return True
+    from curation.tokenize import load_tokenizer
+    from tests.conftest import DEMO_TOKENIZER
+
+    tok, info = load_tokenizer(DEMO_TOKENIZER)
+    line = next((ln for ln in out.splitlines() if ln.startswith("new token ids: ")), "")
+    ids = [int(i) for i in line.removeprefix("new token ids: ").split(",") if i]
+    if len(ids) < 3 or ids[-1] != info.eos_id:
+        return False
+    body = ids[:-1]
+    return any(caption[-len(body):] == body for caption in (tok.encode(c).ids for c in ("Rabbit.", "Cyclists.")))
+
+
 def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path, capsys):
     """Rows hold a frame of one clip and then its caption, "Rabbit." or "Cyclists.". Both losses
     fall by the stated margins, and `longctx generate` on a real clip (and on a still of it) writes
-    a caption the model learned. Which clip it names is not asserted: in isolated runs the model
-    named the right clip for 52-61 of the 61 rows after 150 steps, but inside the full suite it can
-    still answer the majority caption (40 of 61), so that is a measurement, not a test."""
+    a caption the model learned (`said_a_caption`). Which clip it names is not asserted: in
+    isolated runs the model named the right clip for 52-61 of the 61 rows after 150 steps, but
+    inside the full suite it can still answer the majority caption (40 of 61), so that is a
+    measurement, not a test."""
     config = TrainConfig(
         data=str(clip_shards / "v320"), out=str(tmp_path / "run"), init_from=_text_checkpoint(tmp_path),
         vision_layout="separate", seq_len=320, global_batch=8, steps=150, lr=2e-2, warmup_steps=5, loss_chunk=64,
@@ -275,7 +303,7 @@ def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path,
         out = capsys.readouterr().out
         # The model captions a frame of the real clip with one of the captions it learned.
         # BOS, <vision> (3 text ids), 257 vision tokens, </vision> (3 text ids)
-        assert "prompt: 1 frame(s), 264 tokens (257 vision)" in out and ("Cyclists" in out or "Rabbit" in out), out
+        assert "prompt: 1 frame(s), 264 tokens (257 vision)" in out and said_a_caption(out), out
 
     from PIL import Image
 
@@ -287,7 +315,7 @@ def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path,
     capsys.readouterr()
     assert main([*common, "--image", str(tmp_path / "bikes.png")]) == 0
     out = capsys.readouterr().out
-    assert "prompt: 1 frame(s), 264 tokens (257 vision)" in out and ("Cyclists" in out or "Rabbit" in out), out
+    assert "prompt: 1 frame(s), 264 tokens (257 vision)" in out and said_a_caption(out), out
 
     # Two generated frames: one PNG each (the model may well draw the same frame twice) ...
     capsys.readouterr()
