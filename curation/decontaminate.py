@@ -23,15 +23,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from curation.accounting import Reason
-from curation.near_duplicates import ngram_hashes64, normalized_words
+from curation.near_duplicates import text_ngram_hashes64
 
 CONTAMINATED = Reason.CONTAMINATED.value
 
 
 def eval_ngrams(text: str, n: int) -> np.ndarray:
     """Sorted unique 64-bit hashes of the text's word n-grams; none when it has fewer than n words."""
-    words = normalized_words(unicodedata.normalize("NFC", text))
-    return ngram_hashes64(words, n) if len(words) >= n else np.zeros(0, dtype=np.uint64)
+    return text_ngram_hashes64(unicodedata.normalize("NFC", text), n)
 
 
 @dataclass(frozen=True)

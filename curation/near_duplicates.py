@@ -211,6 +211,13 @@ def _roll(h: np.ndarray, n: int) -> np.ndarray:
     return grams
 
 
+def text_ngram_hashes64(text: str, n: int) -> np.ndarray:
+    """`ngram_hashes64(normalized_words(text), n)` without a Python string per word (see
+    `_text_word_hashes`), except that a text of fewer than n words has no n-gram at all."""
+    hashes = _text_word_hashes(text)
+    return _unique_sorted(_roll(hashes, n)) if hashes.size >= n else np.zeros(0, dtype=np.uint64)
+
+
 def ngram_hashes64(words: list[str], n: int) -> np.ndarray:
     """Sorted unique 64-bit hashes of the word n-grams (a text shorter than n words is one
     n-gram). Stable across processes and runs: blake2b per word, a rolling combination per

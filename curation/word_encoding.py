@@ -68,11 +68,6 @@ class Units:
         return out[:-1].tobytes().decode("utf-8")
 
 
-def is_simple(unit: str, marker: str) -> bool:
-    """A unit whose encoding holds exactly one token starting with `marker` (its first)."""
-    return bool(unit) and " " not in unit and marker not in unit and not unit[0].isspace() and not unit[-1].isspace()
-
-
 # `str.isspace` of every code point up to U+3000, the last whitespace one (none above is).
 _WHITESPACE = np.array([chr(cp).isspace() for cp in range(0x3001)], dtype=bool)
 
@@ -210,12 +205,7 @@ def encode_distinct(units: Units, mark_starts: np.ndarray, encode: EncodeBatch, 
 
 def gather(codes: np.ndarray, encoded: UnitIds) -> np.ndarray:
     """The ids of the units at `codes`, concatenated in order (int32)."""
-    per_position = encoded.lengths[codes]
-    total = int(per_position.sum())
-    out_offsets = np.zeros(codes.size, dtype=np.int64)
-    np.cumsum(per_position[:-1], out=out_offsets[1:])
-    index = np.repeat(encoded.offsets[codes] - out_offsets, per_position) + np.arange(total, dtype=np.int64)
-    return encoded.flat[index]
+    return encoded.flat[_spans(encoded.lengths[codes], encoded.offsets[codes])]
 
 
 def encode_by_units(text: str, marker: str, mark_starts: np.ndarray, encode: EncodeBatch, piece_chars: int) -> np.ndarray:

@@ -294,6 +294,24 @@ def test_words_match_the_regex_definition_on_any_characters():
     assert normalized_words("ǅungla ΣΑΣ ß _x_ ٣٤ 二三") == ["ǆungla", "σασ", "ss", "x", "٣٤", "二三"]
 
 
+def test_text_ngram_hashes_are_those_of_the_words(sample_books):
+    """Decontamination's n-grams from the text's bytes equal ngram_hashes64 of normalized_words,
+    and a text of fewer than n words has none."""
+    import random
+
+    from curation.near_duplicates import ngram_hashes64, text_ngram_hashes64
+
+    rng = random.Random(5)
+    words = ["The", "whale,", "naïve", "Café", "—", "don't", "\n", "二三", "ΣΑΣ", "_x_", "42"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(0, 30))) for _ in range(300)]
+    texts += [sample_books[3]["text"][:50_000]]
+    for n in (1, 5, 13):
+        for text in texts:
+            found = normalized_words(text)
+            expected = ngram_hashes64(found, n) if len(found) >= n else np.zeros(0, dtype=np.uint64)
+            assert text_ngram_hashes64(text, n).tolist() == expected.tolist(), (n, text[:80])
+
+
 def _datasketch_signature(text: str, config: MinHashConfig) -> np.ndarray:
     """The signature as the library computes it: one MinHash updated with every shingle hash."""
     hashes = shingle_hashes(normalized_words(text), config.ngram)
