@@ -8,9 +8,9 @@ files are written) the book pipeline's own `assign_stages` (stage windows) and `
 (packing groups) run on the book lengths (+2 for BOS/EOS; tokenizing is skipped, packing memory
 depends only on the token counts), and then, in a fresh child process per group (`--_pack_child`),
 `PackGroup.process` (the packing DoFn, called directly) packs that one group: its values are
-materialized as a list of `StageSegment`s with random int32 tokens (as a decoded GroupByKey value
-list; a lazily paged iterable only lowers the figure), every row it yields is pickled as it would be
-for the next stage and dropped. The child reports its peak RSS (VmHWM) minus its RSS after imports,
+materialized as a list of `StageSegment`s with random token ids below 32,000, held as uint16
+(`transit_ids`), as a decoded GroupByKey value list (a lazily paged iterable only lowers the
+figure); every row it yields is pickled as it would be for the next stage and dropped. The child reports its peak RSS (VmHWM) minus its RSS after imports,
 with the group's token count. `--packing-memory-groups K` measures the K largest groups of each
 (size, stage); groups are counted and sized from all of them.
 

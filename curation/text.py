@@ -49,16 +49,52 @@ def decode_utf8(raw: bytes) -> str:
         raise Rejected(Reason.INVALID_UTF8, f"byte {err.start}: {err.reason}") from None
 
 
+# Every match of either marker contains this, lowercased (its letters have no case forms outside
+# ASCII that IGNORECASE would also accept, unlike i, k and s). Before it, a match holds at most 14
+# other non-space characters ("***START OF THIS "), so it starts at a line start shortly before.
+_MARKER_WORDS = "project gutenberg"
+_MARKER_LEAD = 32
+
+
+def _first_marker(pattern: re.Pattern[str], text: str, lowered: str) -> re.Match[str] | None:
+    """`pattern.search(text)` for a START/END marker pattern, tried only at the line starts just
+    before each place that holds `_MARKER_WORDS` (back over whitespace and at most `_MARKER_LEAD`
+    other characters). The regex scanning a whole novel cost more than the rest of cleaning."""
+    at = lowered.find(_MARKER_WORDS)
+    while at >= 0:
+        lead, begin = 0, at
+        while begin > 0 and (text[begin - 1].isspace() or lead < _MARKER_LEAD):
+            lead += not text[begin - 1].isspace()
+            begin -= 1
+        line = text.rfind("\n", 0, at) + 1
+        if begin == 0 or text[begin - 1] == "\n":
+            q = begin
+        else:
+            q = text.find("\n", begin, line) + 1 or line + 1  # no line start in reach: no match here
+        while q <= line:
+            found = pattern.match(text, q)
+            if found:
+                return found
+            q = text.find("\n", q, line) + 1 or line + 1
+        nl = text.find("\n", at)
+        at = lowered.find(_MARKER_WORDS, nl + 1) if nl >= 0 else -1
+    return None
+
+
 def strip_gutenberg(text: str) -> str:
     """Drop the Project Gutenberg header (up to the START marker) and licence footer (from the
     END marker on). Text without the markers is returned unchanged."""
-    start = _GUTENBERG_START.search(text)
+    lowered = text.lower()
+    if len(lowered) != len(text):  # a character whose lowercase is longer: offsets would shift
+        start = _GUTENBERG_START.search(text)
+        text = text[start.end() :] if start else text
+        end = _GUTENBERG_END.search(text)
+        return text[: end.start()] if end else text
+    start = _first_marker(_GUTENBERG_START, text, lowered)
     if start:
-        text = text[start.end() :]
-    end = _GUTENBERG_END.search(text)
-    if end:
-        text = text[: end.start()]
-    return text
+        text, lowered = text[start.end() :], lowered[start.end() :]
+    end = _first_marker(_GUTENBERG_END, text, lowered)
+    return text[: end.start()] if end else text
 
 
 def clean_text(text: str, config: CleanConfig) -> str:

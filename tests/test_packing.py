@@ -20,6 +20,7 @@ from curation.packing import (
     placements,
     plan_rows,
     rows_per_shard,
+    transit_ids,
 )
 from curation.stages import cut_windows
 
@@ -145,3 +146,16 @@ def test_rows_without_masks_travel_without_them():
     assert full.segment_ids.tolist() == [[1, 1, 1, 1, 1, 1, 2, 2, 2, 0]]
     assert full.positions.tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 0]]
     assert full.loss_mask.tolist() == [[1.0] * 9 + [0.0]] and full.vision_mask is None
+
+
+def test_segments_travel_as_uint16_when_every_id_fits_and_rows_come_out_int32():
+    small = StageSegment("s", SegmentRef("a@0", "a", 0, 3), "a", np.array([0, 31999, 65535], np.int32))
+    large = StageSegment("s", SegmentRef("b@0", "b", 0, 2), "b", np.array([5, 65536], np.int64))
+    assert small.tokens.dtype == np.uint16 and small.tokens.tolist() == [0, 31999, 65535]
+    assert large.tokens.dtype == np.int32 and large.tokens.tolist() == [5, 65536]
+    assert transit_ids(np.array([], np.int32)).dtype == np.uint16
+    negative = transit_ids(np.array([-1, 2], np.int32))  # not narrowed, so not wrapped around
+    assert negative.dtype == np.int32 and negative.tolist() == [-1, 2]
+    rows = unpack_rows(pack_segments([small, large], 8), 8)
+    assert rows.input_ids.dtype == np.int32
+    assert sorted(rows.input_ids[0][rows.segment_ids[0] > 0].tolist()) == [0, 5, 31999, 65535, 65536]

@@ -14,8 +14,8 @@ from curation.stages import Stage
 from pipelines.packing import GROUP_EVENTS, PackGroup
 
 L = 32_768
-GROUP_TOKENS = 1 << 21  # 2M tokens: 8 MiB of int32 per group
-GROUP_BYTES = GROUP_TOKENS * 4
+GROUP_TOKENS = 1 << 21  # 2M tokens: 4 MiB per group, as segments carry them (uint16: `transit_ids`)
+GROUP_BYTES = GROUP_TOKENS * 2
 SLACK = 4 * L * 4  # a few rows' worth: the row being built, its masks, the planner's lists
 
 
