@@ -7,10 +7,12 @@ grouped values are streamed per key and a worker holds one group at a time. For 
 files are written) the book pipeline's own `assign_stages` (stage windows) and `AssignGroup`
 (packing groups) run on the book lengths (+2 for BOS/EOS; tokenizing is skipped, packing memory
 depends only on the token counts), and then, in a fresh child process per group (`--_pack_child`),
-`PackGroup.process` (the packing DoFn, called directly) packs that one group: its values are
-materialized as a list of `StageSegment`s with random token ids below 32,000, held as uint16
-(`transit_ids`), as a decoded GroupByKey value list (a lazily paged iterable only lowers the
-figure); every row it yields is pickled as it would be for the next stage and dropped. The child reports its peak RSS (VmHWM) minus its RSS after imports,
+`PackGroup.process` (the packing DoFn, called directly) plans that one group: its values are
+materialized as a list of `StageRef`s (segment references: since 2026-11-30 the planner never
+sees tokens; they join their place only at the shard writer, whose per-shard bound
+`tests/test_packing_memory.py` checks), as a decoded GroupByKey value list (a lazily paged iterable
+only lowers the figure); every place it yields is pickled as it would be for the next stage and
+dropped. The child reports its peak RSS (VmHWM) minus its RSS after imports,
 with the group's token count. `--packing-memory-groups K` measures the K largest groups of each
 (size, stage); groups are counted and sized from all of them.
 
@@ -30,7 +32,6 @@ import resource
 import sys
 import tempfile
 import time
-import zlib
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,7 @@ def packing_group_plan(lengths: list[list[int]], size: int, stages: str, group_t
     assign = AssignGroup(config.pack_group_tokens)
     groups: dict[tuple[str, int], list[list[Any]]] = defaultdict(list)
     for seg in segments:
-        for (stage, group), _ in assign.process(seg, stage_tokens):
+        for (stage, group), _ in assign.process(seg.stage_ref, stage_tokens):
             r = seg.ref
             groups[(stage, group)].append([r.key, r.doc_id, r.start, r.length, seg.doc_uid])
     return {
@@ -95,16 +96,17 @@ def packing_group_plan(lengths: list[list[int]], size: int, stages: str, group_t
 
 def pack_child_main(job_path: str) -> None:
     """One packing group in a fresh process: the values the runner hands `PackGroup` (decoded into a
-    list), then `PackGroup.process` with every output pickled and dropped, as the SDK harness
-    encodes each output for the next stage. Peak RSS minus the RSS after imports."""
+    list of segment references; tokens never reach the planner), then `PackGroup.process` with every
+    output pickled and dropped, as the SDK harness encodes each output for the next stage. Peak RSS
+    minus the RSS after imports."""
     job = json.loads(Path(job_path).read_text())
     import pickle
 
     import apache_beam as beam
 
-    from curation.packing import SegmentRef, StageSegment
+    from curation.packing import SegmentRef, StageRef
     from curation.stages import Stage
-    from pipelines.packing import PackGroup
+    from pipelines.packing import GROUP_EVENTS, GROUP_ROWS, PackGroup
 
     dofn = PackGroup([Stage(**s) for s in job["stages"]], job["seed"])
     dofn.setup()
@@ -112,20 +114,19 @@ def pack_child_main(job_path: str) -> None:
     spec = job["segments"]
     base = proc_status(os.getpid())
     start = time.perf_counter()
-    values = []
-    for key, doc_id, begin, length, uid in spec:
-        tokens = np.random.default_rng(zlib.crc32(key.encode())).integers(3, 32000, length, dtype=np.int32)
-        values.append(StageSegment(stage, SegmentRef(key, doc_id, begin, length), uid, tokens))
+    values = [StageRef(stage, SegmentRef(key, doc_id, begin, length), uid) for key, doc_id, begin, length, uid in spec]
     held = proc_status(os.getpid())
     rows = out_bytes = 0
     event: dict[str, int] = {}
     t_pack = time.perf_counter()
     for out in dofn.process(((stage, group), values)):
         if isinstance(out, beam.pvalue.TaggedOutput):
-            event = out.value
+            if out.tag == GROUP_EVENTS:
+                event = out.value
+            elif out.tag == GROUP_ROWS:
+                rows = out.value[1]
             continue
         out_bytes += len(pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL))
-        rows += 1
     pack_s = time.perf_counter() - t_pack
     # VmHWM, not ru_maxrss: an exec'd child's ru_maxrss starts at its parent's high-water mark
     # (Linux carries the pre-exec mm's peak into the process's rusage), VmHWM is this image's own.
@@ -137,7 +138,7 @@ def pack_child_main(job_path: str) -> None:
         "group_tokens": sum(s[3] for s in spec),
         "event_group_tokens": next((v for k, v in event.items() if is_max(k)), None),
         "rows": rows,
-        "rows_pickled_bytes": out_bytes,
+        "places_pickled_bytes": out_bytes,
         "baseline_rss_kib": base.get("VmRSS", 0),
         "baseline_hwm_kib": base.get("VmHWM", 0),
         "values_rss_kib": held.get("VmRSS", 0),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import bisect
 import hashlib
 import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 
@@ -182,6 +182,15 @@ def transit_ids(tokens: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class StageRef:
+    """A window on its way to a row of `stage`, by reference: what packing plans with."""
+
+    stage: str
+    ref: SegmentRef
+    doc_uid: str
+
+
+@dataclass(frozen=True)
 class StageSegment:
     """A window's tokens on its way to a row of `stage`. Books carry tokens only; QA adds a loss
     mask (answers only), video a vision mask. `tokens` is held in its transit dtype (`transit_ids`)."""
@@ -196,96 +205,44 @@ class StageSegment:
     def __post_init__(self) -> None:
         object.__setattr__(self, "tokens", transit_ids(self.tokens))
 
-
-@dataclass(frozen=True)
-class PackedRow:
-    """One packed row as it travels between workers: its tokens and segment lengths. Segment ids
-    and positions follow from the lengths and are rebuilt when the shard is written (a quarter of
-    the bytes a full row would shuffle); the masks travel only when they say more than that."""
-
-    input_ids: np.ndarray  # [L] in the segments' transit dtype (`transit_ids`), zeros after the last segment
-    lengths: tuple[int, ...]
-    doc_ids: tuple[str, ...]
-    doc_starts: tuple[int, ...]
-    loss_mask: np.ndarray | None = None  # None: 1 on every token of every segment
-    vision_mask: np.ndarray | None = None
-
     @property
-    def num_tokens(self) -> int:
-        return sum(self.lengths)
+    def stage_ref(self) -> StageRef:
+        return StageRef(self.stage, self.ref, self.doc_uid)
 
 
-def iter_packed_rows(segments: Iterable[StageSegment], length: int, seed: int = 0) -> Iterator[PackedRow]:
-    """Pack a group's segments into rows (best-fit-decreasing on their lengths) and yield them one
-    at a time, in the group's deterministic row order.
+def assemble_rows(placed: Iterable[tuple[Placement, StageSegment]], length: int,
+                  mode: PositionMode = PositionMode.DOCUMENT) -> RowArrays:
+    """The full columns of rows 0..R-1 of `length` tokens from their segments, each with where it
+    lands (`Placement`: row, slot, token offset), in any order. Every row must hold a segment."""
+    placed = list(placed)
+    rows = 1 + max((p.row for p, _ in placed), default=-1)
+    out = RowArrays.empty(rows, length, any(seg.vision_mask is not None for _, seg in placed))
+    filled = np.zeros(rows, dtype=bool)
+    for p, seg in placed:
+        n = seg.ref.length
+        if len(seg.tokens) != n:
+            raise ValueError(f"segment {seg.ref.key} has {len(seg.tokens)} tokens, its ref says {n}")
+        if p.offset + n > length:
+            raise ValueError(f"segment {seg.ref.key} ends at token {p.offset + n} of a {length}-token row")
+        out.place(p.row, p.index, p.offset, seg.tokens, seg.ref.doc_id, seg.ref.start, mode, seg.loss_mask, seg.vision_mask)
+        filled[p.row] = True
+    if not filled.all():
+        raise ValueError(f"rows {np.flatnonzero(~filled).tolist()} of {rows} got no segment")
+    return out.finish(mode)
 
-    Memory: `segments` (a GroupByKey's values) is read once, into one dict of references; the
-    plan needs only lengths; each row is built when it is yielded, and its segments are dropped
-    from the dict as they land in it. So this holds the group's tokens once, plus one row -
-    never the group's rows all at once next to its segments."""
+
+def pack_segments(segments: Iterable[StageSegment], length: int, seed: int = 0,
+                  mode: PositionMode = PositionMode.DOCUMENT) -> RowArrays:
+    """Segments packed into rows in one call (`plan_rows`, `placements`, `assemble_rows`): the rows
+    the pipeline writes for a stage packed as one group, in the same order, for callers that hold
+    every segment (tests, small examples)."""
     by_key: dict[str, StageSegment] = {}
     for seg in segments:
         if seg.ref.key in by_key:
-            raise ValueError("segment keys must be unique within a packing group")
+            raise ValueError(f"segment key {seg.ref.key} is not unique")
         by_key[seg.ref.key] = seg
-    plan = plan_rows([seg.ref for seg in by_key.values()], length, seed)
-    for planned in plan:
-        segs = [by_key.pop(ref.key) for ref in planned]
-        yield _packed_row(segs, length)
-
-
-def _packed_row(segs: list[StageSegment], length: int) -> PackedRow:
-    """One row of `length` tokens from its segments in slot order, zero after the last."""
-    ids = np.zeros(length, np.result_type(*(seg.tokens.dtype for seg in segs)))
-    offset = 0
-    for seg in segs:
-        if len(seg.tokens) != seg.ref.length:
-            raise ValueError(f"segment {seg.ref.key} has {len(seg.tokens)} tokens, its ref says {seg.ref.length}")
-        ids[offset : offset + seg.ref.length] = seg.tokens
-        offset += seg.ref.length
-
-    def mask(name: str, dtype, default: float):
-        if all(getattr(seg, name) is None for seg in segs):
-            return None
-        out = np.zeros(length, dtype)
-        at = 0
-        for seg in segs:
-            value = getattr(seg, name)
-            out[at : at + seg.ref.length] = default if value is None else value
-            at += seg.ref.length
-        return out
-
-    return PackedRow(
-        ids, tuple(seg.ref.length for seg in segs), tuple(seg.ref.doc_id for seg in segs), tuple(seg.ref.start for seg in segs),
-        mask("loss_mask", np.float32, 1.0), mask("vision_mask", np.int32, 0),
-    )
-
-
-def pack_segments(segments: Iterable[StageSegment], length: int, seed: int = 0) -> list[PackedRow]:
-    """All rows of a group at once (`iter_packed_rows`, collected); the pipeline streams them."""
-    return list(iter_packed_rows(segments, length, seed))
-
-
-def unpack_rows(rows: list[PackedRow], length: int, mode: PositionMode = PositionMode.DOCUMENT,
-                with_vision: bool | None = None) -> RowArrays:
-    """The full columns of packed rows, as the shard stores them."""
-    if with_vision is None:
-        with_vision = any(r.vision_mask is not None for r in rows)
-    out = RowArrays.empty(len(rows), length, with_vision)
-    for r, row in enumerate(rows):
-        # One widening copy per row: a transit array decoded from a stream may be unaligned, and
-        # numpy casts an unaligned array element by element.
-        ids = row.input_ids.astype(np.int32)
-        offset = 0
-        for index, (n, doc_id, start) in enumerate(zip(row.lengths, row.doc_ids, row.doc_starts)):
-            end = offset + n
-            out.place(
-                r, index, offset, ids[offset:end], doc_id, start, mode,
-                None if row.loss_mask is None else row.loss_mask[offset:end],
-                None if row.vision_mask is None else row.vision_mask[offset:end],
-            )
-            offset = end
-    return out.finish(mode)
+    where = placements(plan_rows([seg.ref for seg in by_key.values()], length, seed))
+    return assemble_rows(((where[key], seg) for key, seg in by_key.items()), length, mode)
 
 
 def rows_per_shard(length: int, target_bytes: int, with_vision: bool = False) -> int:

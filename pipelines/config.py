@@ -59,7 +59,7 @@ class JobConfig(BaseModel):
     min_tail_tokens: int = Field(1024, description="a long document's last partial window is packed if it has at least this many tokens, else dropped")
     positions: PositionMode = Field(PositionMode.DOCUMENT, description="position ids restart per packed document, or run 0..L-1 across the row")
     shuffle_seed: int = Field(0, description="seed of the deterministic row order within a stage")
-    pack_group_tokens: int = Field(1 << 25, description="a stage is packed in groups of at most about this many tokens (bounds a worker's memory)")
+    pack_group_tokens: int = Field(1 << 25, description="a stage is planned in packing groups of at most about this many tokens (a group's window references, not its tokens, meet on one worker)")
     shard_target_bytes: int = Field(256 * 1024 * 1024, description="target size of one shard file in bytes")
     add_bos: bool = Field(True, description="prepend the tokenizer's BOS to each document")
     add_eos: bool = Field(True, description="append the tokenizer's EOS to each document")

@@ -21,7 +21,6 @@ import tempfile
 import types
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -171,6 +170,7 @@ def test_graph_has_the_named_steps(dataflow_job):
         "PackAndWrite/GroupSegments",
         "PackAndWrite/Pack",
         "PackAndWrite/Route",
+        "PackAndWrite/JoinPlaces",
         "PackAndWrite/GroupByShard",
         "PackAndWrite/Write",
         "Rejects",
@@ -198,22 +198,23 @@ def test_graph_has_the_named_steps(dataflow_job):
         assert type(_dofn(t)) is cls, name
 
 
-def _sample_segments(n_docs: int, stages=("32k", "128k")):
-    from curation.packing import SegmentRef, StageSegment
+def _sample_refs(n_docs: int, stages=("32k", "128k")):
+    from curation.packing import SegmentRef, StageRef
 
     out = []
     for d in range(n_docs):
         for stage in stages:
             for start in (0, 1000):
                 ref = SegmentRef(key=f"doc{d}@{start}", doc_id=f"doc{d}", start=start, length=1000)
-                out.append(StageSegment(stage, ref, f"uid-{d}", np.zeros(1000, np.int32)))
+                out.append(StageRef(stage, ref, f"uid-{d}"))
     return out
 
 
 def test_packing_is_grouped_by_stage_and_group_not_by_stage(dataflow_job):
-    """No GroupByKey carrying segments or rows is keyed by stage alone: the only GBKs in
-    PackAndWrite are fed by AssignGroup ((stage, group) keys), by RouteToShard ((stage, shard,
-    count) keys), or sit inside a combiner (lifted: partial sums, never a whole stage)."""
+    """No GroupByKey in PackAndWrite is keyed by stage alone: its GBKs are fed by AssignGroup
+    ((stage, group) keys: references only), by the join of each segment with its place ((stage,
+    segment key)), by ToShard ((stage, shard, count) keys), or sit inside a combiner (lifted:
+    partial sums, never a whole stage)."""
     proto = dataflow_job.proto
     transforms = proto.components.transforms
     producers, parents = _producers(proto), _parents(proto)
@@ -225,35 +226,42 @@ def test_packing_is_grouped_by_stage_and_group_not_by_stage(dataflow_job):
             continue
         parent = transforms[parents[tid]]
         if parent.spec.urn == COMBINE_PER_KEY_URN:
-            continue  # StageTokens / GroupRowCounts: CombinePerKey(sum) of ints, combiner-lifted
+            continue  # StageTokens: CombinePerKey(sum) of ints, combiner-lifted
         (pc,) = t.inputs.values()
-        feeder = transforms[producers[pc]]
-        assert feeder.spec.urn == PARDO_URN, t.unique_name
-        feeders[t.unique_name.split("/PackAndWrite/", 1)[1]] = _dofn(feeder)
-    assert set(feeders) == {"GroupSegments", "GroupByShard"}, sorted(feeders)
-    assert isinstance(feeders["GroupSegments"], AssignGroup)
-    assert isinstance(feeders["GroupByShard"], RouteToShard)
+        feeders[t.unique_name.split("/PackAndWrite/", 1)[1]] = transforms[producers[pc]]
+    assert set(feeders) == {"GroupSegments", "JoinPlaces/CoGroupByKeyImpl/GroupByKey", "GroupByShard"}, sorted(feeders)
+    assert isinstance(_dofn(feeders["GroupSegments"]), AssignGroup)
+    assert "/PackAndWrite/ToShard" in feeders["GroupByShard"].unique_name
+    # The join's inputs: every segment keyed by (stage, segment key), and every place by the same.
+    join = _by_step(proto, "PackAndWrite/JoinPlaces")
+    fed_by = {transforms[producers[pc]].unique_name.split("/PackAndWrite/", 1)[1].split("/")[0] for pc in join.inputs.values()}
+    assert fed_by == {"BySegment", "Route"}, fed_by
 
     # Run the very DoFn objects the workers get: a stage with 4x the group budget is split into
     # 4 groups, keys are (stage, group), and all windows of one document share a group.
-    assign = feeders["GroupSegments"]
+    assign = _dofn(feeders["GroupSegments"])
     budget = assign.group_tokens
     stage_tokens = {"32k": 4 * budget, "128k": 4 * budget}
-    keyed = [kv for seg in _sample_segments(64) for kv in assign.process(seg, stage_tokens)]
+    keyed = [kv for item in _sample_refs(64) for kv in assign.process(item, stage_tokens)]
     keys = {k for k, _ in keyed}
     assert all(isinstance(k, tuple) and len(k) == 2 and isinstance(k[0], str) and isinstance(k[1], int) for k in keys)
     for stage in stage_tokens:
         assert {g for s, g in keys if s == stage} == {0, 1, 2, 3}, stage
     group_of = {}
-    for (stage, group), seg in keyed:
-        assert seg.stage == stage
-        assert group_of.setdefault((stage, seg.doc_uid), group) == group
+    for (stage, group), item in keyed:
+        assert item.stage == stage
+        assert group_of.setdefault((stage, item.doc_uid), group) == group
 
-    route = feeders["GroupByShard"]
-    row = types.SimpleNamespace(vision_mask=None)
+    route_step = _by_step(proto, "PackAndWrite/Route")
+    if route_step.subtransforms:  # a ParDo composite wrapper: its one primitive holds the DoFn
+        (child,) = route_step.subtransforms
+        route_step = transforms[child]
+    route = _dofn(route_step)
+    assert isinstance(route, RouteToShard)
     group_rows = {("32k", 0): 3, ("32k", 1): 2}
-    (((stage, shard, count), _),) = list(route.process((("32k", 1, 0), row), group_rows))
-    assert stage == "32k" and isinstance(shard, int) and isinstance(count, int)
+    ((join_key, ((stage, shard, count), place)),) = list(route.process((("32k", 1), (0, 0, 0, "doc1@0")), group_rows))
+    assert join_key == ("32k", "doc1@0") and stage == "32k" and isinstance(shard, int) and isinstance(count, int)
+    assert place.row >= 0 and place.index == 0 and place.offset == 0
 
 
 def test_packing_group_keys_are_deterministically_encoded(dataflow_job):
@@ -262,13 +270,14 @@ def test_packing_group_keys_are_deterministically_encoded(dataflow_job):
 
     proto = dataflow_job.proto
     context = pipeline_context.PipelineContext(proto.components)
-    for name in ("PackAndWrite/GroupSegments", "PackAndWrite/GroupByShard"):
+    for name, key in [("PackAndWrite/GroupSegments", ("32k", 3)), ("PackAndWrite/JoinPlaces/CoGroupByKeyImpl/GroupByKey", ("32k", "doc1@0")),
+                      ("PackAndWrite/GroupByShard", ("32k", 3, 7))]:
         (pc,) = _by_step(proto, name).inputs.values()
         coder = context.coders.get_by_id(proto.components.pcollections[pc].coder_id)
         assert coder.is_kv_coder(), (name, coder)
         key_coder = coder.key_coder()
         assert key_coder.is_deterministic(), (name, key_coder)
-        assert key_coder.decode(key_coder.encode(("32k", 3))) == ("32k", 3)
+        assert key_coder.decode(key_coder.encode(key)) == key
 
 
 # --------------------------------------------------------------------------------------------

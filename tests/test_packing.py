@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from curation.packing import (
+    Placement,
     PositionMode,
     RowArrays,
     SegmentRef,
     StageSegment,
     best_fit_decreasing,
+    assemble_rows,
     pack_segments,
-    unpack_rows,
     packing_efficiency,
     packing_group,
     packing_groups,
@@ -105,11 +107,9 @@ def test_pack_segments_builds_rows_with_masks():
                      loss_mask=np.linspace(0, 1, n, dtype=np.float32), vision_mask=np.ones(n, np.int32) * (i % 2))
         for i, n in enumerate([5, 3, 8, 2])
     ]
-    rows = pack_segments(segs, 8, seed=0)
-    assert len(rows) == 3 and all(r.input_ids.shape == (8,) for r in rows)
-    assert sorted(r.num_tokens for r in rows) == [2, 8, 8]
-    merged = unpack_rows(rows, 8)
-    assert merged.num_rows == 3 and merged.vision_mask is not None
+    merged = pack_segments(segs, 8, seed=0)
+    assert merged.num_rows == 3 and merged.input_ids.shape == (3, 8) and merged.vision_mask is not None
+    assert sorted(int((merged.segment_ids[r] > 0).sum()) for r in range(3)) == [2, 8, 8]
     for r in range(3):
         for k, doc in enumerate(merged.doc_ids[r], start=1):
             i = int(doc[1:])
@@ -119,6 +119,23 @@ def test_pack_segments_builds_rows_with_masks():
             assert np.all(merged.vision_mask[r][span] == i % 2)
     assert rows_per_shard(100, 100 * 16 * 4) == 4 and rows_per_shard(100, 10) == 1
     assert rows_per_shard(100, 100 * 20 * 4, with_vision=True) == 4
+
+
+def test_assemble_rows_takes_segments_in_any_order_and_refuses_gaps():
+    segs = [StageSegment("s", SegmentRef(f"d{i}@0", f"d{i}", 0, n), f"d{i}", np.arange(n) + 10 * i)
+            for i, n in enumerate([4, 3, 5])]
+    where = placements(plan_rows([s.ref for s in segs], 8, seed=1))
+    placed = [(where[s.ref.key], s) for s in segs]
+    first = assemble_rows(placed, 8)
+    again = assemble_rows(list(reversed(placed)), 8)
+    for name in ("input_ids", "segment_ids", "positions", "loss_mask"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(again, name))
+    assert first.doc_ids == again.doc_ids and first.doc_starts == again.doc_starts
+    lone = [(Placement(1, 0, 0), segs[0])]  # row 0 would be all padding: a routing bug, not a row
+    with pytest.raises(ValueError, match="got no segment"):
+        assemble_rows(lone, 8)
+    with pytest.raises(ValueError, match="ends at token"):
+        assemble_rows([(Placement(0, 0, 6), segs[0])], 8)
 
 
 def test_packing_groups_are_stable_and_bounded():
@@ -137,12 +154,10 @@ def test_cut_windows_covers_the_document(n, length, min_tail):
     assert dropped == 0 or dropped < max(min_tail, 1)
 
 
-def test_rows_without_masks_travel_without_them():
+def test_rows_without_masks_get_full_loss_and_no_vision_column():
     segs = [StageSegment("s", SegmentRef(f"d{i}@0", f"d{i}", 0, n), f"d{i}", np.arange(n, dtype=np.int32) + 1)
             for i, n in enumerate([6, 3])]
-    [row] = pack_segments(segs, 10)
-    assert row.loss_mask is None and row.vision_mask is None and row.lengths == (6, 3)
-    full = unpack_rows([row], 10, PositionMode.DOCUMENT)
+    full = pack_segments(segs, 10, mode=PositionMode.DOCUMENT)
     assert full.segment_ids.tolist() == [[1, 1, 1, 1, 1, 1, 2, 2, 2, 0]]
     assert full.positions.tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 0]]
     assert full.loss_mask.tolist() == [[1.0] * 9 + [0.0]] and full.vision_mask is None
@@ -156,6 +171,6 @@ def test_segments_travel_as_uint16_when_every_id_fits_and_rows_come_out_int32():
     assert transit_ids(np.array([], np.int32)).dtype == np.uint16
     negative = transit_ids(np.array([-1, 2], np.int32))  # not narrowed, so not wrapped around
     assert negative.dtype == np.int32 and negative.tolist() == [-1, 2]
-    rows = unpack_rows(pack_segments([small, large], 8), 8)
+    rows = pack_segments([small, large], 8)
     assert rows.input_ids.dtype == np.int32
     assert sorted(rows.input_ids[0][rows.segment_ids[0] > 0].tolist()) == [0, 5, 31999, 65535, 65536]

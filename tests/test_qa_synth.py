@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from curation.packing import pack_segments, unpack_rows
+from curation.packing import pack_segments
 from curation.text import CleanConfig, clean_text
 from curation.tokenize import encode_long
 from qa_synth.assemble import ChatFormat, assemble_examples, example_to_segment
@@ -422,6 +422,6 @@ def test_examples_become_packable_segments(qa_items, tok, info):
     assert seg.ref.key == f"{examples[0].book_uid}@qa{examples[0].first_chunk}"
     assert (seg.ref.doc_id, seg.ref.start, seg.ref.length) == (examples[0].book_id, examples[0].start, len(examples[0]))
     assert seg.doc_uid == examples[0].book_uid and seg.stage == "qa4k"
-    rows = unpack_rows(pack_segments(segments, 4096), 4096)
+    rows = pack_segments(segments, 4096)
     assert rows.loss_mask.sum() == sum(ex.loss_mask.sum() for ex in examples)
     assert (rows.segment_ids > 0).sum() == sum(len(ex) for ex in examples)

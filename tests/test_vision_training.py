@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from curation.packing import SegmentRef, StageSegment, pack_segments, unpack_rows
+from curation.packing import SegmentRef, StageSegment, pack_segments
 from curation.vision_layout import DEFAULT_VISION_VOCAB, UnifiedVocab, layout_video
 from training import checkpoint as ckpt
 from training.config import TrainConfig
@@ -124,7 +124,7 @@ def test_a_video_packed_beside_a_book_never_sees_it():
     def row(book):
         segments = [StageSegment("s", SegmentRef("v", "v", 0, len(tokens)), "v", tokens, loss, vision),
                     StageSegment("s", SegmentRef("b", "b", 0, len(book)), "b", book)]
-        arrays = unpack_rows(pack_segments(segments, length), length)
+        arrays = pack_segments(segments, length)
         return {k: jnp.asarray(getattr(arrays, k)) for k in ("input_ids", "positions", "segment_ids", "vision_mask")}
 
     def logits(r):
