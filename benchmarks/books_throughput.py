@@ -105,14 +105,14 @@ LANGUAGE_FUNCTIONS = {"identify_language", "mean_confidences", "language_windows
 MODULE_STEPS = {
     "curation/sources.py": "read", "pipelines/io.py": "read",
     "curation/text.py": "clean", "curation/quality.py": "quality rules", "pipelines/quality.py": "quality rules",
+    "curation/exact_duplicates.py": "exact dedup",
     "curation/near_duplicates.py": "near-duplicates", "pipelines/dedup.py": "near-duplicates",
     "curation/tokenize.py": "tokenize", "curation/word_encoding.py": "tokenize", "curation/stages.py": "stages",
     "curation/packing.py": "pack", "pipelines/packing.py": "pack",
     "curation/shards.py": "write shards", "curation/manifest.py": "rejects + manifest",
     "pipelines/accounting.py": "rejects + manifest", "curation/accounting.py": "rejects + manifest",
 }
-BOOKS_FUNCTIONS = {"CleanText": "clean", "first_of_duplicates": "exact dedup", "DropDuplicates": "exact dedup",
-                   "Tokenize": "tokenize", "assign_stages": "stages"}
+BOOKS_FUNCTIONS = {"CleanText": "clean", "Tokenize": "tokenize", "assign_stages": "stages"}
 OTHER = "Beam and the rest"
 
 

@@ -22,7 +22,7 @@ from curation.text import CleanConfig, Rejected, clean_text, content_hash
 from curation.tokenize import encode_long, load_tokenizer
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.config import TextFrontConfig
-from pipelines.dedup import DropContaminated, DropNearDuplicates
+from pipelines.dedup import DropContaminated, DropDuplicates
 from pipelines.io import ReadInputs
 from pipelines.quality import DropLowQuality
 
@@ -38,27 +38,6 @@ class CleanText(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, err.reason, err.detail))
             return
         yield doc.with_(text=text, content_hash=content_hash(text))
-
-
-def first_of_duplicates(keyed: tuple[str, list[Document]]):
-    """Of documents with the same content, keep the first read (by source, then position in it)."""
-    _, docs = keyed
-    docs = sorted(docs, key=lambda d: (d.source, d.index))
-    yield docs[0]
-    for dup in docs[1:]:
-        yield beam.pvalue.TaggedOutput(
-            REJECTS, Reject(dup.source, dup.id, Reason.DUPLICATE, f"same content as {docs[0].source} id={docs[0].id}")
-        )
-
-
-class DropDuplicates(beam.PTransform):
-    def expand(self, docs):
-        return (
-            docs
-            | "ByContent" >> beam.Map(lambda d: (d.content_hash, d))
-            | "GroupByContent" >> beam.GroupByKey()
-            | "KeepFirst" >> beam.FlatMap(first_of_duplicates).with_outputs(REJECTS, main="docs")
-        )
 
 
 class Tokenize(beam.DoFn):
@@ -143,15 +122,10 @@ class PrepareDocuments(beam.PTransform):
             judged = docs | "Quality" >> DropLowQuality(c.quality if c.quality_filter else None, language)
             docs = judged.docs
             rejects.append(judged[REJECTS])
-        unique = docs | "Deduplicate" >> DropDuplicates()
+        near = MinHashConfig(c.near_dup_threshold, c.near_dup_ngram, c.near_dup_bands, c.near_dup_rows) if c.near_duplicates else None
+        unique = docs | "Deduplicate" >> DropDuplicates(near)
         rejects.append(unique.rejects)
         docs = unique.docs
-        if c.near_duplicates:
-            near = docs | "NearDuplicates" >> DropNearDuplicates(
-                MinHashConfig(c.near_dup_threshold, c.near_dup_ngram, c.near_dup_bands, c.near_dup_rows)
-            )
-            docs = near.docs
-            rejects.append(near[REJECTS])
         if c.decontaminate:
             eval_source = SourceConfig(text_field=c.decontaminate_text_field, format="auto")
             clean = docs | "Decontaminate" >> DropContaminated(

@@ -1,13 +1,16 @@
-"""Near-duplicate and contaminated documents in Beam: thin shells over
+"""Duplicate and contaminated documents in Beam: thin shells over `curation/exact_duplicates.py`,
 `curation/near_duplicates.py` and `curation/decontaminate.py`.
 
-    docs -> Sketch (signature per document) -> (band key, sketch) -> GroupByKey (band buckets)
-         -> verified pairs per bucket -> connected components (pairs only) -> (dropped uid, Decision)
-    docs keyed by uid  + decisions  -> CoGroupByKey -> kept docs | near_duplicate rejects
+    docs -> (content hash, Copy) -> GroupByKey -> later copies: (uid, duplicate reject)
+    docs -> Sketch (signature per document) -> minus the exact copies being dropped (CoGroupByKey
+         on uid, sketches only) -> (band key, sketch) -> GroupByKey (band buckets) -> verified pairs
+         per bucket -> connected components (pairs only) -> (dropped uid, near_duplicate reject)
+    docs keyed by uid + every reject above -> CoGroupByKey -> kept docs | rejects
 
 No worker holds all signatures: a bucket holds the sketches of one band value. Only the verified
 pairs (two small nodes and a similarity each, a few per near-duplicate document) meet in one place,
-to form clusters; texts never leave the document's own join.
+to form clusters. The texts cross one shuffle, the final join; everything else is keys,
+signatures and decisions.
 
 Decontamination reads the evaluation files in the same job, builds their n-gram index once
 (CombineGlobally) and hands it to every worker as a side input (AsSingleton).
@@ -20,6 +23,7 @@ import apache_beam as beam
 from curation.accounting import Reject
 from curation.decontaminate import CONTAMINATED, build_index, contamination, eval_ngrams
 from curation.documents import Document
+from curation.exact_duplicates import Copy, later_copies
 from curation.near_duplicates import (
     NEAR_DUPLICATE,
     Decision,
@@ -67,43 +71,79 @@ class CollectPairs(beam.CombineFn):
         return [acc[key] for key in sorted(acc)]
 
 
-def apply_decision(keyed):
-    """A document and its decision, if any -> the document, or its near_duplicate reject."""
+def near_duplicate_reject(found: Decision) -> tuple[str, Reject]:
+    dropped = found.dropped
+    return dropped.uid, Reject(dropped.source, dropped.id, NEAR_DUPLICATE, found.detail, facts=found.facts)
+
+
+def unless_copy(keyed):
+    """A sketch, unless its document is an exact copy being dropped (copies never enter clustering)."""
     _, grouped = keyed
-    decisions: list[Decision] = list(grouped["drop"])
+    if not list(grouped["copy"]):
+        yield from grouped["sketch"]
+
+
+def apply_rejects(keyed):
+    """A document and the rejects decided for it, if any -> the document, or its first reject
+    (exact copies are never sketched, so a document gets at most one)."""
+    _, grouped = keyed
+    rejects = list(grouped["reject"])
     for doc in grouped["doc"]:
-        if decisions:
-            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, NEAR_DUPLICATE, decisions[0].detail,
-                                                                   facts=decisions[0].facts))
+        if rejects:
+            yield beam.pvalue.TaggedOutput(REJECTS, rejects[0])
         else:
             yield doc
 
 
-class DropNearDuplicates(beam.PTransform):
-    """Documents -> (kept documents, near_duplicate rejects); one document kept per cluster."""
+class NearDuplicateRejects(beam.PTransform):
+    """Documents, less the exact copies being dropped (`copies`: (uid, reject)) -> (uid,
+    near_duplicate reject) of every document dropped in favour of its cluster's kept one."""
 
-    def __init__(self, config: MinHashConfig):
+    def __init__(self, config: MinHashConfig, copies):
         super().__init__()
         self.config = config
+        self.copies = copies
 
     def expand(self, docs):
         c = self.config
+        sketches = docs | "Sketch" >> beam.ParDo(SketchDocument(c))
         pairs = (
-            docs
-            | "Sketch" >> beam.ParDo(SketchDocument(c))
+            {"sketch": sketches | "SketchByUid" >> beam.Map(lambda s: (s.node.uid, s)), "copy": self.copies}
+            | "LeaveOutCopies" >> beam.CoGroupByKey()
+            | "UniqueSketches" >> beam.FlatMap(unless_copy)
             | "BandKeys" >> beam.FlatMap(lambda s: ((key, s) for key in band_keys(s.signature, c.bands, c.rows)))
             | "GroupByBand" >> beam.GroupByKey()
             | "VerifyPairs" >> beam.FlatMap(lambda kv: bucket_pairs(kv[1], c.threshold))
         )
-        decisions = (
+        return (
             pairs
             | "CollectPairs" >> beam.CombineGlobally(CollectPairs())
-            | "Clusters" >> beam.FlatMap(lambda found: ((d.dropped.uid, d) for d in resolve_clusters(found)))
+            | "Clusters" >> beam.FlatMap(lambda found: (near_duplicate_reject(d) for d in resolve_clusters(found)))
         )
+
+
+class DropDuplicates(beam.PTransform):
+    """Documents -> (kept documents, rejects): exact copies (`duplicate`, the first read is kept),
+    then, with `near`, near-duplicates among the rest (`near_duplicate`, one kept per cluster)."""
+
+    def __init__(self, near: MinHashConfig | None = None):
+        super().__init__()
+        self.near = near
+
+    def expand(self, docs):
+        copies = (
+            docs
+            | "ByContent" >> beam.Map(lambda d: (d.content_hash, Copy.of(d)))
+            | "GroupByContent" >> beam.GroupByKey()
+            | "LaterCopies" >> beam.FlatMap(lambda kv: later_copies(kv[1]))
+        )
+        rejects = [copies]
+        if self.near is not None:
+            rejects.append(docs | "NearDuplicates" >> NearDuplicateRejects(self.near, copies))
         return (
-            {"doc": docs | "ByUid" >> beam.Map(lambda d: (d.uid, d)), "drop": decisions}
-            | "JoinDecisions" >> beam.CoGroupByKey()
-            | "Apply" >> beam.FlatMap(apply_decision).with_outputs(REJECTS, main="docs")
+            {"doc": docs | "ByUid" >> beam.Map(lambda d: (d.uid, d)), "reject": rejects | "AllRejects" >> beam.Flatten()}
+            | "JoinRejects" >> beam.CoGroupByKey()
+            | "Apply" >> beam.FlatMap(apply_rejects).with_outputs(REJECTS, main="docs")
         )
 
 

@@ -20,7 +20,8 @@ from curation.shards import read_manifest, read_shard
 from curation.stages import Stage, StagePolicy
 from curation.text import CleanConfig, clean_text
 from pipelines.accounting import REJECTS
-from pipelines.books import CleanText, DropDuplicates, assign_stages
+from pipelines.books import CleanText, assign_stages
+from pipelines.dedup import DropDuplicates
 from pipelines.config import BooksConfig
 from pipelines.launch import run_books
 from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS, write_corrupt_inputs

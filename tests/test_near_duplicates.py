@@ -278,6 +278,38 @@ def test_same_decisions_with_two_processes_and_reversed_input(editions, first_ru
     assert other["stages"]["s"]["tokens"] == manifest["stages"]["s"]["tokens"]
 
 
+def test_exact_copies_are_duplicates_and_never_near_duplicates(novels):
+    """Exact copies are decided on content hashes and left out of clustering: a copy of a novel is a
+    `duplicate` of the first read, its 1%-edited edition a `near_duplicate` of the longest of the
+    rest, and the texts cross one join (DropDuplicates on a TestPipeline)."""
+    import apache_beam as beam
+    from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+    from apache_beam.testing.util import assert_that, equal_to
+
+    from curation.documents import Document
+    from curation.text import content_hash
+    from pipelines.accounting import REJECTS
+    from pipelines.dedup import DropDuplicates
+
+    a, b = novels[0]["text"][:60_000], novels[1]["text"][:60_000]
+    edited = edit_words(a, 0.01, seed=1)
+    texts = {"a": a, "b": b, "a-copy": a, "a-edit": edited, "b-copy": b, "a-copy2": a}
+    docs = [Document("f", key, f"f#{i}", index=i, text=t, content_hash=content_hash(t)) for i, (key, t) in enumerate(texts.items())]
+    longest = "a" if len(a) >= len(edited) else "a-edit"
+    with BeamTestPipeline(runner="DirectRunner") as p:
+        out = p | beam.Create(docs[::-1]) | DropDuplicates(CONFIG)
+        assert_that(out.docs | "Kept" >> beam.Map(lambda d: d.id),
+                    equal_to(["b", longest]), label="kept")
+        dropped = "a-edit" if longest == "a" else "a"
+        assert_that(
+            out[REJECTS] | "Why" >> beam.Map(lambda r: (r.id, r.reason, r.detail.split(" (")[0] if r.reason == "duplicate"
+                                                                   else (r.facts["kept_id"], r.facts["cluster_size"]))),
+            equal_to([("a-copy", "duplicate", "same content as f id=a"), ("a-copy2", "duplicate", "same content as f id=a"),
+                      ("b-copy", "duplicate", "same content as f id=b"), (dropped, "near_duplicate", (longest, 2))]),
+            label="rejects",
+        )
+
+
 def test_words_match_the_regex_definition_on_any_characters():
     # normalized_words finds the runs of _WORD with translate + split; the regex is the definition.
     import random
