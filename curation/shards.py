@@ -21,7 +21,7 @@ import logging
 import re
 import struct
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -68,10 +68,8 @@ def _fixed(values: np.ndarray, dtype: pa.DataType) -> pa.FixedSizeListArray:
     return pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(values).reshape(-1), type=dtype), length)
 
 
-def rows_to_ipc_buffer(rows: RowArrays, metadata: dict[str, Any]) -> pa.Buffer:
-    """The shard file's bytes, as one Arrow buffer. Written twice: first to a counting sink (no
-    data moves), then into a buffer of exactly that size, so the ~64 MB body is copied once (a
-    growing BytesIO copied it as it grew and again in getvalue: 4-7x the time)."""
+def _shard_batch(rows: RowArrays, metadata: dict[str, Any]) -> tuple[pa.Schema, pa.RecordBatch]:
+    """The shard's schema and its one record batch (the token columns wrap `rows` without a copy)."""
     length = rows.input_ids.shape[1]
     schema = shard_schema(length, metadata, with_vision=rows.vision_mask is not None)
     columns = [
@@ -84,7 +82,14 @@ def rows_to_ipc_buffer(rows: RowArrays, metadata: dict[str, Any]) -> pa.Buffer:
         columns.append(_fixed(rows.vision_mask.astype(np.uint8), pa.uint8()))
     doc_ids = [[printable(d) for d in ids] for ids in rows.doc_ids]  # Arrow strings must be valid UTF-8
     columns += [pa.array(doc_ids, pa.list_(pa.string())), pa.array(rows.doc_starts, pa.list_(pa.int64()))]
-    batch = pa.record_batch(columns, schema=schema)
+    return schema, pa.record_batch(columns, schema=schema)
+
+
+def rows_to_ipc_buffer(rows: RowArrays, metadata: dict[str, Any]) -> pa.Buffer:
+    """The shard file's bytes, as one Arrow buffer (what `write_shard` streams to the file).
+    Written twice: first to a counting sink (no data moves), then into a buffer of exactly that
+    size, so the body is copied once (a growing BytesIO copied it as it grew and again in getvalue)."""
+    schema, batch = _shard_batch(rows, metadata)
     counter = pa.MockOutputStream()
     _write_stream(counter, schema, batch)
     buffer = pa.allocate_buffer(counter.size())
@@ -92,7 +97,7 @@ def rows_to_ipc_buffer(rows: RowArrays, metadata: dict[str, Any]) -> pa.Buffer:
     return buffer
 
 
-def _write_stream(sink: pa.NativeFile, schema: pa.Schema, batch: pa.RecordBatch) -> None:
+def _write_stream(sink: Any, schema: pa.Schema, batch: pa.RecordBatch) -> None:
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_batch(batch)
 
@@ -102,26 +107,56 @@ def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
     return rows_to_ipc_buffer(rows, metadata).to_pybytes()
 
 
+class _HashingSink:
+    """A writable file for Arrow's IPC writer that hashes (sha256) what it passes on to `fh`: the
+    shard goes from the row arrays to the file in one copy, with no buffer of the whole file."""
+
+    def __init__(self, fh: Any):
+        self.fh = fh
+        self.sha256 = hashlib.sha256()
+        self.closed = False
+
+    def write(self, data: Any) -> int:
+        self.sha256.update(data)
+        self.fh.write(data)
+        return memoryview(data).nbytes
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def close(self) -> None:  # Arrow closes its sink; the file is closed by its owner
+        self.closed = True
+
+    def writable(self) -> bool:
+        return True
+
+
 def join_url(base: str, *parts: str) -> str:
     return "/".join([base.rstrip("/"), *[p.strip("/") for p in parts]])
 
 
 def write_bytes_atomic(url: str, data: bytes | pa.Buffer) -> None:
-    """Readers see the whole file or nothing. Locally: a hidden temporary name beside the target,
-    then a rename. On object stores (gs://, s3://, memory://) an object becomes visible only when
-    its upload completes, so it is written under its final name directly (a rename there would be
-    a copy and a delete, and a killed writer could leave the temporary object behind)."""
+    """`data` as the file `url`, atomically (`write_atomic`)."""
+    write_atomic(url, lambda fh: fh.write(data))
+
+
+def write_atomic(url: str, write: Callable[[Any], object]) -> None:
+    """Call `write(fh)` with a binary file that becomes `url`; readers see the whole file or nothing.
+    Locally: a hidden temporary name beside the target, then a rename. On object stores (gs://,
+    s3://, memory://) an object becomes visible only when its upload completes, so it is written
+    under its final name directly (a rename there would be a copy and a delete, and a killed writer
+    could leave the temporary object behind)."""
     fs, path = fsspec.core.url_to_fs(url)
     parent, _, name = path.rpartition("/")
     fs.makedirs(parent, exist_ok=True)
     if not _is_local(fs):
         with fs.open(path, "wb") as fh:
-            fh.write(data)
+            write(fh)
         return
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
     try:
         with fs.open(tmp, "wb") as fh:
-            fh.write(data)
+            write(fh)
         fs.mv(tmp, path)
     finally:
         if fs.exists(tmp):
@@ -150,15 +185,21 @@ class ShardInfo:
 def write_shard(
     output: str, stage: str, index: int, count: int, rows: RowArrays, metadata: dict[str, Any], split: str = "train"
 ) -> ShardInfo:
-    data = rows_to_ipc_buffer(rows, metadata)  # hashed and written as is: no bytes copy
+    schema, batch = _shard_batch(rows, metadata)
     rel = f"{stage}/{shard_name(split, index, count)}"
-    write_bytes_atomic(join_url(output, rel), data)
+    sinks: list[_HashingSink] = []
+
+    def stream(fh: Any) -> None:
+        sinks.append(_HashingSink(fh))
+        _write_stream(sinks[-1], schema, batch)
+
+    write_atomic(join_url(output, rel), stream)
     return ShardInfo(
         stage=stage,
         path=rel,
         rows=int(rows.input_ids.shape[0]),
         tokens=int((rows.segment_ids > 0).sum()),
-        sha256=hashlib.sha256(data).hexdigest(),
+        sha256=sinks[-1].sha256.hexdigest(),
     )
 
 
