@@ -265,13 +265,17 @@ def test_packing_is_grouped_by_stage_and_group_not_by_stage(dataflow_job):
 
 
 def test_packing_group_keys_are_deterministically_encoded(dataflow_job):
-    """Dataflow groups by encoded key bytes, so the GBK key coders must be deterministic."""
+    """Dataflow groups by encoded key bytes, so the GBK key coders must be deterministic (packing
+    and deduplication: every GroupByKey that decides what is kept or where it goes)."""
     from apache_beam.runners import pipeline_context
 
     proto = dataflow_job.proto
     context = pipeline_context.PipelineContext(proto.components)
     for name, key in [("PackAndWrite/GroupSegments", ("32k", 3)), ("PackAndWrite/JoinPlaces/CoGroupByKeyImpl/GroupByKey", ("32k", "doc1@0")),
-                      ("PackAndWrite/GroupByShard", ("32k", 3, 7))]:
+                      ("PackAndWrite/GroupByShard", ("32k", 3, 7)), ("Deduplicate/GroupByContent", "ab" * 32),
+                      ("Deduplicate/NearDuplicates/LeaveOutCopies/CoGroupByKeyImpl/GroupByKey", "gs://b/x.jsonl#3"),
+                      ("Deduplicate/NearDuplicates/GroupByBand", "7:0a1b2c"),
+                      ("Deduplicate/JoinRejects/CoGroupByKeyImpl/GroupByKey", "gs://b/x.jsonl#3")]:
         (pc,) = _by_step(proto, name).inputs.values()
         coder = context.coders.get_by_id(proto.components.pcollections[pc].coder_id)
         assert coder.is_kv_coder(), (name, coder)
