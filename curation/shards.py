@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 import numpy as np
@@ -35,6 +35,7 @@ from curation.packing import RowArrays
 from curation.vision_layout import UnifiedVocab, VisionVocab, Vocab
 
 log = logging.getLogger("longctx")
+T = TypeVar("T")
 
 SCHEMA_VERSION = "1"
 TOKEN_COLUMNS = ("input_ids", "segment_ids", "positions", "loss_mask")
@@ -140,8 +141,9 @@ def write_bytes_atomic(url: str, data: bytes | pa.Buffer) -> None:
     write_atomic(url, lambda fh: fh.write(data))
 
 
-def write_atomic(url: str, write: Callable[[Any], object]) -> None:
-    """Call `write(fh)` with a binary file that becomes `url`; readers see the whole file or nothing.
+def write_atomic(url: str, write: Callable[[Any], T]) -> T:
+    """Call `write(fh)` with a binary file that becomes `url`, and return what it returns; readers
+    see the whole file or nothing.
     Locally: a hidden temporary name beside the target, then a rename. On object stores (gs://,
     s3://, memory://) an object becomes visible only when its upload completes, so it is written
     under its final name directly (a rename there would be a copy and a delete, and a killed writer
@@ -151,13 +153,13 @@ def write_atomic(url: str, write: Callable[[Any], object]) -> None:
     fs.makedirs(parent, exist_ok=True)
     if not _is_local(fs):
         with fs.open(path, "wb") as fh:
-            write(fh)
-        return
+            return write(fh)
     tmp = f"{parent}/.{name}.tmp-{uuid.uuid4().hex}"
     try:
         with fs.open(tmp, "wb") as fh:
-            write(fh)
+            result = write(fh)
         fs.mv(tmp, path)
+        return result
     finally:
         if fs.exists(tmp):
             fs.rm(tmp)
@@ -187,19 +189,18 @@ def write_shard(
 ) -> ShardInfo:
     schema, batch = _shard_batch(rows, metadata)
     rel = f"{stage}/{shard_name(split, index, count)}"
-    sinks: list[_HashingSink] = []
 
-    def stream(fh: Any) -> None:
-        sinks.append(_HashingSink(fh))
-        _write_stream(sinks[-1], schema, batch)
+    def stream(fh: Any) -> str:
+        sink = _HashingSink(fh)
+        _write_stream(sink, schema, batch)
+        return sink.sha256.hexdigest()
 
-    write_atomic(join_url(output, rel), stream)
     return ShardInfo(
         stage=stage,
         path=rel,
         rows=int(rows.input_ids.shape[0]),
         tokens=int((rows.segment_ids > 0).sum()),
-        sha256=sinks[-1].sha256.hexdigest(),
+        sha256=write_atomic(join_url(output, rel), stream),
     )
 
 

@@ -127,7 +127,7 @@ def _unencodable(text: str, meta: dict) -> str | None:
         match = LONE_SURROGATE.search(text)
         return f"lone surrogate U+{ord(match.group()):04X} at char {match.start()} of the text"
     for name, value in meta.items():
-        if isinstance(value, str) and LONE_SURROGATE.search(value):
+        if isinstance(value, str) and not _encodes(value):
             return f"lone surrogate in field {name!r}"
     return None
 

@@ -81,19 +81,23 @@ def _first_marker(pattern: re.Pattern[str], text: str, lowered: str) -> re.Match
     return None
 
 
+def _find_marker(pattern: re.Pattern[str], text: str, lowered: str | None) -> re.Match[str] | None:
+    """`pattern.search(text)`: by `_first_marker` when `lowered` is `text` lowercased character for
+    character, else by the regex over the whole text."""
+    return pattern.search(text) if lowered is None else _first_marker(pattern, text, lowered)
+
+
 def strip_gutenberg(text: str) -> str:
     """Drop the Project Gutenberg header (up to the START marker) and licence footer (from the
     END marker on). Text without the markers is returned unchanged."""
-    lowered = text.lower()
-    if len(lowered) != len(text):  # a character whose lowercase is longer: offsets would shift
-        start = _GUTENBERG_START.search(text)
-        text = text[start.end() :] if start else text
-        end = _GUTENBERG_END.search(text)
-        return text[: end.start()] if end else text
-    start = _first_marker(_GUTENBERG_START, text, lowered)
+    lowered: str | None = text.lower()
+    if len(lowered) != len(text):  # a character whose lowercase is longer: offsets would not line up
+        lowered = None
+    start = _find_marker(_GUTENBERG_START, text, lowered)
     if start:
-        text, lowered = text[start.end() :], lowered[start.end() :]
-    end = _first_marker(_GUTENBERG_END, text, lowered)
+        text = text[start.end() :]
+        lowered = None if lowered is None else lowered[start.end() :]
+    end = _find_marker(_GUTENBERG_END, text, lowered)
     return text[: end.start()] if end else text
 
 

@@ -27,6 +27,7 @@ from curation.packing import (
     assemble_rows,
     packing_group,
     packing_groups,
+    placements,
     plan_rows,
     rows_per_shard,
 )
@@ -66,11 +67,8 @@ class PackGroup(beam.DoFn):
         if len({ref.key for ref in refs}) != len(refs):
             raise ValueError(f"segment keys must be unique within a packing group ({stage}, group {group})")
         rows = plan_rows(refs, self.lengths[stage], self.seed)
-        for index, row in enumerate(rows):
-            offset = 0
-            for slot, ref in enumerate(row):
-                yield (stage, group), (index, slot, offset, ref.key)
-                offset += ref.length
+        for key, place in placements(rows).items():
+            yield (stage, group), (place.row, place.index, place.offset, key)
         Metrics.counter(NAMESPACE, stage_event(stage, StageCount.ROWS)).inc(len(rows))
         yield beam.pvalue.TaggedOutput(GROUP_ROWS, ((stage, group), len(rows)))
         yield beam.pvalue.TaggedOutput(
