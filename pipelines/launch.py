@@ -14,6 +14,7 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineRunner
 
 from curation.manifest import config_hash
 from curation.shards import _is_local, join_url, read_manifest
@@ -34,6 +35,31 @@ def pipeline_options(beam_args: list[str] | PipelineOptions) -> PipelineOptions:
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = "DirectRunner"
     return options
+
+
+_DIRECT_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
+
+
+def local_runner(options: PipelineOptions) -> PipelineRunner | None:
+    """The runner for `--runner DirectRunner`: Beam's FnApiRunner, set up as DirectRunner sets it
+    up (the options reach the workers; `--direct_running_mode` and `--direct_num_workers` apply).
+    DirectRunner itself first tries Prism, a binary it downloads from GitHub: on our machines,
+    which reach only the package registries, that always fails and falls back to the FnApiRunner
+    after ~0.25 CPU s and a logged exception; on one with network access the job would run on
+    Prism, a runner the tests never take. Our jobs are batch pipelines, which the FnApiRunner runs
+    whole. None for any other runner (Beam creates it from `--runner`; `--runner PrismRunner`
+    still picks Prism)."""
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    if name.rsplit(".", 1)[-1] not in _DIRECT_RUNNERS:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=info)
 
 
 def check_tokenizer(spec: str) -> TokenizerInfo:
@@ -198,7 +224,8 @@ def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | Pipe
         log.warning("%s is already complete (manifest.json exists): nothing to do; pass --overwrite to redo it", config.output)
         return finished
     metadata = shard_metadata(config, kind, info)
-    with beam.Pipeline(options=pipeline_options(beam_args or [])) as pipeline:
+    options = pipeline_options(beam_args or [])
+    with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
         _ = pipeline | kind.capitalize() >> transform(config, metadata)
     return read_manifest(config.output)
 

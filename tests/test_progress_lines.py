@@ -26,7 +26,7 @@ from evals.ruler_cli import add_ruler_arguments, run_ruler
 from pipelines.accounting import NAMESPACE
 from pipelines.config import ImagesConfig, VideoConfig
 from pipelines.images import BuildImageShards
-from pipelines.launch import pipeline_options, shard_metadata, validate
+from pipelines.launch import local_runner, pipeline_options, shard_metadata, validate
 from pipelines.video import BuildVideoShards
 from tests.conftest import DEMO_TOKENIZER
 from tests.test_evals_endpoint import Stub
@@ -46,7 +46,8 @@ def vqgan(tmp_path_factory):
 def run_with_counters(kind: str, transform, config) -> dict[str, int]:
     """The job's transform run as run_job runs it, keeping the result to read its counters."""
     metadata = shard_metadata(config, kind, validate(config))
-    pipeline = beam.Pipeline(options=pipeline_options(IN_MEMORY))
+    options = pipeline_options(IN_MEMORY)
+    pipeline = beam.Pipeline(runner=local_runner(options), options=options)
     _ = pipeline | transform(config, metadata)
     result = pipeline.run()
     result.wait_until_finish()
