@@ -86,26 +86,9 @@ def _shard_batch(rows: RowArrays, metadata: dict[str, Any]) -> tuple[pa.Schema, 
     return schema, pa.record_batch(columns, schema=schema)
 
 
-def rows_to_ipc_buffer(rows: RowArrays, metadata: dict[str, Any]) -> pa.Buffer:
-    """The shard file's bytes, as one Arrow buffer (what `write_shard` streams to the file).
-    Written twice: first to a counting sink (no data moves), then into a buffer of exactly that
-    size, so the body is copied once (a growing BytesIO copied it as it grew and again in getvalue)."""
-    schema, batch = _shard_batch(rows, metadata)
-    counter = pa.MockOutputStream()
-    _write_stream(counter, schema, batch)
-    buffer = pa.allocate_buffer(counter.size())
-    _write_stream(pa.FixedSizeBufferWriter(buffer), schema, batch)
-    return buffer
-
-
 def _write_stream(sink: Any, schema: pa.Schema, batch: pa.RecordBatch) -> None:
     with pa.ipc.new_stream(sink, schema) as writer:
         writer.write_batch(batch)
-
-
-def rows_to_ipc_bytes(rows: RowArrays, metadata: dict[str, Any]) -> bytes:
-    """The shard file's bytes (`rows_to_ipc_buffer` as a Python bytes object)."""
-    return rows_to_ipc_buffer(rows, metadata).to_pybytes()
 
 
 class _HashingSink:

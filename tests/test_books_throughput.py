@@ -51,6 +51,6 @@ def test_samples_are_charged_to_the_innermost_step_of_ours():
     arrow_frame = (f"{site}/pyarrow/compute.py", "wrapper", "")
     assert step_of([arrow_frame, (_here("curation/quality.py"), "_words", "")]) == "quality rules"
     assert step_of([arrow_frame, (_here("curation/word_encoding.py"), "split_units", "")]) == "tokenize"
-    assert step_of([arrow_frame, (_here("curation/shards.py"), "rows_to_ipc_buffer", "")]) == "write shards"
+    assert step_of([arrow_frame, (_here("curation/shards.py"), "write_shard", "")]) == "write shards"
     # Beam's own frames, and our books module outside any step: the rest.
     assert step_of([beam_frame, (_here("pipelines/books.py"), "expand", "BuildBookShards")]) == OTHER

@@ -1,5 +1,5 @@
-"""The shard writer: one Arrow IPC stream, built in one buffer of exactly its size, the very bytes
-Arrow's own stream writer makes; hashed and written as is, locally and on an object store."""
+"""The shard writer: one Arrow IPC stream, streamed from the row arrays into its file and hashed
+on the way, the very bytes Arrow's own stream writer makes, locally and on an object store."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from curation.accounting import printable
 from curation.packing import RowArrays
-from curation.shards import read_shard, rows_to_ipc_buffer, rows_to_ipc_bytes, shard_schema, write_shard
+from curation.shards import read_shard, shard_schema, write_shard
 
 META = {"tokenizer": {"name": "demo", "vocab_size": 1000}, "kind": "books", "stage": "s"}
 
@@ -49,15 +49,22 @@ def _arrow_stream(rows: RowArrays) -> bytes:
 
 
 @pytest.mark.parametrize("n,length,vision", [(5, 64, False), (3, 16, True), (0, 8, False)])
-def test_buffer_holds_exactly_arrow_stream_bytes(n, length, vision):
+def test_shard_file_holds_exactly_arrow_stream_bytes(n, length, vision):
+    output = "memory://shards-write-bytes/out"
     rows = _rows(n, length, seed=n, vision=vision)
-    buffer = rows_to_ipc_buffer(rows, META)
-    assert isinstance(buffer, pa.Buffer)
-    assert buffer.to_pybytes() == _arrow_stream(rows) == rows_to_ipc_bytes(rows, META)
+    info = write_shard(output, "s", 0, 1, rows, META)
+    try:
+        with fsspec.open(f"{output}/{info.path}", "rb") as fh:
+            data = fh.read()
+    finally:
+        fsspec.filesystem("memory").rm("/shards-write-bytes", recursive=True)
+    assert data == _arrow_stream(rows)
+    assert info.sha256 == hashlib.sha256(data).hexdigest()
+    assert info.rows == n
 
 
 @pytest.mark.parametrize("where", ["local", "memory"])
-def test_written_shard_is_the_buffer_its_hash_and_its_rows(where, tmp_path):
+def test_written_shard_is_the_stream_its_hash_and_its_rows(where, tmp_path):
     output = str(tmp_path / "out") if where == "local" else "memory://shards-write-test/out"
     rows = _rows(4, 32, seed=7, vision=True)
     info = write_shard(output, "s", 2, 3, rows, META)

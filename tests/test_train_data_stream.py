@@ -25,7 +25,6 @@ from curation.shards import (
     read_shard,
     read_shard_headers,
     read_shard_metadata,
-    rows_to_ipc_bytes,
     stage_shard_urls,
     write_bytes_atomic,
     write_shard,
@@ -157,7 +156,8 @@ def _stream(batches: list[pa.RecordBatch], **options) -> bytes:
 
 
 def test_files_the_row_reader_cannot_read_are_refused_with_the_reason(tmp_path):
-    good = rows_to_ipc_bytes(_rows(3, 16, 0), {"tokenizer": TOKENIZER})
+    info = write_shard(str(tmp_path / "made"), "s16", 0, 1, _rows(3, 16, 0), {"tokenizer": TOKENIZER})
+    good = (tmp_path / "made" / info.path).read_bytes()
     batch = pa.ipc.open_stream(good).read_next_batch()
     cases = {
         "zstd.arrow": (_stream([batch], compression="zstd"), "is compressed"),
