@@ -37,9 +37,6 @@ def pipeline_options(beam_args: list[str] | PipelineOptions) -> PipelineOptions:
     return options
 
 
-_DIRECT_RUNNERS = ("DirectRunner", "SwitchingDirectRunner")
-
-
 def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     """The runner for `--runner DirectRunner`: Beam's FnApiRunner, set up as DirectRunner sets it
     up (the options reach the workers; `--direct_running_mode` and `--direct_num_workers` apply).
@@ -49,9 +46,15 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     Prism, a runner the tests never take. Our jobs are batch pipelines, which the FnApiRunner runs
     whole. None for any other runner (Beam creates it from `--runner`; `--runner PrismRunner`
     still picks Prism)."""
-    runner = options.view_as(StandardOptions).runner
-    name = runner if isinstance(runner, str) else type(runner).__name__
-    if name.rsplit(".", 1)[-1] not in _DIRECT_RUNNERS:
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+    from apache_beam.runners.runner import create_runner
+
+    named = options.view_as(StandardOptions).runner
+    try:  # the name as Beam reads it: "DirectRunner", "direct", a dotted path, ...
+        runner = create_runner(named) if isinstance(named, str) else named
+    except Exception:  # noqa: BLE001 - a runner that cannot be created is the job's start to report
+        return None
+    if type(runner) is not SwitchingDirectRunner:
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner

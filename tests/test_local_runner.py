@@ -23,12 +23,12 @@ def test_direct_runner_is_the_fn_api_runner_with_the_options():
     sent = runner._provision_info.provision_info.pipeline_options
     assert sent["beam:option:direct_running_mode:v1"] == "multi_processing"
     assert options.view_as(DirectOptions).direct_num_workers == 2
-    for name in ("DirectRunner", "SwitchingDirectRunner", "apache_beam.runners.direct.direct_runner.DirectRunner"):
+    for name in ("DirectRunner", "direct", "Direct", "SwitchingDirectRunner", "apache_beam.runners.direct.direct_runner.DirectRunner"):
         assert isinstance(local_runner(pipeline_options([f"--runner={name}"])), FnApiRunner), name
 
 
 def test_other_runners_are_left_to_beam():
-    for name in ("DataflowRunner", "PrismRunner", "FnApiRunner", "BundleBasedDirectRunner"):
+    for name in ("DataflowRunner", "PrismRunner", "FnApiRunner", "BundleBasedDirectRunner", "TestDirectRunner", "NoSuchRunner"):
         assert local_runner(pipeline_options([f"--runner={name}"])) is None, name
 
 
