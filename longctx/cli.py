@@ -9,6 +9,7 @@ import sys
 from rich.console import Console
 from rich.logging import RichHandler
 
+from longctx.accelerators import prefer_cpu_without_accelerators
 from pipelines.config import add_config_flags, config_from_args
 from pipelines.jobs import DATA_JOBS
 
@@ -147,6 +148,7 @@ def _command_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -
 
 
 def main(argv: list[str] | None = None) -> int:
+    prefer_cpu_without_accelerators()  # before any command imports JAX
     top = _parser()
     args, extra = top.parse_known_args(argv)
     parser = _command_parser(top, args)  # every error below is the command's
