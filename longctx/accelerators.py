@@ -13,9 +13,10 @@ variable set before any command runs, not a JAX config update.
 from __future__ import annotations
 
 import glob
-import importlib.util
 import os
 from collections.abc import Mapping, MutableMapping
+
+from training.plan_targets import libtpu_available
 
 # Device files of the accelerators JAX can use: TPU chips (/dev/accel*, or VFIO groups on newer
 # generations), NVIDIA GPUs and AMD GPUs (ROCm's /dev/kfd).
@@ -24,10 +25,6 @@ ACCELERATOR_DEVICES = ("/dev/accel*", "/dev/vfio/[0-9]*", "/dev/nvidia[0-9]*", "
 
 def accelerator_visible() -> bool:
     return any(glob.glob(pattern) for pattern in ACCELERATOR_DEVICES)
-
-
-def libtpu_installed() -> bool:
-    return importlib.util.find_spec("libtpu") is not None
 
 
 def default_jax_platforms(env: Mapping[str, str], libtpu: bool, accelerator: bool) -> str | None:
@@ -39,7 +36,7 @@ def default_jax_platforms(env: Mapping[str, str], libtpu: bool, accelerator: boo
 
 def prefer_cpu_without_accelerators(env: MutableMapping[str, str] = os.environ) -> str | None:
     """Set JAX_PLATFORMS in `env` as `default_jax_platforms` says; returns what it set (None: nothing)."""
-    value = default_jax_platforms(env, libtpu_installed(), accelerator_visible())
+    value = default_jax_platforms(env, libtpu_available(), accelerator_visible())
     if value is not None:
         env["JAX_PLATFORMS"] = value
     return value

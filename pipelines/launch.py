@@ -14,7 +14,7 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineRunner
+from apache_beam.runners.runner import PipelineRunner, create_runner
 
 from curation.manifest import config_hash
 from curation.shards import _is_local, join_url, read_manifest
@@ -47,7 +47,6 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     whole. None for any other runner (Beam creates it from `--runner`; `--runner PrismRunner`
     still picks Prism)."""
     from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
-    from apache_beam.runners.runner import create_runner
 
     named = options.view_as(StandardOptions).runner
     try:  # the name as Beam reads it: "DirectRunner", "direct", a dotted path, ...
@@ -63,6 +62,13 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
+
+
+def job_pipeline(beam_args: list[str] | PipelineOptions) -> beam.Pipeline:
+    """The Pipeline a job runs in: Beam's flags (`pipeline_options`) on the runner they name
+    (`local_runner` for DirectRunner)."""
+    options = pipeline_options(beam_args)
+    return beam.Pipeline(runner=local_runner(options), options=options)
 
 
 def check_tokenizer(spec: str) -> TokenizerInfo:
@@ -227,8 +233,7 @@ def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | Pipe
         log.warning("%s is already complete (manifest.json exists): nothing to do; pass --overwrite to redo it", config.output)
         return finished
     metadata = shard_metadata(config, kind, info)
-    options = pipeline_options(beam_args or [])
-    with beam.Pipeline(runner=local_runner(options), options=options) as pipeline:
+    with job_pipeline(beam_args or []) as pipeline:
         _ = pipeline | kind.capitalize() >> transform(config, metadata)
     return read_manifest(config.output)
 

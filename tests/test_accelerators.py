@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from longctx.accelerators import accelerator_visible, default_jax_platforms, libtpu_installed, prefer_cpu_without_accelerators
+from longctx.accelerators import accelerator_visible, default_jax_platforms, prefer_cpu_without_accelerators
+from training.plan_targets import libtpu_available
 from tests.conftest import REPO
 
 
@@ -22,7 +23,7 @@ def test_cpu_only_when_libtpu_is_installed_and_no_accelerator_is_visible():
 
 
 needs_cpu_only_with_libtpu = pytest.mark.skipif(
-    accelerator_visible() or not libtpu_installed(), reason="checks a CPU-only machine with libtpu installed (CI's)"
+    accelerator_visible() or not libtpu_available(), reason="checks a CPU-only machine with libtpu installed (CI's)"
 )
 
 

@@ -10,7 +10,6 @@ import json
 import logging
 import re
 
-import apache_beam as beam
 import numpy as np
 import pytest
 from apache_beam.metrics import MetricsFilter
@@ -26,7 +25,7 @@ from evals.ruler_cli import add_ruler_arguments, run_ruler
 from pipelines.accounting import NAMESPACE
 from pipelines.config import ImagesConfig, VideoConfig
 from pipelines.images import BuildImageShards
-from pipelines.launch import local_runner, pipeline_options, shard_metadata, validate
+from pipelines.launch import job_pipeline, shard_metadata, validate
 from pipelines.video import BuildVideoShards
 from tests.conftest import DEMO_TOKENIZER
 from tests.test_evals_endpoint import Stub
@@ -46,8 +45,7 @@ def vqgan(tmp_path_factory):
 def run_with_counters(kind: str, transform, config) -> dict[str, int]:
     """The job's transform run as run_job runs it, keeping the result to read its counters."""
     metadata = shard_metadata(config, kind, validate(config))
-    options = pipeline_options(IN_MEMORY)
-    pipeline = beam.Pipeline(runner=local_runner(options), options=options)
+    pipeline = job_pipeline(IN_MEMORY)
     _ = pipeline | transform(config, metadata)
     result = pipeline.run()
     result.wait_until_finish()
