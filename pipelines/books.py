@@ -25,6 +25,7 @@ from pipelines.config import TextFrontConfig
 from pipelines.dedup import DropContaminated, DropDuplicates
 from pipelines.io import ReadInputs
 from pipelines.quality import DropLowQuality
+from pipelines.runners import worker_count
 
 
 class CleanText(beam.DoFn):
@@ -109,7 +110,15 @@ class PrepareDocuments(beam.PTransform):
             strip_gutenberg=c.strip_gutenberg,
         )
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
-        cleaned = read.docs | "Clean" >> beam.ParDo(CleanText(clean)).with_outputs(REJECTS, main="docs")
+        docs = read.docs
+        if worker_count(pbegin.pipeline.options) != 1:
+            # A compressed file is read whole, by one worker, and every step fused after the read
+            # (cleaning, the quality and language verdicts, MinHash signatures) would run on that
+            # worker too: a few large .jsonl.gz/.zst inputs would keep the front on a few workers.
+            # Spreading the documents costs one copy of the texts, which a runner with one worker
+            # (DirectRunner in memory) would pay for nothing.
+            docs = docs | "SpreadDocuments" >> beam.Reshuffle()
+        cleaned = docs | "Clean" >> beam.ParDo(CleanText(clean)).with_outputs(REJECTS, main="docs")
         rejects = [read.rejects, cleaned.rejects]
         docs = cleaned.docs
         # Quality and language filters come right after cleaning: they judge one document at a

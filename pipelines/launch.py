@@ -14,13 +14,13 @@ from typing import Any
 import apache_beam as beam
 import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
-from apache_beam.runners.runner import PipelineRunner, create_runner
 
 from curation.manifest import config_hash
 from curation.shards import _is_local, join_url, read_manifest
 from curation.tokenize import TokenizerInfo, load_tokenizer
 from pipelines.config import BooksConfig, ImagesConfig, JobConfig, QAConfig, VideoConfig
 from pipelines.jobs import DATA_JOBS
+from pipelines.runners import local_runner
 
 log = logging.getLogger("longctx")
 
@@ -35,33 +35,6 @@ def pipeline_options(beam_args: list[str] | PipelineOptions) -> PipelineOptions:
     if not options.view_as(StandardOptions).runner:
         options.view_as(StandardOptions).runner = "DirectRunner"
     return options
-
-
-def local_runner(options: PipelineOptions) -> PipelineRunner | None:
-    """The runner for `--runner DirectRunner`: Beam's FnApiRunner, set up as DirectRunner sets it
-    up (the options reach the workers; `--direct_running_mode` and `--direct_num_workers` apply).
-    DirectRunner itself first tries Prism, a binary it downloads from GitHub: on our machines,
-    which reach only the package registries, that always fails and falls back to the FnApiRunner
-    after ~0.25 CPU s and a logged exception; on one with network access the job would run on
-    Prism, a runner the tests never take. Our jobs are batch pipelines, which the FnApiRunner runs
-    whole. None for any other runner (Beam creates it from `--runner`; `--runner PrismRunner`
-    still picks Prism)."""
-    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
-
-    named = options.view_as(StandardOptions).runner
-    try:  # the name as Beam reads it: "DirectRunner", "direct", a dotted path, ...
-        runner = create_runner(named) if isinstance(named, str) else named
-    except Exception:  # noqa: BLE001 - a runner that cannot be created is the job's start to report
-        return None
-    if type(runner) is not SwitchingDirectRunner:
-        return None
-    from apache_beam.portability.api import beam_provision_api_pb2
-    from apache_beam.runners.portability.fn_api_runner import fn_runner
-    from apache_beam.runners.portability.portable_runner import JobServiceHandle
-
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
-    info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=info)
 
 
 def job_pipeline(beam_args: list[str] | PipelineOptions) -> beam.Pipeline:

@@ -160,6 +160,7 @@ def test_graph_has_the_named_steps(dataflow_job):
     names = _names(dataflow_job.proto)
     expected = [
         "Read/Parse",
+        "SpreadDocuments",
         "Clean",
         "Deduplicate",
         "Deduplicate/GroupByContent",
@@ -208,6 +209,21 @@ def _sample_refs(n_docs: int, stages=("32k", "128k")):
                 ref = SegmentRef(key=f"doc{d}@{start}", doc_id=f"doc{d}", start=start, length=1000)
                 out.append(StageRef(stage, ref, f"uid-{d}"))
     return out
+
+
+def test_the_front_runs_on_spread_documents(dataflow_job):
+    """Clean (and the quality, language and MinHash steps fused after it) reads documents spread
+    over the workers by a reshuffle, not the reader's output: a compressed input is read whole by
+    one worker, and would otherwise be cleaned and judged by that worker alone."""
+    proto = dataflow_job.proto
+    transforms = proto.components.transforms
+    clean = _by_step(proto, "Clean/ParDo(CleanText)")
+    if clean.subtransforms:
+        (child,) = clean.subtransforms
+        clean = transforms[child]
+    (docs,) = clean.inputs.values()
+    feeder = transforms[_producers(proto)[docs]].unique_name
+    assert "/Prepare/SpreadDocuments/" in feeder, feeder
 
 
 def test_packing_is_grouped_by_stage_and_group_not_by_stage(dataflow_job):
