@@ -111,7 +111,7 @@ class PrepareDocuments(beam.PTransform):
         )
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
         docs = read.docs
-        if worker_count(pbegin.pipeline.options) != 1:
+        if worker_count(pbegin.pipeline) != 1:
             # A compressed file is read whole, by one worker, and every step fused after the read
             # (cleaning, the quality and language verdicts, MinHash signatures) would run on that
             # worker too: a few large .jsonl.gz/.zst inputs would keep the front on a few workers.

@@ -1,10 +1,11 @@
-"""The runner a job's options name, read as Beam reads `--runner`: the runner our DirectRunner
-jobs run on (`local_runner`), and how many workers it runs them with (`worker_count`)."""
+"""Runners: the one our DirectRunner jobs run on (`local_runner`, from `--runner` read as Beam
+reads it), and how many workers a pipeline's runner gives a stage (`worker_count`)."""
 
 from __future__ import annotations
 
 import multiprocessing
 
+import apache_beam as beam
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, StandardOptions
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
@@ -41,16 +42,16 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     return fn_runner.FnApiRunner(provision_info=info)
 
 
-def worker_count(options: PipelineOptions) -> int | None:
-    """How many workers the runner runs a stage of the job on: for DirectRunner and the FnApiRunner,
+def worker_count(pipeline: beam.Pipeline) -> int | None:
+    """How many workers the pipeline's runner runs a stage on: for DirectRunner and the FnApiRunner,
     1 in memory (one bundle at a time, in this process), else `--direct_num_workers` (0: one per
     CPU); None for every other runner (Dataflow, Prism, Flink, ...: as many as they choose)."""
     from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
     from apache_beam.runners.portability.fn_api_runner.fn_runner import FnApiRunner
 
-    if not isinstance(_named_runner(options), SwitchingDirectRunner | FnApiRunner):
+    if not isinstance(pipeline.runner, SwitchingDirectRunner | FnApiRunner):
         return None
-    direct = options.view_as(DirectOptions)
+    direct = pipeline.options.view_as(DirectOptions)
     if direct.direct_running_mode == "in_memory":
         return 1
     return direct.direct_num_workers or multiprocessing.cpu_count()

@@ -59,11 +59,21 @@ def test_a_job_on_direct_runner_never_tries_prism(tmp_path, caplog):
     (["--runner=FnApiRunner", "--direct_running_mode=multi_threading", "--direct_num_workers=3"], 3),
     (["--direct_running_mode=multi_processing", "--direct_num_workers=0"], multiprocessing.cpu_count()),
     (["--direct_running_mode=multi_processing", "--direct_num_workers=1"], 1),
-    (["--runner=DataflowRunner"], None),
     (["--runner=PrismRunner"], None),
 ])
 def test_worker_count_of_a_runner(flags, workers):
-    assert worker_count(pipeline_options(flags)) == workers
+    options = pipeline_options(flags)
+    assert worker_count(beam.Pipeline(options=options)) == workers
+    if workers is not None:  # the runner our jobs run DirectRunner on (launch.job_pipeline)
+        assert worker_count(beam.Pipeline(runner=local_runner(options) or FnApiRunner(), options=options)) == workers
+
+
+def test_worker_count_follows_the_runner_the_pipeline_was_given():
+    from apache_beam.runners.portability.prism_runner import PrismRunner
+
+    in_memory = pipeline_options([])  # --runner DirectRunner, in memory
+    assert worker_count(beam.Pipeline(options=in_memory)) == 1
+    assert worker_count(beam.Pipeline(runner=PrismRunner(), options=in_memory)) is None
 
 
 def _books_graph(flags: list[str]) -> tuple[set[str], str]:
