@@ -136,6 +136,16 @@ def _by_step(proto, step: str):
     return matches[0]
 
 
+def _primitive(proto, step: str):
+    """A ParDo step's primitive transform (the one that holds the DoFn), under a composite
+    wrapper if Beam added one."""
+    t = _by_step(proto, step)
+    if t.subtransforms:
+        (child,) = t.subtransforms
+        t = proto.components.transforms[child]
+    return t
+
+
 def _staged(proto) -> dict[str, str]:
     """Staged file name on the worker -> local path, over all environments' artifacts."""
     from apache_beam.portability import common_urns
@@ -191,10 +201,7 @@ def test_graph_has_the_named_steps(dataflow_job):
         ("PackAndWrite/Route", RouteToShard),
         ("PackAndWrite/Write", WriteShard),
     ]:
-        t = _by_step(dataflow_job.proto, name)
-        if t.subtransforms:  # a ParDo composite wrapper: its one primitive holds the DoFn
-            (child,) = t.subtransforms
-            t = dataflow_job.proto.components.transforms[child]
+        t = _primitive(dataflow_job.proto, name)
         assert t.spec.urn == PARDO_URN, name
         assert type(_dofn(t)) is cls, name
 
@@ -216,13 +223,8 @@ def test_the_front_runs_on_spread_documents(dataflow_job):
     over the workers by a reshuffle, not the reader's output: a compressed input is read whole by
     one worker, and would otherwise be cleaned and judged by that worker alone."""
     proto = dataflow_job.proto
-    transforms = proto.components.transforms
-    clean = _by_step(proto, "Clean/ParDo(CleanText)")
-    if clean.subtransforms:
-        (child,) = clean.subtransforms
-        clean = transforms[child]
-    (docs,) = clean.inputs.values()
-    feeder = transforms[_producers(proto)[docs]].unique_name
+    (docs,) = _primitive(proto, "Clean/ParDo(CleanText)").inputs.values()
+    feeder = proto.components.transforms[_producers(proto)[docs]].unique_name
     assert "/Prepare/SpreadDocuments/" in feeder, feeder
 
 
@@ -268,11 +270,7 @@ def test_packing_is_grouped_by_stage_and_group_not_by_stage(dataflow_job):
         assert item.stage == stage
         assert group_of.setdefault((stage, item.doc_uid), group) == group
 
-    route_step = _by_step(proto, "PackAndWrite/Route")
-    if route_step.subtransforms:  # a ParDo composite wrapper: its one primitive holds the DoFn
-        (child,) = route_step.subtransforms
-        route_step = transforms[child]
-    route = _dofn(route_step)
+    route = _dofn(_primitive(proto, "PackAndWrite/Route"))
     assert isinstance(route, RouteToShard)
     group_rows = {("32k", 0): 3, ("32k", 1): 2}
     ((join_key, ((stage, shard, count), place)),) = list(route.process((("32k", 1), (0, 0, 0, "doc1@0")), group_rows))
