@@ -10,16 +10,6 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.runner import PipelineRunner, create_runner
 
 
-def _named_runner(options: PipelineOptions) -> PipelineRunner | None:
-    """The runner `--runner` names ("DirectRunner", "direct", a dotted path, ...; DirectRunner when
-    none is named), or None for a name Beam cannot create (the job's start reports it)."""
-    named = options.view_as(StandardOptions).runner or "DirectRunner"
-    try:
-        return create_runner(named) if isinstance(named, str) else named
-    except Exception:  # noqa: BLE001 - a runner that cannot be created is the job's start to report
-        return None
-
-
 def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     """The runner for `--runner DirectRunner`: Beam's FnApiRunner, set up as DirectRunner sets it
     up (the options reach the workers; `--direct_running_mode` and `--direct_num_workers` apply).
@@ -31,7 +21,12 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     still picks Prism)."""
     from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
 
-    if type(_named_runner(options)) is not SwitchingDirectRunner:
+    named = options.view_as(StandardOptions).runner
+    try:  # the name as Beam reads it: "DirectRunner", "direct", a dotted path, ...
+        runner = create_runner(named) if isinstance(named, str) else named
+    except Exception:  # noqa: BLE001 - a runner that cannot be created is the job's start to report
+        return None
+    if type(runner) is not SwitchingDirectRunner:
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
