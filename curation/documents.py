@@ -9,8 +9,10 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Document:
-    """One input record. `uid` is unique across the job (source + record index); `id` is the
-    user's identifier (may repeat). `text` is set until tokenization, `tokens` after."""
+    """One input record. `uid` is unique across the job: where the record was read
+    (`<source>#<index>`) until exact deduplication, its content hash after it (`named_by_content`),
+    so that what follows depends on the text, not on the input's path. `id` is the user's
+    identifier (may repeat). `text` is set until tokenization, `tokens` after."""
 
     source: str
     id: str

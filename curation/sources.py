@@ -13,6 +13,11 @@ whole: a compressed stream cannot be entered in the middle. Each record is read 
 range. A record of a split JSONL file is numbered by the byte offset of its line (its place in the
 file whatever the ranges), a Parquet row by its row number from the footer, as when read whole.
 
+A record's id is the one in its `id_field`, or else where it is in its file, by the file's name
+(`books.jsonl:12`, `part-0.parquet:7`, a plain-text book's file name); an unreadable stretch's id
+is the file name and where the stretch starts. Ids never hold the folder (`source` does), so the
+shards' `doc_ids` do not change when a corpus moves.
+
 A network failure (connection reset, timeout, HTTP 429/5xx) is raised, so the runner retries the
 work item; only bytes that really cannot be read as the format are a `corrupt_file` reject.
 
@@ -272,7 +277,7 @@ def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, i
     names = parquet.schema_arrow.names
     missing = [f for f in (config.text_field, *config.meta_fields) if f not in names]
     if missing:
-        yield Reject(url, url, Reason.MISSING_FIELD, f"no {missing[0]!r} column (has {names})")
+        yield Reject(url, posixpath.basename(url), Reason.MISSING_FIELD, f"no {missing[0]!r} column (has {names})")
         return
     has_id = config.id_field in names
     columns = [config.text_field, *config.meta_fields] + ([config.id_field] if has_id else [])
@@ -293,7 +298,7 @@ def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, i
             unread = group_rows - done
             yield Reject(
                 url,
-                f"{url}@{index + done}",
+                f"{base}@{index + done}",
                 Reason.CORRUPT_FILE,
                 f"row group {group + 1} of {groups}: {type(err).__name__}: {_one_line(err)} ({unread} rows unread)",
                 records=max(unread, 1),
@@ -302,7 +307,7 @@ def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, i
 
 
 def _iter_text(fh, url: str, config: SourceConfig) -> Iterator[Document | Reject]:
-    yield _document(url, 0, url, fh.read())
+    yield _document(url, 0, posixpath.basename(url), fh.read())
 
 
 _READERS = {"jsonl": _iter_jsonl, "parquet": _iter_parquet, "text": _iter_text}
@@ -468,7 +473,7 @@ def iter_range_records(item: FileRange, config: SourceConfig) -> Iterator[Docume
         if is_transient_io_error(err):
             raise
         where = f"bytes {item.start}-{item.stop}" if item.kind == "jsonl_bytes" else f"row groups {item.start + 1}-{item.stop}"
-        yield Reject(url, f"{url}@{item.kind}:{item.start}+{emitted}", Reason.CORRUPT_FILE,
+        yield Reject(url, f"{posixpath.basename(url)}@{item.kind}:{item.start}+{emitted}", Reason.CORRUPT_FILE,
                      f"{where}: {type(err).__name__}: {_one_line(err)} (after {emitted} records)")
 
 
@@ -479,7 +484,7 @@ def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Docume
     path, url = file_url(url)
     fmt, compression = _file_format(url, config)
     if fmt not in _READERS:
-        yield Reject(url, url, Reason.CORRUPT_FILE, f"unknown file format (expected one of {sorted(FORMATS)})")
+        yield Reject(url, posixpath.basename(url), Reason.CORRUPT_FILE, f"unknown file format (expected one of {sorted(FORMATS)})")
         return
     emitted = 0
     try:
@@ -492,7 +497,7 @@ def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Docume
             raise
         yield Reject(
             url,
-            f"{url}@{emitted}",
+            f"{posixpath.basename(url)}@{emitted}",
             Reason.CORRUPT_FILE,
             f"{type(err).__name__}: {_one_line(err)} (after {emitted} records)",
         )

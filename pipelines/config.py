@@ -51,7 +51,7 @@ class JobConfig(BaseModel):
     inputs: list[str] = Field(default_factory=list, description="input files, folders or globs (local path or fsspec URL such as gs://b/x/*.jsonl.gz); repeatable", json_schema_extra={"flag": "--input"})
     output: str = Field("", description="output folder (local path or fsspec URL): STAGE/train-*.arrow, rejects/, manifest.json")
     overwrite: bool = Field(False, description="redo a finished job (its manifest.json exists); without it a rerun is a no-op")
-    sample: int | None = Field(None, description="dry run on a deterministic sample of N input records (the N smallest hashes of their ids)")
+    sample: int | None = Field(None, description="dry run on a deterministic sample of N input records (the N first by a hash of their content: the same records from any folder)")
     tokenizer: str = Field("", description="training tokenizer: tokenizer.json, SentencePiece .model, folder, package:DIST/path, or hub id")
     stages: list[str] = Field(default_factory=lambda: ["32k"], description="stages to build: names from stage_catalog or the built-in ladder (1k,2k,4k,8k,16k: no length window; 32k,128k,256k,512k,1m: the LWM-Text windows) or inline name=L:min-max (max optional)")
     stage_catalog: dict[str, StageModel] = Field(default_factory=dict, description="extra named stages (YAML only): name -> {length, min_tokens, max_tokens}")

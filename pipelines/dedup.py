@@ -5,7 +5,8 @@
     docs -> Sketch (signature per document) -> minus the exact copies being dropped (CoGroupByKey
          on uid, sketches only) -> (band key, sketch) -> GroupByKey (band buckets) -> verified pairs
          per bucket -> connected components (pairs only) -> (dropped uid, near_duplicate reject)
-    docs keyed by uid + every reject above -> CoGroupByKey -> kept docs | rejects
+    docs keyed by uid + every reject above -> CoGroupByKey -> kept docs (now named by their
+         content hash) | rejects
 
 No worker holds all signatures: a bucket holds the sketches of one band value. Only the verified
 pairs (two small nodes and a similarity each, a few per near-duplicate document) meet in one place,
@@ -23,7 +24,7 @@ import apache_beam as beam
 from curation.accounting import Reject
 from curation.decontaminate import CONTAMINATED, build_index, contamination, eval_ngrams
 from curation.documents import Document
-from curation.exact_duplicates import Copy, later_copies
+from curation.exact_duplicates import Copy, later_copies, named_by_content
 from curation.near_duplicates import (
     NEAR_DUPLICATE,
     Decision,
@@ -84,15 +85,16 @@ def unless_copy(keyed):
 
 
 def apply_rejects(keyed):
-    """A document and the rejects decided for it, if any -> the document, or its first reject
-    (exact copies are never sketched, so a document gets at most one)."""
+    """A document and the rejects decided for it, if any -> the document, named by its content
+    from here on (`named_by_content`), or its first reject (exact copies are never sketched, so a
+    document gets at most one)."""
     _, grouped = keyed
     rejects = list(grouped["reject"])
     for doc in grouped["doc"]:
         if rejects:
             yield beam.pvalue.TaggedOutput(REJECTS, rejects[0])
         else:
-            yield doc
+            yield named_by_content(doc)
 
 
 class NearDuplicateRejects(beam.PTransform):
@@ -124,7 +126,8 @@ class NearDuplicateRejects(beam.PTransform):
 
 class DropDuplicates(beam.PTransform):
     """Documents -> (kept documents, rejects): exact copies (`duplicate`, the first read is kept),
-    then, with `near`, near-duplicates among the rest (`near_duplicate`, one kept per cluster)."""
+    then, with `near`, near-duplicates among the rest (`near_duplicate`, one kept per cluster).
+    The kept documents leave named by their content hash (`named_by_content`)."""
 
     def __init__(self, near: MinHashConfig | None = None):
         super().__init__()

@@ -25,7 +25,7 @@ from curation.vision_examples import image_example, text_first
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.config import ImagesConfig
 from pipelines.io import ReadInputs
-from pipelines.vision_text import VisionTextDoFn, media_url
+from pipelines.vision_text import NameByContent, VisionTextDoFn, media_url
 
 
 def image_bytes(doc: Document, field: str) -> bytes:
@@ -100,7 +100,7 @@ class BuildImageShards(ShardJob):
         c = self.config
         source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, split_bytes=c.read_split_bytes, meta_fields=(c.image_field,))
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
-        decoded = read.docs | "Decode" >> beam.ParDo(DecodeImages(c)).with_outputs(REJECTS, main="frames")
+        decoded = read.docs | "Name" >> NameByContent() | "Decode" >> beam.ParDo(DecodeImages(c)).with_outputs(REJECTS, main="frames")
         encoded = (
             decoded.frames
             | "Batch" >> beam.BatchElements(min_batch_size=c.encode_batch, max_batch_size=c.encode_batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import posixpath
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -77,10 +78,16 @@ class ReadRecords(beam.DoFn):
         log.info("read %s%s: %d records", file_url(item.url)[1], piece, count)
 
 
-def record_key(item: Document | Reject) -> str:
-    """A stable identity of a record (document or unreadable record) for sampling."""
-    uid = item.uid if isinstance(item, Document) else f"{item.source}#{item.id}"
-    return hashlib.sha1(uid.encode("utf-8", "backslashreplace")).hexdigest()
+def record_key(item: Document | Reject) -> tuple[str, str]:
+    """What sampling orders records by: a document by its text and its id, an unreadable record
+    by its file's name and its id. Neither holds the folder, so a moved corpus samples the same
+    records (a document's uid would: it is where it was read)."""
+    if isinstance(item, Document):
+        content = item.text or ""
+    else:
+        content = f"{posixpath.basename(item.source)}\0{item.reason}"
+    digest = hashlib.sha1(content.encode("utf-8", "backslashreplace")).hexdigest()
+    return digest, item.id
 
 
 def split_sampled(items):
@@ -91,7 +98,7 @@ def split_sampled(items):
 class ReadInputs(beam.PTransform):
     """Patterns -> files (deduplicated) -> work items (whole files, or pieces of large ones;
     spread over workers) -> records; with `sample`, only the
-    `sample` records with the smallest id hashes go on (deterministic on any runner)."""
+    `sample` records first by `record_key` go on (deterministic on any runner, from any folder)."""
 
     def __init__(self, patterns: list[str], config: SourceConfig, sample: int | None = None):
         super().__init__()

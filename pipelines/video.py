@@ -39,7 +39,7 @@ from curation.vision_examples import frame_runs, frames_per_example, text_first,
 from curation.vision_layout import CODES_PER_FRAME
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.io import ReadInputs
-from pipelines.vision_text import VisionTextDoFn, media_url
+from pipelines.vision_text import NameByContent, VisionTextDoFn, media_url
 
 log = logging.getLogger("longctx")
 
@@ -129,5 +129,5 @@ class BuildVideoShards(ShardJob):
         c = self.config
         source = SourceConfig(text_field=c.text_field, id_field=c.id_field, format=c.input_format, split_bytes=c.read_split_bytes, meta_fields=(c.video_field,))
         read = pbegin | "Read" >> ReadInputs(c.inputs, source, c.sample)
-        encoded = read.docs | "Encode" >> beam.ParDo(EncodeVideos(c, self.stages, self.progress_every_s)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
+        encoded = read.docs | "Name" >> NameByContent() | "Encode" >> beam.ParDo(EncodeVideos(c, self.stages, self.progress_every_s)).with_outputs(REJECTS, KEPT_EVENTS, main="segments")
         return self.pack_and_finish(pbegin, read, [read.rejects, encoded.rejects], encoded[KEPT_EVENTS], encoded.segments)

@@ -1,5 +1,6 @@
-"""What the video and images pipelines share: the per-worker VQGAN / tokenizer / vision
-vocabulary setup of their encoding DoFns, the shards' vision metadata, and media paths."""
+"""What the video and images pipelines share: records named by their content, the per-worker
+VQGAN / tokenizer / vision vocabulary setup of their encoding DoFns, the shards' vision metadata,
+and media paths."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import posixpath
 import apache_beam as beam
 
 from curation.documents import Document
+from curation.exact_duplicates import named_copies, record_hash
 from curation.tokenize import load_tokenizer
 from curation.vision_examples import VisionFrame
 from curation.vision_layout import VISION_END, VISION_START, UnifiedVocab, vision_vocab, vocab_metadata
@@ -20,6 +22,20 @@ def media_url(doc: Document, field: str) -> str:
     if "://" in path or path.startswith("/"):
         return path
     return posixpath.join(posixpath.dirname(doc.source), path)
+
+
+class NameByContent(beam.PTransform):
+    """Records -> the same records, each uid now its `record_hash` (`named_copies`): the example's
+    text position and its place in the packing then follow the record, not the folder it was read
+    from. One shuffle of the records (paths and captions; an image's bytes when the record holds them)."""
+
+    def expand(self, docs):
+        return (
+            docs
+            | "ByRecord" >> beam.Map(lambda d: (record_hash(d), d))
+            | "GroupByRecord" >> beam.GroupByKey()
+            | "Name" >> beam.FlatMap(lambda kv: named_copies(*kv))
+        )
 
 
 def vision_metadata(layout: str = "separate", text_vocab_size: int = 0) -> dict:

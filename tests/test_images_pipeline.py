@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pyarrow as pa
@@ -134,3 +135,26 @@ def test_unified_layout_from_the_images_flag(images_run, tmp_path):
         assert tok.decode(blocks[0].data.tolist()).strip() == f"Random noise picture number {doc_id[1:]}."
         expected = vqgan.encode(decode_image(pngs[doc_id], SIZE)[None])[0].reshape(-1)
         assert np.array_equal(blocks[1].data[0], expected)
+
+
+def test_rows_follow_the_records_not_their_folder(images_run, tmp_path):
+    """The same pairs read from another folder give the same rows, caption positions included
+    (`auto` flips a coin on the record, not on its path); identical records are both kept."""
+    folder, _, _, _ = images_run
+    runs = []
+    for place in (tmp_path / "here", tmp_path / "z" / "moved" / "there"):
+        shutil.copytree(folder, place)
+        twin = json.dumps({"image": "cat.png", "text": "The same cat, twice."}) + "\n"
+        (place / "twice.jsonl").write_text(twin + twin)
+        out = place.parent / f"{place.name}-out"
+        cfg = ImagesConfig.model_validate({
+            "inputs": [str(place / "pairs.parquet"), str(place / "pairs.jsonl"), str(place / "twice.jsonl")],
+            "output": str(out), "tokenizer": DEMO_TOKENIZER, "vqgan": str(place / "vqgan"), "stages": ["img=512:0-"],
+            "frame_size": SIZE, "encode_batch": 4,
+        })
+        manifest = run_images(cfg, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
+        views = [read_shard(str(out / s["path"])) for s in manifest["stages"]["img"]["shards"]]
+        runs.append([(v.doc_ids, {k: a.tolist() for k, a in sorted(v.arrays.items())}) for v in views])
+        ids = [i for v in views for row in v.doc_ids for i in row]
+        assert manifest["kept"] == 8 and ids.count("twice.jsonl:1") == ids.count("twice.jsonl:2") == 1
+    assert runs[0] == runs[1]

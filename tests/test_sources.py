@@ -39,7 +39,7 @@ def test_jsonl_gz_zst_parquet_and_text(tmp_path):
         assert [(d.id, d.text) for d in docs] == [("b1", "first"), ("b2", "second")], name
         assert len({d.uid for d in docs}) == 2
     [doc] = _records(str(tmp_path / "one.txt"))
-    assert doc.id == str(tmp_path / "one.txt") and doc.text == "a whole book"
+    assert (doc.id, doc.text) == ("one.txt", "a whole book") and doc.source.endswith("/one.txt")  # the id holds no folder
 
 
 def test_corrupt_inputs_become_rejects(tmp_path, sample_books):
