@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -109,6 +110,30 @@ def test_unified_layout_decodes_exactly(video_run, tmp_path):
     kinds = [b.kind for b in blocks]
     assert kinds == ["text", "vision", "text"]  # BOS + caption, the frames, EOS
     assert blocks[1].data.shape[1] == 256 and blocks[1].data.max() < 64  # the small codebook
+
+
+def test_rows_follow_the_manifest_not_its_folder(video_run, tmp_path):
+    """The same manifest and videos copied to two folders give the same rows: which examples put
+    the text first (`text_position: auto`) and the row order follow the records, not their path."""
+    folder, _, _ = video_run
+    runs = []
+    for place in (tmp_path / "here", tmp_path / "z" / "moved"):
+        shutil.copytree(folder, place)
+        # Twelve examples: a coin flip per example, so a path-keyed choice cannot match by chance.
+        rows = [{"video": "wide.mp4", "text": f"Take {i}: a bright square moves."} for i in range(12)]
+        (place / "many.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        cfg = VideoConfig.model_validate({
+            "inputs": [str(place / "many.jsonl")], "output": str(place / "out"), "tokenizer": DEMO_TOKENIZER,
+            "vqgan": str(place / "vqgan"), "stages": ["v2k=2048:0-"], "fps": 2.0, "frame_size": SIZE, "encode_batch": 4,
+        })
+        manifest = run_video(cfg, IN_MEMORY)
+        assert manifest["kept"] == 12
+        views = [read_shard(str(place / "out" / s["path"])) for s in manifest["stages"]["v2k"]["shards"]]
+        runs.append([(v.doc_ids, v.doc_starts, {k: a.tolist() for k, a in sorted(v.arrays.items())}) for v in views])
+    # Where each row's first frame code sits: right after BOS and `<vision>`, or after the text too.
+    first_code = [row.index(1) for _, _, arrays in runs[0] for row in arrays["vision_mask"]]
+    assert min(first_code) < 10 < max(first_code)  # both positions occur
+    assert runs[0] == runs[1]
 
 
 def test_real_sample_videos(tmp_path):
