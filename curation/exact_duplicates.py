@@ -4,10 +4,10 @@ rejected as `duplicate`, naming the kept one. Decided on these small records, ne
 
 Once the copies are gone, a document's content hash is unique in the job, and the kept documents
 are named by it (`named_by_content`): every stable choice made after deduplication (packing groups
-and row order, QA turn order, a vision example's text position) then depends on what the documents
-hold, never on where they were read, so the same corpus gives the same shards from any folder,
-bucket or file layout. Vision records are not deduplicated; `named_copies` names them by
-`record_hash` all the same."""
+and row order, QA turn order) then depends on what the documents hold, never on where they were
+read, so the same corpus gives the same rows from any folder or bucket. Vision records are not
+deduplicated; `named_copies` names them by `record_hash` all the same (for the packing and a
+vision example's text position)."""
 
 from __future__ import annotations
 
