@@ -95,6 +95,19 @@ def book_shards(tmp_path_factory):
     return out
 
 
+def stage_rows(out: Path, manifest: dict) -> dict[str, list[tuple]]:
+    """Every stage's shards as comparable values, in shard order: per shard its `doc_ids`,
+    `doc_starts` and every column as lists. For comparing the rows of two jobs, not their files'
+    bytes: a shard's metadata holds the config hash, which covers the inputs' paths."""
+    from curation.shards import read_shard
+
+    rows = {}
+    for stage, info in manifest["stages"].items():
+        views = [read_shard(str(Path(out) / shard["path"])) for shard in info["shards"]]
+        rows[stage] = [(v.doc_ids, v.doc_starts, {k: a.tolist() for k, a in sorted(v.arrays.items())}) for v in views]
+    return rows
+
+
 def write_toy_stage(out: Path, name: str = "s64", length: int = 64, vocab: int = 1000, shards: int = 2,
                     rows: int = 16, seed: int = 0) -> str:
     """A stage folder of random one-document rows (toy tokenizer record), for trainer tests that

@@ -18,7 +18,7 @@ from curation.vqgan import VQGAN, VQGANConfig, init_params, save_params
 from pipelines.config import ImagesConfig
 from curation.vision_encode import decode_image
 from pipelines.launch import run_images
-from tests.conftest import DEMO_TOKENIZER
+from tests.conftest import DEMO_TOKENIZER, stage_rows
 
 SIZE = 32
 
@@ -153,8 +153,7 @@ def test_rows_follow_the_records_not_their_folder(images_run, tmp_path):
             "frame_size": SIZE, "encode_batch": 4,
         })
         manifest = run_images(cfg, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
-        views = [read_shard(str(out / s["path"])) for s in manifest["stages"]["img"]["shards"]]
-        runs.append([(v.doc_ids, {k: a.tolist() for k, a in sorted(v.arrays.items())}) for v in views])
-        ids = [i for v in views for row in v.doc_ids for i in row]
+        runs.append(stage_rows(out, manifest)["img"])
+        ids = [i for doc_ids, _, _ in runs[-1] for row in doc_ids for i in row]
         assert manifest["kept"] == 8 and ids.count("twice.jsonl:1") == ids.count("twice.jsonl:2") == 1
     assert runs[0] == runs[1]

@@ -8,10 +8,9 @@ import json
 import shutil
 from pathlib import Path
 
-from curation.shards import read_shard
 from pipelines.config import BooksConfig, QAConfig
 from pipelines.launch import run_books, run_qa
-from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS
+from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS, stage_rows
 
 IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
 
@@ -28,16 +27,6 @@ def _corpus(folder: Path) -> Path:
     (folder / "b.jsonl").write_text(json.dumps({"text": books[1]["text"]}) + "\n")
     (folder / "c.txt").write_text(books[5]["text"])
     return folder
-
-
-def _rows(out: Path, manifest: dict) -> dict[str, list]:
-    """Every stage's rows, every column, in shard order (not the shard files' bytes: their metadata
-    holds the config hash, which covers the inputs' paths)."""
-    rows = {}
-    for stage, info in manifest["stages"].items():
-        views = [read_shard(str(out / shard["path"])) for shard in info["shards"]]
-        rows[stage] = [(v.doc_ids, v.doc_starts, {k: a.tolist() for k, a in sorted(v.arrays.items())}) for v in views]
-    return rows
 
 
 def _moved(tmp_path: Path) -> tuple[Path, Path]:
@@ -62,7 +51,7 @@ def test_books_rows_do_not_depend_on_the_folder(tmp_path):
     out_a, one = books(first, "a")
     out_b, two = books(moved, "b")
     assert one["read"] == two["read"] == one["kept"] == 4
-    rows_a, rows_b = _rows(out_a, one), _rows(out_b, two)
+    rows_a, rows_b = stage_rows(out_a, one), stage_rows(out_b, two)
     assert sum(len(v[0]) for shards in rows_a.values() for v in shards) > 500
     assert rows_a == rows_b
     ids = {i for shards in rows_a.values() for view in shards for row in view[0] for i in row}
@@ -72,7 +61,7 @@ def test_books_rows_do_not_depend_on_the_folder(tmp_path):
     sample_a, sampled_a = books(first, "sa", sample=2)
     sample_b, sampled_b = books(moved, "sb", sample=2)
     assert sampled_a["read"] == sampled_b["read"] == 2
-    assert _rows(sample_a, sampled_a) == _rows(sample_b, sampled_b)
+    assert stage_rows(sample_a, sampled_a) == stage_rows(sample_b, sampled_b)
 
 
 def test_qa_rows_do_not_depend_on_the_folder(tmp_path):
@@ -91,5 +80,5 @@ def test_qa_rows_do_not_depend_on_the_folder(tmp_path):
     out_a, one = qa(first, "a")
     out_b, two = qa(moved, "b")
     assert one["kept"] == two["kept"] == 2
-    rows_a = _rows(out_a, one)
-    assert len(rows_a["q4k"]) >= 1 and rows_a == _rows(out_b, two)
+    rows_a = stage_rows(out_a, one)
+    assert len(rows_a["q4k"]) >= 1 and rows_a == stage_rows(out_b, two)

@@ -16,7 +16,7 @@ from curation.video import iter_video_frames, sample_indices  # noqa: E402
 from curation.vqgan import VQGAN, VQGANConfig, init_params, save_params  # noqa: E402
 from pipelines.config import VideoConfig  # noqa: E402
 from pipelines.launch import run_video  # noqa: E402
-from tests.conftest import DEMO_TOKENIZER  # noqa: E402
+from tests.conftest import DEMO_TOKENIZER, stage_rows  # noqa: E402
 from tests.test_video import _write_video  # noqa: E402
 
 IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
@@ -128,8 +128,7 @@ def test_rows_follow_the_manifest_not_its_folder(video_run, tmp_path):
         })
         manifest = run_video(cfg, IN_MEMORY)
         assert manifest["kept"] == 12
-        views = [read_shard(str(place / "out" / s["path"])) for s in manifest["stages"]["v2k"]["shards"]]
-        runs.append([(v.doc_ids, v.doc_starts, {k: a.tolist() for k, a in sorted(v.arrays.items())}) for v in views])
+        runs.append(stage_rows(place / "out", manifest)["v2k"])
     # Where each row's first frame code sits: right after BOS and `<vision>`, or after the text too.
     first_code = [row.index(1) for _, _, arrays in runs[0] for row in arrays["vision_mask"]]
     assert min(first_code) < 10 < max(first_code)  # both positions occur
