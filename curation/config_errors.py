@@ -34,6 +34,16 @@ def read_config_yaml(path: str | Path, what: str = "the config") -> Any:
         raise ValueError(f"{place}: not valid YAML ({getattr(err, 'problem', None) or type(err).__name__})") from None
 
 
+def read_inline_yaml(text: str, what: str = "") -> Any:
+    """A flag's value parsed as inline YAML (safe_load), or a one-line ValueError, after `what: `
+    when given: `not valid YAML (expected ',' or '}', but got '<stream end>')`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise ValueError(f"{what + ': ' if what else ''}not valid YAML ({problem})") from None
+
+
 def where(loc: Location) -> str:
     """('stages', 0, 'overrides') -> `stages[0].overrides`."""
     text = ""
@@ -61,6 +71,8 @@ def validation_line(err: ValidationError, origin: Callable[[Location], Location]
         text = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
     elif first["type"] == "missing":
         place, text = loc[:-1], f"missing key {loc[-1]!r}"
+    elif not loc:  # a check across keys (a model validator): its message names them; the input is the whole config
+        place, text = loc, first["msg"].removeprefix("Value error, ")
     else:
         place = loc
         got = repr(first["input"])

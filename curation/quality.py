@@ -42,10 +42,10 @@ from operator import itemgetter, methodcaller
 from typing import Annotated, Any
 
 import numpy as np
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from curation.accounting import Reason
+from curation.config_errors import read_inline_yaml
 from curation.word_memo import WordMemo
 
 LOW_QUALITY = "low_quality"
@@ -262,7 +262,7 @@ def text_stats(text: str) -> TextStats:
 def _inline_yaml(value: Any) -> Any:
     """A flag's value is a string: read it as an inline YAML mapping ('{min_words: 100}')."""
     if isinstance(value, str):
-        parsed = yaml.safe_load(value) if value.strip() else {}
+        parsed = read_inline_yaml(value) if value.strip() else {}
         if not isinstance(parsed, dict):
             raise ValueError(f"quality must be a YAML mapping of rule thresholds, e.g. '{{min_words: 100}}', got {value!r}")
         return parsed

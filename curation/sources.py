@@ -52,7 +52,9 @@ class SourceConfig:
     id_field: str = "id"
     format: str = "auto"  # auto | jsonl | parquet | text
     parquet_batch_rows: int = 64
-    meta_fields: tuple[str, ...] = ()  # other JSONL fields a record must carry along (e.g. "video")
+    # Fields a record must carry along besides its text: media references (a video's or image's
+    # path or URL, or its bytes), each checked by `media_reference`.
+    meta_fields: tuple[str, ...] = ()
     split_bytes: int = 64 << 20  # uncompressed JSONL / Parquet files larger than this are read in pieces
 
 
@@ -135,6 +137,31 @@ def _unencodable(text: str, meta: dict) -> str | None:
         if isinstance(value, str) and not _encodes(value):
             return f"lone surrogate in field {name!r}"
     return None
+
+
+def media_reference(field: str, value: object) -> str | bytes:
+    """A media field's value: a path or URL (str), or the media's bytes. A Hugging Face `datasets`
+    Image cell (`{"bytes": ..., "path": ...}`, a struct in Parquet) gives its bytes, or its path
+    when it holds no bytes. Null or empty is `Rejected(MISSING_FIELD)`, any other value
+    `Rejected(WRONG_TYPE)`: a list or a number is never turned into a file name."""
+    if isinstance(value, dict) and value and set(value) <= {"bytes", "path"}:
+        data = value.get("bytes")
+        if data is not None and not isinstance(data, bytes):
+            raise Rejected(Reason.WRONG_TYPE, f"{field!r} bytes are {type(data).__name__}, not bytes")
+        value = data if data is not None else value.get("path")
+    if value is None or value == "" or value == b"":
+        raise Rejected(Reason.MISSING_FIELD, f"{field!r} is {'null' if value is None else 'empty'}")
+    if not isinstance(value, (str, bytes)):
+        raise Rejected(Reason.WRONG_TYPE, f"{field!r} is {type(value).__name__}, not a path, URL or bytes")
+    return value
+
+
+def _fields(text: object, values: dict, config: SourceConfig) -> dict:
+    """The record's media fields, checked (`media_reference`); a null text is a missing field,
+    as in Parquet, where a column cannot be absent from one row only."""
+    if text is None:
+        raise Rejected(Reason.MISSING_FIELD, f"{config.text_field!r} is null")
+    return {f: media_reference(f, values[f]) for f in config.meta_fields}
 
 
 def _document(url: str, index: int, record_id: str, text: object, meta: dict | None = None) -> Document | Reject:
@@ -225,7 +252,12 @@ def _jsonl_records(lines: Iterable[tuple[int, str, str, bytes]], url: str,
         if missing:
             yield Reject(url, record_id, Reason.MISSING_FIELD, f"no {missing[0]!r} field")
             continue
-        yield _document(url, index, record_id, record[config.text_field], {f: record[f] for f in config.meta_fields})
+        try:
+            meta = _fields(record[config.text_field], record, config)
+        except Rejected as err:
+            yield Reject(url, record_id, err.reason, err.detail)
+            continue
+        yield _document(url, index, record_id, record[config.text_field], meta)
 
 
 def _range_lines(fh, base: str, start: int, stop: int, block: int = 1 << 20) -> Iterator[tuple[int, str, str, bytes]]:
@@ -253,19 +285,51 @@ def _range_lines(fh, base: str, start: int, stop: int, block: int = 1 << 20) -> 
         offset += len(raw) + 1
 
 
+def _column_values(column) -> list:
+    """A Parquet column as Python values. A string column holding bytes that are not UTF-8 cannot
+    be decoded as a whole: it is then read as bytes, so only the rows that hold them are rejected
+    (as `invalid_utf8`, by `_document` and `_string_fields`)."""
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        import pyarrow as pa
+
+        return column.cast(pa.large_binary() if pa.types.is_large_string(column.type) else pa.binary()).to_pylist()
+
+
+def _string_fields(values: dict) -> dict:
+    """Media fields read as bytes from a string column (`_column_values`) back to str, or
+    `Rejected(INVALID_UTF8)`; bytes from a binary column are the media itself and stay bytes."""
+    out = {}
+    for field, (value, string) in values.items():
+        if isinstance(value, bytes) and string:
+            try:
+                value = decode_utf8(value)
+            except Rejected as err:
+                raise Rejected(err.reason, f"field {field!r}: {err.detail}") from None
+        out[field] = value
+    return out
+
+
 def _parquet_rows(batch, url: str, base: str, first: int, config: SourceConfig, has_id: bool) -> Iterator[Document | Reject]:
-    texts = batch.column(config.text_field).to_pylist()
-    ids = batch.column(config.id_field).to_pylist() if has_id else [None] * len(texts)
-    metas = [batch.column(f).to_pylist() for f in config.meta_fields]
+    import pyarrow as pa
+
+    texts = _column_values(batch.column(config.text_field))
+    ids = _column_values(batch.column(config.id_field)) if has_id else [None] * len(texts)
+    metas = [(f, _column_values(batch.column(f)), pa.types.is_string(batch.column(f).type)
+              or pa.types.is_large_string(batch.column(f).type)) for f in config.meta_fields]
     for row, (text, raw_id) in enumerate(zip(texts, ids)):
         index = first + row
+        if isinstance(raw_id, bytes):  # an id column with bytes that are not UTF-8: name the row anyway
+            raw_id = raw_id.decode("utf-8", "backslashreplace")
         record_id = _record_id(raw_id, f"{base}:{index + 1}")
-        meta = {f: values[row] for f, values in zip(config.meta_fields, metas)}
-        if text is None or any(v is None for v in meta.values()):
-            null = config.text_field if text is None else next(f for f, v in meta.items() if v is None)
-            yield Reject(url, record_id, Reason.MISSING_FIELD, f"{null!r} is null")
-        else:
-            yield _document(url, index, record_id, text, meta)
+        try:
+            values = _string_fields({f: (values[row], string) for f, values, string in metas})
+            meta = _fields(text, values, config)
+        except Rejected as err:
+            yield Reject(url, record_id, err.reason, err.detail)
+            continue
+        yield _document(url, index, record_id, text, meta)
 
 
 def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, int] | None = None,
@@ -276,8 +340,12 @@ def _iter_parquet(fh, url: str, config: SourceConfig, groups_range: tuple[int, i
     parquet = pq.ParquetFile(fh)
     names = parquet.schema_arrow.names
     missing = [f for f in (config.text_field, *config.meta_fields) if f not in names]
-    if missing:
-        yield Reject(url, posixpath.basename(url), Reason.MISSING_FIELD, f"no {missing[0]!r} column (has {names})")
+    if missing:  # every row of the file (or of this work item's row groups) is unreadable: count them all
+        first, stop = groups_range or (0, parquet.metadata.num_row_groups)
+        rows = sum(parquet.metadata.row_group(g).num_rows for g in range(first, stop))
+        yield Reject(url, posixpath.basename(url) if groups_range is None else f"{posixpath.basename(url)}@{first_row}",
+                     Reason.MISSING_FIELD, f"no {missing[0]!r} column (has {names}; {rows} rows unread)",
+                     records=max(rows, 1))
         return
     has_id = config.id_field in names
     columns = [config.text_field, *config.meta_fields] + ([config.id_field] if has_id else [])

@@ -29,12 +29,12 @@ class NoInputFiles(ValueError):
     pass
 
 
-def match_pattern(pattern: str | bytes) -> list[str | bytes]:
+def match_pattern(pattern: str | bytes, what: str = "input") -> list[str | bytes]:
     """Files of one input pattern; a local name that is not UTF-8 comes as bytes (`portable_url`)."""
     path, name = file_url(pattern)
     files = expand_pattern(path)
     if not files:
-        raise NoInputFiles(f"input {name!r} matched no files")
+        raise NoInputFiles(f"{what} {name!r} matched no files")
     return [portable_url(f) for f in files]
 
 

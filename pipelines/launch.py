@@ -16,9 +16,11 @@ import fsspec
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from curation.manifest import config_hash
+from curation.sources import is_transient_io_error
 from curation.shards import _is_local, join_url, read_manifest
 from curation.tokenize import TokenizerInfo, load_tokenizer
 from pipelines.config import BooksConfig, ImagesConfig, JobConfig, QAConfig, VideoConfig
+from pipelines.io import NoInputFiles, match_pattern
 from pipelines.jobs import DATA_JOBS
 from pipelines.runners import local_runner
 
@@ -79,6 +81,21 @@ def shard_metadata(config: JobConfig, kind: str, info: TokenizerInfo | None = No
     }
 
 
+def check_inputs(patterns: list[str], what: str = "input") -> None:
+    """Every input pattern must match at least one file now, on the machine that starts the job,
+    as Beam's own file reads check theirs: a mistyped path is one line here, not a failed read
+    step. (The pipeline's Match step lists them again where it runs.) A network failure is raised."""
+    for pattern in patterns:
+        try:
+            match_pattern(pattern, what)
+        except NoInputFiles as err:
+            raise ConfigError(str(err)) from None
+        except Exception as err:
+            if is_transient_io_error(err):
+                raise
+            raise ConfigError(f"{what} {pattern!r} cannot be listed: {type(err).__name__}: {' '.join(str(err).split())}"[:500]) from None
+
+
 def check_output_writable(output: str) -> None:
     """A local output must be (or become) a folder we can write in; found now rather than after
     the whole job has run. Remote outputs are checked by their first write."""
@@ -114,6 +131,27 @@ def _local_vqgan_config(path: str):
         raise ConfigError(f"vqgan {path!r}: {cfg_file} is not a VQGAN config: {err}") from None
 
 
+def check_vqgan_path(config: JobConfig) -> None:
+    """A vision job's `vqgan` must name something loadable: a local folder holding a config, or a
+    hub id (`owner/repo[/subfolder]`, fetched by the workers) or a URL. A path that is plainly
+    local (absolute, relative with ./ or ../, ~, or one that exists) and holds no config stops
+    here in one line, not after the inputs are read."""
+    from curation.vqgan import CONFIG_FILE
+
+    path = getattr(config, "vqgan", None)
+    if path is None:
+        return
+    if not path:
+        raise ConfigError("missing required setting: vqgan (flag --vqgan or a --config file)")
+    local = Path(path).expanduser()
+    plainly_local = path.startswith(("/", "./", "../", "~")) or local.exists() or len(path.strip("/").split("/")) < 2
+    if "://" in path or not plainly_local or (local / CONFIG_FILE).is_file():
+        return
+    problem = "no such folder" if not local.exists() else f"no {CONFIG_FILE} in {'it' if local.is_dir() else 'a file'}"
+    raise ConfigError(f"vqgan {path!r}: {problem} (expected a diffusers VQModel folder, our saved params, "
+                      "or a hub id like 'owner/repo[/subfolder]')")
+
+
 def check_vqgan_grid(config: JobConfig) -> None:
     """A vision job's frames must become the 16x16 grid of codes (256 a frame) the vision layout
     holds: a VQGAN whose grid at --frame-size is another shape stops here in one line, not in
@@ -145,7 +183,10 @@ def validate(config: JobConfig) -> TokenizerInfo:
         config.resolved_stages()
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    check_inputs(config.inputs)
+    check_inputs(getattr(config, "decontaminate", []), "decontaminate")
     info = check_tokenizer(config.tokenizer)
+    check_vqgan_path(config)
     check_vqgan_grid(config)
     check_output_writable(config.output)  # last: it creates the output folder
     return info

@@ -77,6 +77,10 @@ class EncodeVideos(VisionTextDoFn):
 
     def process(self, doc: Document):
         c = self.config
+        if isinstance(doc.meta[c.video_field], bytes):  # a binary Parquet column: frames are streamed from a file
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.WRONG_TYPE,
+                                                           f"{c.video_field!r} holds bytes; a video is read from a path or URL"))
+            return
         url = media_url(doc, c.video_field)
         try:
             codes = video_codes(url, self.vqgan, c.fps, c.frame_count, c.max_frames, c.frame_size, c.encode_batch,

@@ -214,6 +214,73 @@ def test_corrupt_id_column_rejects_that_group_only(tmp_path):
     assert _count(items) == 12
 
 
+def _string_column(values: list[bytes]) -> pa.Array:
+    """A Parquet string column as another writer may leave it: bytes that need not be UTF-8."""
+    return pa.array(values, pa.binary()).view(pa.string())
+
+
+@pytest.mark.parametrize("batch", [3, 64])
+@pytest.mark.parametrize("column", ["text", "id"])
+def test_bytes_that_are_not_utf8_in_a_string_column_reject_their_row_only(tmp_path, column, batch):
+    path = tmp_path / "strings.parquet"
+    values = [f"row {i} of a string column ".encode() * 4 for i in range(10)]
+    values[6] = b"\xff\xfe" + values[6]
+    other = [f"r{i}".encode() for i in range(10)] if column == "text" else [f"row {i}".encode() * 4 for i in range(10)]
+    columns = {column: _string_column(values), ("id" if column == "text" else "text"): _string_column(other)}
+    pq.write_table(pa.table(columns), path, row_group_size=5)
+    items = _records(str(path), parquet_batch_rows=batch)
+    assert len(items) == 10 and _count(items) == 10
+    if column == "text":  # the row is rejected, every other row of its group kept
+        assert [(r.id, r.reason) for r in items if isinstance(r, Reject)] == [("r6", "invalid_utf8")]
+        assert [d.id for d in items if isinstance(d, Document)] == [f"r{i}" for i in range(10) if i != 6]
+    else:  # an id is a name: its bad bytes are escaped and the record is kept
+        assert all(isinstance(d, Document) for d in items)
+        assert items[6].id.startswith("\\xff\\xferow 6")
+
+
+def test_a_parquet_file_without_the_text_column_counts_every_row(tmp_path):
+    path = tmp_path / "notext.parquet"
+    pq.write_table(pa.table({"id": [f"n{i}" for i in range(7)], "body": ["words"] * 7}), path, row_group_size=3)
+    (reject,) = _records(str(path))
+    assert (reject.reason, reject.records) == ("missing_field", 7)
+    assert "no 'text' column" in reject.detail and "7 rows unread" in reject.detail
+
+
+@pytest.mark.parametrize(("value", "reason", "detail"), [
+    (None, "missing_field", "'image' is null"),
+    ("", "missing_field", "'image' is empty"),
+    (["cat.png"], "wrong_type", "'image' is list"),
+    (True, "wrong_type", "'image' is bool"),
+    (5, "wrong_type", "'image' is int"),
+    ({"bytes": "abc"}, "wrong_type", "'image' bytes are str"),
+    ({"other": "cat.png"}, "wrong_type", "'image' is dict"),
+])
+def test_a_media_field_that_is_not_a_path_is_rejected_not_turned_into_one(tmp_path, value, reason, detail):
+    path = tmp_path / "pairs.jsonl"
+    good = {"id": "ok", "image": "cat.png", "text": "a cat"}
+    path.write_text(json.dumps({"id": "bad", "image": value, "text": "x"}) + "\n" + json.dumps(good) + "\n")
+    bad, ok = _records(str(path), meta_fields=("image",))
+    assert (bad.id, bad.reason) == ("bad", reason) and detail in bad.detail
+    assert isinstance(ok, Document) and ok.meta == {"image": "cat.png"}
+
+
+def test_a_hugging_face_image_cell_gives_its_bytes_or_its_path(tmp_path):
+    path = tmp_path / "pairs.parquet"
+    cells = [{"bytes": b"\x89PNG...", "path": "cat.png"}, {"bytes": None, "path": "dog.png"}, {"bytes": None, "path": None}]
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "image": cells, "text": ["x", "y", "z"]}), path)
+    a, b, c = _records(str(path), meta_fields=("image",))
+    assert a.meta == {"image": b"\x89PNG..."} and b.meta == {"image": "dog.png"}
+    assert (c.reason, c.detail) == ("missing_field", "'image' is null")
+
+
+def test_a_null_text_is_a_missing_field_in_jsonl_as_in_parquet(tmp_path):
+    (tmp_path / "a.jsonl").write_text(json.dumps({"id": "j", "text": None}) + "\n")
+    pq.write_table(pa.table({"id": ["p"], "text": pa.array([None], pa.string())}), tmp_path / "b.parquet")
+    rejects = _records(str(tmp_path / "a.jsonl")) + _records(str(tmp_path / "b.parquet"))
+    assert [(r.id, r.reason, r.detail) for r in rejects] == [("j", "missing_field", "'text' is null"),
+                                                             ("p", "missing_field", "'text' is null")]
+
+
 # --- file names ---------------------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@ from tests.conftest import REPO
 def test_an_unreachable_hub_id_is_one_line_at_once(env, why, tmp_path):
     environ = {**os.environ, "HF_HOME": str(tmp_path / "hf"), "JAX_PLATFORMS": "cpu", **env}
     environ.pop("HF_HUB_OFFLINE" if "HF_ENDPOINT" in env else "HF_ENDPOINT", None)
-    done = subprocess.run([sys.executable, "-m", "longctx", "books", "--input", "x.jsonl", "--output", str(tmp_path / "o"),
+    (tmp_path / "x.jsonl").write_text('{"text": "A book."}\n')  # inputs are checked first: this one exists
+    done = subprocess.run([sys.executable, "-m", "longctx", "books", "--input", str(tmp_path / "x.jsonl"), "--output", str(tmp_path / "o"),
                            "--tokenizer", "someorg/some-model"], capture_output=True, text=True, env=environ, cwd=REPO,
                           timeout=120)
     assert done.returncode == 2

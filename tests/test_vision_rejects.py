@@ -133,7 +133,7 @@ def test_lone_surrogates_never_crash_the_video_or_images_job(corrupt_videos, vqg
         {"id": "caption", "video": "garbage.mp4", "text": "caf\ud800 au lait"},
         {"id": "path", "video": "clip\udc80.mp4", "text": "a clip"},
         {"id": "odd\udc80id", "video": "garbage.mp4", "text": "a clip"},
-        {"id": "nested", "video": ["clip\ud800.mp4"], "text": "a clip"},  # not a string: no usable path
+        {"id": "nested", "video": ["clip\ud800.mp4"], "text": "a clip"},  # not a string: never made a path
     ]
     (folder / "surrogates.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))  # \\udXXX escapes
     cfg = VideoConfig.model_validate({
@@ -141,17 +141,17 @@ def test_lone_surrogates_never_crash_the_video_or_images_job(corrupt_videos, vqg
         "vqgan": vqgan, "stages": ["v2k=2048:0-"], "frame_size": SIZE,
     })
     manifest = run_video(cfg, IN_MEMORY)
-    assert manifest["read"] == 4 and manifest["rejected"] == {"invalid_unicode": 2, "unreadable_video": 2}
+    assert manifest["read"] == 4 and manifest["rejected"] == {"invalid_unicode": 2, "unreadable_video": 1, "wrong_type": 1}
     rejects = {r["id"]: r["reason"] for r in map(json.loads, b"".join(_rejects_bytes(tmp_path / "video").values()).decode().splitlines())}
     assert rejects == {"caption": "invalid_unicode", "path": "invalid_unicode", "odd\\udc80id": "unreadable_video",
-                       "nested": "unreadable_video"}
+                       "nested": "wrong_type"}
 
     (folder / "picture.png").write_bytes(_png(2))
     pairs = [
         {"id": "caption", "image": "picture.png", "text": "caf\ud800 au lait"},
         {"id": "path", "image": "picture\udc80.png", "text": "a picture"},
         {"id": "odd\udc80id", "image": "picture.png", "text": "a picture"},
-        {"id": "nested", "image": {"path": "picture\ud800.png"}, "text": "a picture"},
+        {"id": "nested", "image": {"path": "picture\ud800.png"}, "text": "a picture"},  # a Hugging Face image cell
     ]
     (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
     cfg = ImagesConfig.model_validate({
@@ -160,7 +160,7 @@ def test_lone_surrogates_never_crash_the_video_or_images_job(corrupt_videos, vqg
     })
     manifest = run_images(cfg, IN_MEMORY)
     assert manifest["read"] == 4 and manifest["kept"] == 1
-    assert manifest["rejected"] == {"invalid_unicode": 2, "unreadable_image": 1}
+    assert manifest["rejected"] == {"invalid_unicode": 3}
     from curation.shards import read_shard
 
     view = read_shard(str(tmp_path / "images" / manifest["stages"]["img"]["shards"][0]["path"]))

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 from rich.console import Console
 
+from curation.config_errors import read_inline_yaml
 from curation.units import GiB
 from training.layouts import search_stage
 from training.plan import StageReport, plan_stage
@@ -65,7 +66,10 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise PlanError(f"--set {pair!r}: expected KEY=VALUE")
-        out[key.strip()] = yaml.safe_load(value)
+        try:
+            out[key.strip()] = read_inline_yaml(value, f"--set {pair!r}")
+        except ValueError as err:
+            raise PlanError(str(err)) from None
     return out
 
 
