@@ -316,8 +316,13 @@ def read_shard_metadata(url: str) -> dict[str, str]:
 
 def read_shard(url: str) -> Shard:
     """Open a whole shard (local path or fsspec URL). Local files are memory-mapped; remote ones
-    are fetched whole (for tools: the trainer reads rows through `ShardReader`)."""
-    table = pa.ipc.open_stream(_open_buffer(url)).read_all()
+    are fetched whole (for tools: the trainer reads rows through `ShardReader`). A file that is
+    not a whole Arrow stream is a one-line ValueError naming it (truncated, or not a shard)."""
+    buffer = _open_buffer(url)
+    try:
+        table = pa.ipc.open_stream(buffer).read_all()
+    except (pa.ArrowException, OSError) as err:  # pyarrow's messages do not name the file
+        raise ValueError(_unreadable_reason(url, memoryview(buffer), buffer.size, err)) from None
     meta = _schema_metadata(table.schema)
     length = int(meta["longctx.length"])
     arrays = {}
@@ -511,6 +516,7 @@ def read_shard_headers(urls: Sequence[str]) -> list[ShardHeader]:
     pending = list(range(len(urls)))
     want = {i: HEADER_PROBE_BYTES for i in pending}
     out: list[ShardHeader | None] = [None] * len(urls)
+    sizes: list[int | None] = [None] * len(urls)
     while pending:
         got = fs.cat_ranges([paths[i] for i in pending], [len(heads[i]) for i in pending], [want[i] for i in pending],
                             on_error="return")
@@ -530,8 +536,54 @@ def read_shard_headers(urls: Sequence[str]) -> list[ShardHeader]:
                 again.append(i)
             except (ValueError, struct.error, pa.ArrowInvalid) as err:
                 raise ValueError(f"{urls[i]} is not a shard this reader can read: {err}") from None
+            if short:  # the whole file was read: its size is known
+                sizes[i] = len(heads[i])
         pending = again
+    # A file cut short (an interrupted copy or download) still has its header: it says where the
+    # record batch ends, the file's size says where the file does. Found here, before any row is read.
+    unknown = [i for i in range(len(urls)) if sizes[i] is None]
+    if unknown:
+        try:
+            found = fs.sizes([paths[i] for i in unknown])  # concurrent on object stores
+        except OSError:
+            found = [_size(fs, paths[i], urls[i]) for i in unknown]  # which one: it names the shard
+        for i, size in zip(unknown, found):
+            sizes[i] = size
+    for url, header, size in zip(urls, out, sizes):
+        problem = truncation(url, header, size)  # type: ignore[arg-type]
+        if problem:
+            raise ValueError(problem)
     return out  # type: ignore[return-value]
+
+
+def _size(fs, path: str, url: str) -> int | None:
+    try:
+        return fs.size(path)
+    except OSError as err:
+        kind = FileNotFoundError if isinstance(err, FileNotFoundError) else OSError
+        raise kind(f"{url}: cannot read its size ({err})") from err
+
+
+def truncation(url: str, header: ShardHeader, size: int | None) -> str | None:
+    """Why a shard of `size` bytes is cut short of the record batch its header describes (None
+    when it is not, or its size is not known)."""
+    if size is None or size >= header.body_end:
+        return None
+    return (f"{url} is truncated: {size:,} bytes, but its header says its {header.num_rows:,} rows end at byte "
+            f"{header.body_end:,} (a copy or download cut short? copy it again or rerun the job)")
+
+
+def _unreadable_reason(url: str, head: bytes | memoryview, size: int, err: Exception) -> str:
+    """One line for a file pyarrow could not read as a stream: truncated when its header (in
+    `head`, the file's first bytes) says the record batch ends past `size`, else not a shard."""
+    try:
+        problem = truncation(url, parse_shard_header(head), size)
+    except (_NeedBytes, ValueError, struct.error, pa.ArrowInvalid):
+        problem = None
+    if problem:
+        return problem
+    reason = " ".join(str(err).split()) or type(err).__name__
+    return f"{url} is not a shard (an Arrow stream of one record batch): {reason}"
 
 
 class ShardReader:
@@ -638,9 +690,47 @@ def _runs(sorted_rows: np.ndarray) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------------------------
 
 
+class ManifestError(ValueError):
+    """A manifest.json that is not a job's manifest (damaged, or some other file): one line
+    naming it, `OUT/manifest.json is not a job manifest: ...`."""
+
+
+def _json_kind(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _manifest_json(url: str, fs=None, path: str | None = None) -> dict[str, Any]:
+    """The JSON object of the manifest file at `url` (ManifestError when it is not one)."""
+    if fs is None:
+        fs, path = fsspec.core.url_to_fs(url)
+    with fs.open(path, "rb") as fh:
+        data = fh.read()
+    try:
+        manifest = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ManifestError(f"{url} is not a job manifest: not UTF-8 text ({err.reason} at byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise ManifestError(f"{url} is not a job manifest: not valid JSON ({err.msg} at line {err.lineno} "
+                            f"column {err.colno})") from None
+    if not isinstance(manifest, dict):
+        raise ManifestError(f"{url} is not a job manifest: it holds a JSON {_json_kind(manifest)}, not an object")
+    return manifest
+
+
 def read_manifest(output: str) -> dict[str, Any]:
-    with fsspec.open(join_url(output, "manifest.json"), "r") as fh:
-        return json.load(fh)
+    """OUT/manifest.json, checked to be a job's: a JSON object whose "stages" maps each stage to an
+    object (ManifestError, one line naming the file, otherwise)."""
+    url = join_url(output, "manifest.json")
+    manifest = _manifest_json(url)
+    stages = manifest.get("stages")
+    if not isinstance(stages, dict):
+        what = "no \"stages\"" if stages is None else f"its \"stages\" is a JSON {_json_kind(stages)}, not an object"
+        raise ManifestError(f"{url} is not a job manifest: {what}")
+    for name, entry in stages.items():
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{url} is not a job manifest: stage {name!r} is a JSON {_json_kind(entry)}, not an object")
+    return manifest
 
 
 def _basename(url: str) -> str:
@@ -681,9 +771,8 @@ def stage_shard_urls(folder: str, stage: str | None = None, *, allow_unfinished:
     parent, _, name = data.rpartition("/")
     fs, path = fsspec.core.url_to_fs(join_url(parent or ".", "manifest.json"))
     if fs.exists(path):
-        with fs.open(path, "r") as fh:
-            manifest = json.load(fh)
-        if name in manifest.get("stages", {}):
+        manifest = _manifest_json(join_url(parent or ".", "manifest.json"), fs, path)
+        if isinstance(manifest.get("stages"), dict) and name in manifest["stages"]:
             urls = [join_url(parent, s["path"]) for s in manifest["stages"][name]["shards"]]
             return _present_listed(data, urls, allow_unfinished)
     fs, path = fsspec.core.url_to_fs(data)

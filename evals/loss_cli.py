@@ -61,6 +61,10 @@ def book_tokenizer(args: argparse.Namespace, hf_folder: str | None) -> tuple[Any
         else:
             spec = args.checkpoint
     tokenizer, info = load_tokenizer(spec)
+    if args.tokenizer and hf_folder is None:  # the books would be cut into ids the checkpoint reads as other text
+        from training.hf import check_checkpoint_tokenizer
+
+        check_checkpoint_tokenizer(args.checkpoint, info, spec)
     return tokenizer, (info.bos_id if add_bos else None), spec
 
 
@@ -87,7 +91,10 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
         scorer = HFScorer(args.hf_model, device=args.device)
     else:
         from training.checkpoint import load_any_params
+        from training.hf import check_data_tokenizer
 
+        if data is not None:  # shards of another tokenizer than the checkpoint's data: other text for the same ids
+            check_data_tokenizer(args.checkpoint, args.data, data.info.tokenizer)
         config, params = load_any_params(args.checkpoint)
     extra: dict[str, Any] = {}
     if books:

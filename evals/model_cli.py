@@ -81,12 +81,47 @@ def load_generator(args: argparse.Namespace, name: str, max_length: int, note: C
     if not spec:
         raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with); only a Hugging Face "
                          "model folder with its own tokenizer files can do without")
+    from curation.tokenize import load_tokenizer
     from training.checkpoint import load_any_params
+    from training.hf import check_checkpoint_tokenizer
 
     tokenizer = load_niah_tokenizer(spec)
-    config, params = load_any_params(args.checkpoint)
+    if args.tokenizer:  # another tokenizer than the training data's would score text read with other ids
+        check_checkpoint_tokenizer(args.checkpoint, load_tokenizer(spec)[1], spec)
+    config, params = load_any_params(args.checkpoint)  # a run or data folder, a missing path: one line
     if max_length > config.max_position_embeddings:
         note(f"lengths up to {max_length} exceed the model's max_position_embeddings ({config.max_position_embeddings})")
     generator = FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name, q_chunk=args.chunk,
                               kv_chunk=args.chunk)
     return tokenizer, generator
+
+
+def parse_lengths_flag(spec: str) -> list[int]:
+    """--lengths (`1k,2k,4k` or `1k..32k:8`, evals.niah.parse_lengths), with what is wrong said as
+    a fault of the flag: none given, or a part that is not a length."""
+    from evals.niah import parse_lengths
+
+    try:
+        lengths = parse_lengths(spec)
+    except ValueError as err:
+        raise ValueError(f"--lengths {spec!r}: {err}") from None
+    if not lengths:
+        raise ValueError(f"--lengths {spec!r} names no length: give token counts such as 1k,2k,4k or 1k..32k:8")
+    return lengths
+
+
+def parse_depths_flag(spec: str) -> list[float]:
+    """--depths (a count, or percents `0,25,50`, evals.niah.parse_depths), with what is wrong said
+    as a fault of the flag."""
+    from evals.niah import parse_depths
+
+    want = "a count of depths spread evenly over 0..100 % (e.g. 5) or percents such as 0,25,50"
+    try:
+        depths = parse_depths(spec)
+    except ValueError as err:
+        text = str(err)
+        reason = text if text.startswith(("the number", "depths must")) else f"not {want}"
+        raise ValueError(f"--depths {spec!r}: {reason}") from None
+    if not depths:
+        raise ValueError(f"--depths {spec!r} names no depth: give {want}")
+    return depths

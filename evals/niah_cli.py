@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.progress import progress_line
-from evals.model_cli import add_model_arguments, load_generator, model_name
+from evals.model_cli import add_model_arguments, load_generator, model_name, parse_depths_flag, parse_lengths_flag
 
 SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
 
@@ -50,7 +50,7 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     from evals.haystack import load_haystack
     from evals.niah_plot import length_label, plot_heatmap
 
-    lengths, depths = niah.parse_lengths(args.lengths), niah.parse_depths(args.depths)
+    lengths, depths = parse_lengths_flag(args.lengths), parse_depths_flag(args.depths)
     name = model_name(args)
     tokenizer, generator = load_generator(args, name, max(lengths), lambda text: console.print(f"[yellow]note: {text}[/]"))
     if getattr(args, "endpoint", None):

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from curation.progress import progress_line
 from evals.haystack import SAMPLE_BOOKS
-from evals.model_cli import add_model_arguments, load_generator, model_name
+from evals.model_cli import add_model_arguments, load_generator, model_name, parse_lengths_flag
 from evals.runner import DEFAULT_THRESHOLD
 from evals.tasks import TASK_NAMES
 
@@ -60,7 +60,7 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     from evals.tasks import build_tasks
     from evals import niah
 
-    lengths = niah.parse_lengths(args.lengths)
+    lengths = parse_lengths_flag(args.lengths)
     if args.samples < 1:
         raise ValueError("--samples must be at least 1")
     names = _select_tasks(args, console)

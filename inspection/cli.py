@@ -52,6 +52,8 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--full", action="store_true", help="with --row, print every token (default: long text runs keep head and tail)")
     parser.add_argument("--overwrite", action="store_true", help="first remove the PNGs an earlier inspect wrote in the plots folder "
                         "(only the names inspect writes), so none is left from another run")
+    # run_inspect's one-line errors go through this parser: `longctx inspect: error: ...`, exit 2.
+    parser.set_defaults(inspect_parser=parser)
     return parser
 
 
@@ -309,7 +311,17 @@ def run_training_inspect(args: argparse.Namespace, runs: list[TrainingRun], cons
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
-    """`longctx inspect`: 0 on success, 2 when DIR or a flag does not fit the output."""
+    """`longctx inspect`: 0 on success, 2 when DIR or a flag does not fit the output. A damaged
+    file (manifest.json, a shard, a run's config.yaml) or a tokenizer that cannot be loaded stops
+    it with one line, `longctx inspect: error: ...`, and exit code 2 (SystemExit)."""
+    try:
+        return _run_inspect(args, console)
+    except (ValueError, OSError) as err:  # ManifestError, a truncated shard, TokenizerLoadError, bad YAML ...
+        parser = getattr(args, "inspect_parser", None) or argparse.ArgumentParser(prog="longctx inspect")
+        parser.error(" ".join(str(err).split()) or type(err).__name__)
+
+
+def _run_inspect(args: argparse.Namespace, console: Console) -> int:
     fs, manifest_path = fsspec.core.url_to_fs(join_url(args.dir, "manifest.json"))
     if not fs.exists(manifest_path):
         runs = training_runs(args.dir)

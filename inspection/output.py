@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from curation.shards import read_manifest
+from curation.shards import ManifestError, join_url, read_manifest
 from inspection.curation_rejects import CurationRejects
 from inspection.document_lengths import DocumentLengths, document_lengths
 from inspection.rejects import RejectSummary, read_rejects
@@ -49,8 +49,26 @@ class OutputSummary:
 
 
 def summarize_output(output: str, examples: int = 3, max_chars: int = 160) -> OutputSummary:
-    """Manifest, every stage's statistics (shards streamed), rejects and document lengths."""
+    """Manifest, every stage's statistics (shards streamed), rejects and document lengths. A
+    manifest.json that is not a job's, or a damaged shard, is a one-line ValueError naming it."""
     manifest = read_manifest(output)
+    check_stage_entries(manifest, join_url(output, "manifest.json"))
     stages = [stage_stats(output, name, manifest) for name in manifest["stages"]]
     rejects = read_rejects(output, manifest, examples, max_chars)
     return OutputSummary(output, manifest, stages, rejects, document_lengths(stages, rejects, manifest.get("kind", "books")))
+
+
+def check_stage_entries(manifest: dict[str, Any], url: str) -> None:
+    """What inspect reads of each stage of the manifest at `url` is there: integer length, rows and
+    tokens, and shards as a list of {"path": str, "rows": int} (ManifestError, one line, otherwise)."""
+    for name, entry in manifest["stages"].items():
+        for key in ("length", "rows", "tokens"):
+            if not isinstance(entry.get(key), int) or isinstance(entry.get(key), bool):
+                raise ManifestError(f"{url} is not a job manifest: stage {name!r} has no integer {key!r}")
+        shards = entry.get("shards")
+        if not isinstance(shards, list):
+            raise ManifestError(f"{url} is not a job manifest: stage {name!r} has no list of shards")
+        for shard in shards:
+            if not (isinstance(shard, dict) and isinstance(shard.get("path"), str) and isinstance(shard.get("rows"), int)):
+                raise ManifestError(f"{url} is not a job manifest: a shard of stage {name!r} is not "
+                                    '{"path": ..., "rows": ...}')

@@ -78,8 +78,16 @@ def read_training_run(path: str, name: str | None = None) -> TrainingRun:
     import yaml
 
     fs, root = fsspec.core.url_to_fs(path)
+    url = _fs_join(path, RUN_CONFIG)
     with fs.open(_fs_join(root, RUN_CONFIG), "r", encoding="utf-8") as fh:
-        config = yaml.safe_load(fh) or {}
+        try:
+            config = yaml.safe_load(fh) or {}
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{url}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        except yaml.YAMLError as err:  # one line, as curation.config_errors.read_config_yaml says it
+            mark = getattr(err, "problem_mark", None)
+            place = f"{url}:{mark.line + 1}:{mark.column + 1}" if mark is not None else url
+            raise ValueError(f"{place}: not valid YAML ({getattr(err, 'problem', None) or type(err).__name__})") from None
     records, bad = [], 0
     with fs.open(_fs_join(root, RUN_METRICS), "r", encoding="utf-8") as fh:
         for line in fh:

@@ -222,7 +222,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_hf:
             if args.tokenizer:
                 parser.error("--tokenizer goes with --to-hf")
-            config, params = load_hf_llama(args.from_hf)
+            try:
+                config, params = load_hf_llama(args.from_hf)
+            except ValueError as err:  # not a model folder, an unreachable hub id (training.hf.ModelPathError)
+                parser.error(str(err))
             path = ckpt.save_params(args.out, config, params)
         else:
             try:

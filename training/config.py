@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import difflib
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from curation.config_errors import validation_line
 
@@ -16,7 +18,7 @@ class TrainConfig(BaseModel):
 
     model: str = Field("toy", description="model preset: toy, tiny, 1b, llama2-7b (see training/model.py)")
     model_overrides: dict[str, Any] = Field(default_factory=dict, description="ModelConfig fields to override (YAML only)")
-    rope_theta: float | None = Field(None, description="RoPE theta for this stage (LWM: 1e6 at 32K .. 5e7 at 1M); None keeps the preset's")
+    rope_theta: float | None = Field(None, gt=0, description="RoPE theta for this stage (LWM: 1e6 at 32K .. 5e7 at 1M); None keeps the preset's")
     data: str = Field("", description="stage folder of shards, e.g. out/books/4k (local or fsspec URL), or a mixture out/books/32k@0.8,out/qa/32k@0.2")
     out: str = Field("", description="run folder: checkpoints/, metrics.jsonl, config.yaml")
     init_from: str | None = Field(None, description="params to start from: a run's checkpoints/final or a Hugging Face LLaMA folder")
@@ -25,42 +27,42 @@ class TrainConfig(BaseModel):
         "None keeps init_from's (text-only for a fresh model). A text checkpoint grows the new tables")
     vision_init: Literal["normal", "text_mean"] = Field(
         "normal", description="new vision rows of a text checkpoint: normal(0, initializer_range) or the mean text row plus that noise")
-    text_loss_weight: float | None = Field(None, description="loss = text_w x text CE + vision_w x vision CE, each averaged over its own positions; None: 0.5 with vision (LWM), 1.0 text-only")
-    vision_loss_weight: float | None = Field(None, description="see text_loss_weight; None: 0.5 with a vision vocabulary")
-    seq_len: int = Field(4096, description="sequence length; must equal the shards' stage length")
-    global_batch: int = Field(8, description="rows per optimiser step (across all hosts), whatever grad_accum is")
-    grad_accum: int = Field(1, description="split each step's global_batch rows into this many micro-batches run one after "
+    text_loss_weight: float | None = Field(None, ge=0, description="loss = text_w x text CE + vision_w x vision CE, each averaged over its own positions; None: 0.5 with vision (LWM), 1.0 text-only")
+    vision_loss_weight: float | None = Field(None, ge=0, description="see text_loss_weight; None: 0.5 with a vision vocabulary")
+    seq_len: int = Field(4096, ge=1, description="sequence length; must equal the shards' stage length")
+    global_batch: int = Field(8, ge=1, description="rows per optimiser step (across all hosts), whatever grad_accum is")
+    grad_accum: int = Field(1, ge=1, description="split each step's global_batch rows into this many micro-batches run one after "
                             "another (less activation memory, same update); must divide global_batch")
-    steps: int = Field(100, description="optimiser steps")
-    lr: float = Field(3e-4, description="peak learning rate")
-    warmup_steps: int = Field(10, description="linear warmup steps")
+    steps: int = Field(100, ge=1, description="optimiser steps")
+    lr: float = Field(3e-4, ge=0, description="peak learning rate")
+    warmup_steps: int = Field(10, ge=0, description="linear warmup steps")
     schedule: Literal["cosine", "constant"] = Field("cosine", description="after warmup: cosine decay to end_lr_ratio x lr, or constant")
-    end_lr_ratio: float = Field(0.1, description="final learning rate as a fraction of lr (cosine)")
-    b1: float = Field(0.9, description="AdamW beta1")
-    b2: float = Field(0.95, description="AdamW beta2")
-    weight_decay: float = Field(0.1, description="AdamW weight decay")
-    grad_clip: float = Field(1.0, description="global gradient norm clip")
+    end_lr_ratio: float = Field(0.1, ge=0, description="final learning rate as a fraction of lr (cosine)")
+    b1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    b2: float = Field(0.95, ge=0, lt=1, description="AdamW beta2")
+    weight_decay: float = Field(0.1, ge=0, description="AdamW weight decay")
+    grad_clip: float = Field(1.0, gt=0, description="global gradient norm clip")
     seed: int = Field(0, description="seed of parameter init and data order")
     mesh: str = Field("dp=1,fsdp=-1,tp=1,sp=1", description="device mesh, e.g. dp=1,fsdp=-1,tp=1,sp=8 (-1: the remaining devices)")
     state_axes: str = Field("fsdp,sp", description="mesh axes that split params, gradients and Adam moments: "
                             "fsdp,sp (ZeRO-3 over the sequence devices too, as LWM) or fsdp (sp devices keep copies)")
     attention: Literal["dense", "ring"] = Field("ring", description="ring: Blockwise RingAttention over sp; dense: reference attention")
-    q_chunk: int = Field(512, description="ring attention query block size (per device)")
-    kv_chunk: int = Field(512, description="ring attention key/value block size (per device)")
+    q_chunk: int = Field(512, ge=1, description="ring attention query block size (per device)")
+    kv_chunk: int = Field(512, ge=1, description="ring attention key/value block size (per device)")
     load_balance: Literal["zigzag", "striped", "none"] = Field("zigzag", description="causal load balancing of the ring")
-    loss_chunk: int = Field(1024, description="the output layer and loss run over this many positions (per sp shard) at a time")
+    loss_chunk: int = Field(1024, ge=1, description="the output layer and loss run over this many positions (per sp shard) at a time")
     tokenizer_sha256: str | None = Field(None, description="refuse shards made with another tokenizer (sha256 from the manifest)")
     allow_unfinished_data: bool = Field(False, description="train on a data folder that is not a finished job output (no "
                                         "manifest and shards missing, as a killed job leaves it), with a warning")
-    resume_step: int | None = Field(None, description="resume from this step checkpoint instead of the latest (e.g. the latest "
+    resume_step: int | None = Field(None, ge=1, description="resume from this step checkpoint instead of the latest (e.g. the latest "
                                     "is corrupt); later step checkpoints are moved to checkpoints/set-aside/")
     allow_config_change: bool = Field(False, description="resume even though optimisation settings (lr, schedule, batch, "
                                       "data, ...) differ from the checkpoint's; the changes are logged")
-    checkpoint_every: int = Field(50, description="save a checkpoint every N steps (and at the end)")
-    keep_checkpoints: int = Field(3, description="keep the last N step checkpoints")
-    stop_after: int | None = Field(None, description="leave after this many steps in this process (a later run resumes)")
-    log_every: int = Field(1, description="log metrics every N steps")
-    peak_flops_per_device: float | None = Field(None, description="for the MFU estimate; None guesses from the device kind")
+    checkpoint_every: int = Field(50, ge=1, description="save a checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(3, ge=1, description="keep the last N step checkpoints")
+    stop_after: int | None = Field(None, ge=1, description="leave after this many steps in this process (a later run resumes)")
+    log_every: int = Field(1, ge=1, description="log metrics every N steps")
+    peak_flops_per_device: float | None = Field(None, gt=0, description="for the MFU estimate; None guesses from the device kind")
     progress: bool = Field(True, description="show a progress bar")
     # Multi-process jobs (JAX's own names; see training/distributed.py).
     distributed: Literal["auto", "on", "off"] = Field(
@@ -68,9 +70,46 @@ class TrainConfig(BaseModel):
         "num_processes / process_id are given, or SLURM with several tasks, or a TPU pod is detected), on (always; JAX "
         "detects the cluster, e.g. a GCE TPU pod), off (never)")
     coordinator_address: str | None = Field(None, description="HOST:PORT of process 0's coordination service (all processes alike)")
-    num_processes: int | None = Field(None, description="processes in the job (all processes alike); None: detected")
-    process_id: int | None = Field(None, description="this process's index, 0..num_processes-1; None: detected")
-    initialization_timeout: int = Field(300, description="seconds to wait for every process to join before failing")
+    num_processes: int | None = Field(None, ge=1, description="processes in the job (all processes alike); None: detected")
+    process_id: int | None = Field(None, ge=0, description="this process's index, 0..num_processes-1; None: detected")
+    initialization_timeout: int = Field(300, ge=1, description="seconds to wait for every process to join before failing")
+
+    @model_validator(mode="after")
+    def model_is_buildable(self) -> TrainConfig:
+        """The preset and its overrides make a model: a misspelled preset or override key, or an
+        override the model refuses, is one line here, before any command builds anything."""
+        _check_model(self.model, self.model_overrides, check_values=self.init_from is None)
+        return self
+
+
+def _did_you_mean(name: Any, known: list[str]) -> str:
+    close = difflib.get_close_matches(str(name), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check_model(name: str, overrides: dict[str, Any], check_values: bool = True) -> None:
+    """ValueError (one line) unless preset `name` with `overrides` is a ModelConfig. training.model
+    (JAX) is imported only here, when a train config is checked, not by every command's parser.
+    The values are checked on the preset only without init_from (which brings its own shapes)."""
+    import dataclasses
+
+    from training.model import PRESETS, ModelConfig
+
+    if name not in PRESETS:
+        raise ValueError(f"model: unknown preset {name!r}{_did_you_mean(name, list(PRESETS))}; "
+                         f"presets: {', '.join(PRESETS)}")
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    for key in overrides:
+        if key not in fields:
+            raise ValueError(f"model_overrides: unknown key {key!r}{_did_you_mean(key, fields)}")
+    if not check_values:
+        return
+    try:
+        ModelConfig.preset(name).with_(**overrides)
+    except (ValueError, NotImplementedError) as err:
+        raise ValueError(f"model_overrides: {err}") from None
+    except TypeError as err:  # e.g. a string where the model needs a number
+        raise ValueError(f"model_overrides: a value of the wrong type ({err})") from None
 
 
 class StageEntry(BaseModel):

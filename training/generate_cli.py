@@ -38,15 +38,26 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
     from training.checkpoint import load_any_params
     from training.generate import generate, generate_frames
 
+    from training.hf import check_checkpoint_tokenizer
+
     vision = args.video or args.image or args.generate_vision
     if vision and not (args.vqgan and args.tokenizer and args.prompt is not None):
         parser.error("--video/--image/--generate-vision need --vqgan, --tokenizer and --prompt")
-    config, params = load_any_params(args.checkpoint)
-    tok = info = None
-    if args.tokenizer:
-        tok, info = load_tokenizer(args.tokenizer)
-    if args.prompt is not None and tok is None:
+    if args.max_new_tokens < 1:
+        parser.error(f"--max-new-tokens must be at least 1, got {args.max_new_tokens}")
+    if args.generate_vision is not None and args.generate_vision < 1:
+        parser.error(f"--generate-vision must be at least 1 frame, got {args.generate_vision}")
+    if args.prompt is not None and not args.tokenizer:
         parser.error("--prompt needs --tokenizer (or give --prompt-ids)")
+    tok = info = None
+    try:
+        if args.tokenizer:
+            tok, info = load_tokenizer(args.tokenizer)
+            # Another tokenizer than the training data's would run and print text read with other ids.
+            check_checkpoint_tokenizer(args.checkpoint, info, args.tokenizer)
+        config, params = load_any_params(args.checkpoint)  # a run or data folder, a missing path: one line
+    except ValueError as err:  # training.hf.ModelPathError, TokenizerLoadError, another tokenizer
+        parser.error(str(err))
     bos = None if (info is None or args.no_bos) else info.bos_id
     vision_mask = None
     if vision:

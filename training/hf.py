@@ -116,23 +116,76 @@ def config_to_hf(config: ModelConfig, dtype: str = "float32", special: SpecialId
     }
 
 
-def _resolve(path_or_hub_id: str | Path, revision: str | None) -> Path:
-    path = Path(path_or_hub_id).expanduser()
-    if path.is_dir():
-        return path
+class ModelPathError(FileNotFoundError, ValueError):
+    """A --checkpoint / --init-from that names no model (a run or data folder, a missing path, a
+    hub id that cannot be fetched): one line. A ValueError too, so that every command that turns
+    ValueErrors into `longctx CMD: error: ...` (train, the evals) prints it without a traceback."""
+
+
+_MODEL_KINDS = ("a longctx params checkpoint (RUN/checkpoints/final: model.json + params/) "
+                "or a Hugging Face LLaMA folder (config.json + *.safetensors)")
+
+
+def _not_a_model(folder: Path, text: str) -> str | None:
+    """Why the local folder `folder` (given as `text`) is not a model, or None when it is one."""
+    if (folder / "config.json").is_file() or ((folder / "model.json").is_file() and (folder / "params").is_dir()):
+        return None
+    shown = text.rstrip("/") or text
+    if (folder / "checkpoints").is_dir() or (folder / "config.yaml").is_file():
+        final = folder / "checkpoints" / "final"
+        if final.is_dir():
+            return f"{text!r} is a training run; pass its checkpoint: {shown}/checkpoints/final"
+        return f"{text!r} is a training run without a final checkpoint yet ({shown}/checkpoints/final does not exist)"
+    if folder.name == "checkpoints" and (folder / "final").is_dir():
+        return f"{text!r} is a run's checkpoints folder; pass its params checkpoint: {shown}/final"
+    if folder.parent.name == "steps" and folder.parent.parent.name == "checkpoints":
+        return (f"{text!r} is a step checkpoint (train state for resuming); pass the run's params checkpoint: "
+                f"{folder.parent.parent / 'final'}")
+    if any(folder.glob("*.arrow")) or (folder / "manifest.json").is_file():
+        return f"{text!r} is a data folder, not a checkpoint; pass {_MODEL_KINDS}"
+    if (folder / "model.json").is_file() or (folder / "params").is_dir():
+        return f"{text!r} is an incomplete params checkpoint (it needs both model.json and params/)"
+    return f"{text!r} is not a model directory: neither {_MODEL_KINDS}"
+
+
+def resolve_model(path_or_hub_id: str | Path, revision: str | None = None) -> Path:
+    """The local folder of a model given as --checkpoint / --init-from: a local folder (checked to
+    be a model: a run or data folder, or a path that does not exist, is refused in one line saying
+    what it is and what to pass), else a Hugging Face hub id, fetched (or read from the local cache
+    when the hub is out of reach). Raises ModelPathError. Every command reaches it: train's
+    init_from, generate and the evals (through checkpoint.load_any_params)."""
     text = str(path_or_hub_id)
-    if path.exists() or text.startswith(("/", ".", "~")) or text.count("/") > 1:
-        raise FileNotFoundError(f"{text!r} is not a model directory (expected config.json + *.safetensors)")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        problem = _not_a_model(path, text)
+        if problem:
+            raise ModelPathError(problem)
+        return path
+    if path.exists():
+        raise ModelPathError(f"{text!r} is a file, not a model directory: pass {_MODEL_KINDS}")
+    if "://" in text or text.startswith(("/", ".", "~")) or text.count("/") > 1:
+        raise ModelPathError(f"{text!r} is not a model directory: no such folder")
+    from curation.tokenize import hub_unreachable
+
+    why = hub_unreachable()  # the hub client would retry each file for ~25 s, twice, and print pages
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(text, revision=revision, allow_patterns=_HUB_PATTERNS))
-    except Exception as err:  # offline, gated, missing: one clear message either way
-        raise FileNotFoundError(
-            f"{text!r} is not a local directory and downloading it from the Hugging Face Hub failed "
-            f"({type(err).__name__}: {err}). Without network, download it elsewhere "
-            f"(huggingface-cli download {text} --include '*.safetensors' config.json) and pass the folder."
-        ) from err
+        return Path(snapshot_download(text, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=why is not None))
+    except Exception as err:  # noqa: BLE001 - offline, gated, missing: one clear line either way
+        if why is not None:
+            raise ModelPathError(
+                f"{text!r}: no such folder, and as a Hugging Face hub id it could not be fetched ({why}) and is not in the "
+                "local Hugging Face cache: pass a local folder (RUN/checkpoints/final or a Hugging Face model folder)"
+            ) from None
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        raise ModelPathError(
+            f"{text!r}: no such folder, and the Hugging Face hub does not give it ({type(err).__name__}: {first}); "
+            f"without network, download it elsewhere (huggingface-cli download {text} --include '*.safetensors' "
+            "config.json) and pass the folder") from None
+
+
+_resolve = resolve_model
 
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
@@ -143,7 +196,7 @@ def _tensor_files(folder: Path) -> dict[str, Path]:
         return {name: folder / file for name, file in weight_map.items()}
     files = sorted(folder.glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(
+        raise ModelPathError(
             f"no *.safetensors in {folder}; PyTorch .bin checkpoints are not read (no torch at runtime): "
             "re-save them with save_pretrained(..., safe_serialization=True)")
     out = {}
@@ -160,7 +213,7 @@ def load_hf_llama(path_or_hub_id: str | Path, dtype: str = "float32", *,
     Params stay on the host so the caller can `jax.device_put` them straight into their shardings
     (param_partition_specs) without first filling one device.
     """
-    folder = _resolve(path_or_hub_id, revision)
+    folder = resolve_model(path_or_hub_id, revision)
     config = config_from_hf(json.loads((folder / "config.json").read_text()), jnp.dtype(dtype).name)
     np_dtype = jnp.dtype(dtype)
     expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
@@ -302,9 +355,10 @@ def run_data_tokenizer(checkpoint: str | Path) -> tuple[DataTokenizer | None, st
     return DataTokenizer(found[0][1], str(data), add_bos=said != {False}), ""
 
 
-def _check_same_tokenizer(info: Any, recorded: Mapping[str, Any], spec: str) -> str:
+def _check_same_tokenizer(info: Any, recorded: Mapping[str, Any], spec: str, strict: bool = False) -> str:
     """Refuse a tokenizer whose vocabulary size or special ids differ from the data's; return a
-    warning (else "") when it is another file than the one the data was made with."""
+    warning (else "") when it is another file than the one the data was made with, or with
+    `strict` (a model run on text, where other ids mean other words) refuse that too."""
     names = ("vocab_size", "bos_id", "eos_id", "pad_id")
     ours, theirs = tuple(getattr(info, n) for n in names), tuple(recorded.get(n) for n in names)
     if ours != theirs:
@@ -315,9 +369,47 @@ def _check_same_tokenizer(info: Any, recorded: Mapping[str, Any], spec: str) -> 
     if recorded.get("sha256") and info.sha256 != recorded["sha256"]:
         what = "has changed since the data was made" if spec == recorded.get("name") else \
             f"is another file than the data's {recorded.get('name')!r}"
+        if strict:
+            what = ("has changed since the training data was made with it" if spec == recorded.get("name")
+                    else f"is not the one the training data was made with ({recorded.get('name')!r})")
+            raise ValueError(f"tokenizer {spec!r} {what} (sha256 {info.sha256[:12]} != {str(recorded['sha256'])[:12]}): "
+                             "its ids stand for other text; pass --tokenizer with the data's tokenizer")
         return (f"tokenizer {spec!r} {what} (sha256 {info.sha256[:12]} != {str(recorded['sha256'])[:12]}); "
                 "its vocabulary size and special ids match, so it is written")
     return ""
+
+
+def checkpoint_tokenizer_record(checkpoint: str | Path) -> dict[str, Any] | None:
+    """What the data of the run that made `checkpoint` records about its tokenizer, or None when
+    it records none that can be read (a Hugging Face folder, a moved run, data of several
+    tokenizers): then nothing can be checked against it."""
+    try:
+        recorded, _ = run_data_tokenizer(checkpoint)
+    except (OSError, ValueError):
+        return None
+    return None if recorded is None else recorded.record
+
+
+def check_checkpoint_tokenizer(checkpoint: str | Path, info: Any, spec: str) -> None:
+    """Refuse (ValueError, one line) a tokenizer that is not the one `checkpoint`'s training data
+    was made with (by sha256, vocabulary size and special ids), as `longctx convert --to-hf` does;
+    `generate` and the evals would otherwise run and print results read with the wrong ids. A
+    checkpoint whose run records no tokenizer is not checked."""
+    record = checkpoint_tokenizer_record(checkpoint)
+    if record is not None:
+        _check_same_tokenizer(info, record, spec, strict=True)
+
+
+def check_data_tokenizer(checkpoint: str | Path, data: str, shard_record: Mapping[str, Any] | None) -> None:
+    """Refuse shards (`data`, whose first shard records `shard_record`) made with another
+    tokenizer than `checkpoint`'s training data; not checked when either side records none."""
+    record = checkpoint_tokenizer_record(checkpoint)
+    theirs = (shard_record or {}).get("sha256")
+    if record is None or not record.get("sha256") or not theirs or theirs == record["sha256"]:
+        return
+    raise ValueError(f"--data {data} was made with tokenizer {(shard_record or {}).get('name')!r} (sha256 {str(theirs)[:12]}), "
+                     f"not the one the checkpoint's training data was made with ({record.get('name')!r}, sha256 "
+                     f"{str(record['sha256'])[:12]}): its ids stand for other text")
 
 
 def _folder_chat_template(folder: Path) -> str | dict[str, str] | None:

@@ -23,6 +23,7 @@ table and output head of `vision_vocab_size` ids, chosen per position by `vision
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -66,6 +67,14 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama2-7b": dict(num_layers=32, hidden_size=4096, intermediate_size=11008, num_heads=32, num_kv_heads=32,
                       max_position_embeddings=4096),
 }
+
+
+class UnknownPresetError(KeyError, ValueError):
+    """A model preset name that is not in PRESETS: a ValueError (the command line's one-line user
+    mistake) and, as before, a KeyError; its text is the plain message, not KeyError's repr."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _normalize_rope_scaling(scaling: Mapping[str, Any] | None) -> FrozenDict | None:
@@ -145,7 +154,9 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:
-            raise KeyError(f"unknown model preset {name!r}; presets: {sorted(PRESETS)}")
+            close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
+            raise UnknownPresetError(f"unknown model preset {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+                                     f"presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 
     def to_dict(self) -> dict[str, Any]:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from typing import Any
 
 import yaml
@@ -94,10 +95,42 @@ def run_plan(args: argparse.Namespace, console: Console) -> int:
         return 2
 
 
+def _check_numbers(args: argparse.Namespace) -> None:
+    """The plan's own numeric flags, in range (an impossible value is refused, not planned with)."""
+    if not 0 < args.mfu <= 1:
+        raise PlanError(f"--mfu {args.mfu}: model FLOPs utilisation is a fraction, 0 < mfu <= 1 (e.g. 0.4)")
+    if args.hbm_gib is not None and not args.hbm_gib > 0:
+        raise PlanError(f"--hbm-gib {args.hbm_gib}: memory per device must be > 0")
+    if args.max_compiles < 1:
+        raise PlanError(f"--max-compiles {args.max_compiles}: must be >= 1")
+
+
+def _checked(name: str, config, args: argparse.Namespace):
+    """`config` validated again as a whole (a stage plan's stages get --set without validation)."""
+    from pydantic import ValidationError
+
+    from curation.config_errors import top_level_keys, validation_line
+    from training.config import TrainConfig
+
+    unknown = [key for key in _overrides(args.set) if key not in TrainConfig.model_fields]
+    if unknown:  # model_copy(update=...) keeps an unknown key out of model_dump: name it here
+        close = difflib.get_close_matches(str(unknown[0]), list(TrainConfig.model_fields), n=1)
+        raise PlanError(f"--set: unknown key {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    try:
+        return TrainConfig.model_validate(config.model_dump())
+    except ValidationError as err:
+        source = f"{args.plan}: stage {name}" if args.plan else str(args.config)
+        raise PlanError(f"{source}: --set: {validation_line(err, known_keys=top_level_keys(TrainConfig))}") from None
+
+
 def _run(args: argparse.Namespace, console: Console) -> int:
     from training.mesh import parse_state_axes
 
-    stages = load_stages(args.config, args.plan, _overrides(args.set))
+    _check_numbers(args)
+    overrides = _overrides(args.set)
+    stages = load_stages(args.config, args.plan, overrides)
+    if overrides and args.plan:  # a plan's stages take --set as an update, unchecked: check each stage with it
+        stages = [(name, _checked(name, config, args)) for name, config in stages]
     if args.stages:
         wanted = [s.strip() for s in args.stages.split(",") if s.strip()]
         unknown = sorted(set(wanted) - {name for name, _ in stages})

@@ -66,6 +66,48 @@ def absolute(path: RunPath) -> RunPath:
     return path if is_remote(path) else path.absolute()
 
 
+def _is_run(path: RunPath) -> bool:
+    """A folder `longctx train` wrote (its config.yaml, or its checkpoints)."""
+    return (path / "config.yaml").exists() or (path / "checkpoints").is_dir()
+
+
+def check_out_folder(path: RunPath, what: str = "out") -> None:
+    """Refuse (RunFolderError, one line) a run location that is not a training run's folder: a
+    file, a data job's output (manifest.json, stage folders of shards), a stage folder of shards,
+    or a `train-stages` folder (its stages' runs in sub-folders). A missing or empty folder, or a
+    run of `longctx train` (resumed), is fine. Reads listings only, before anything is written."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise RunFolderError(f"{what} {path} is a file, not a run folder; pass a new or existing run folder")
+    if _is_run(path):
+        return
+    hint = "train into a new (or empty) folder"
+    if (path / "manifest.json").exists():
+        raise RunFolderError(f"{what} {path} is a data job's output (manifest.json), not a run folder; {hint}")
+    if any(path.glob("*.arrow")):
+        raise RunFolderError(f"{what} {path} is a stage folder of data shards (*.arrow), not a run folder; {hint}")
+    subfolders = sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
+    stages = [p.name for p in subfolders if _is_run(p)]
+    if stages:
+        raise RunFolderError(f"{what} {path} is a train-stages folder (stages {', '.join(stages)}), not a run folder; "
+                             f"pass one stage's folder to resume it (e.g. {path / stages[0]}), or {hint}")
+    shards = [p.name for p in subfolders if any(p.glob("*.arrow"))]
+    if shards:
+        raise RunFolderError(f"{what} {path} holds data shards (stage folders {', '.join(shards)}), not a run folder; {hint}")
+
+
+def remove_if_untouched(path: RunPath, existed: bool) -> None:
+    """After a run was refused before it wrote anything: remove the local folders it made (`path`
+    itself when it did not exist before, else its empty checkpoints/ tree). Any file keeps all."""
+    if is_remote(path) or not path.is_dir() or files_under(path):
+        return
+    if not existed:
+        shutil.rmtree(path, ignore_errors=True)
+    elif (path / "checkpoints").is_dir():
+        shutil.rmtree(path / "checkpoints", ignore_errors=True)
+
+
 def make_dirs(path: RunPath) -> None:
     """Create a local folder (and its parents); an object store has no folders to create."""
     if not is_remote(path):

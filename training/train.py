@@ -261,22 +261,34 @@ def train(config: TrainConfig) -> dict[str, Any]:
     distributed.initialize(config.distributed, config.coordinator_address, config.num_processes, config.process_id,
                            config.initialization_timeout)
     check_config(config)
-    # A wrong --data (a job's output folder instead of one of its stages) is refused before the
-    # run folder exists, so a mistyped command leaves nothing behind.
+    run = run_folder.run_path(config.out)  # a local folder or a gs:// (s3://, az://) URL
+    # A wrong --out (a file, a data folder, a train-stages folder) or --data (a job's output folder
+    # instead of one of its stages) is refused before the run folder exists: nothing is left behind.
+    run_folder.check_out_folder(run)
     check_data_folders(config.data)
     primary = distributed.is_primary()  # process 0 writes the run's own files; Orbax saves collectively
-    run = run_folder.run_path(config.out)  # a local folder or a gs:// (s3://, az://) URL
+    existed = run.exists()
     run_folder.make_dirs(run)
-    # Which checkpoint to resume from, and whether its settings agree, before building anything.
-    manager = ckpt.step_manager(run, config.keep_checkpoints)
-    manager, resume_at, data_state, deferred = _plan_resume(config, run, manager)
-    mesh = make_mesh(config.mesh)
-    model_cfg, params = _initial_params(config, mesh, model_config_for(config))
-    check_fits(config, model_cfg, mesh)
-    data, batches = open_batches(
-        config.data, config.global_batch, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256,
-        expected_vision_metadata(model_cfg), allow_unfinished=config.allow_unfinished_data,
-    )
+    try:
+        # Which checkpoint to resume from, and whether its settings agree, before building anything.
+        manager = ckpt.step_manager(run, config.keep_checkpoints)
+        manager, resume_at, data_state, deferred = _plan_resume(config, run, manager)
+        mesh = make_mesh(config.mesh)
+        model_cfg, params = _initial_params(config, mesh, model_config_for(config))
+        check_fits(config, model_cfg, mesh)
+        data, batches = open_batches(
+            config.data, config.global_batch, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256,
+            expected_vision_metadata(model_cfg), allow_unfinished=config.allow_unfinished_data,
+        )
+        if config.init_from:
+            # Params trained on another tokenizer's ids would read this data as other text.
+            from training.hf import check_data_tokenizer
+
+            check_data_tokenizer(config.init_from, config.data, data.info.tokenizer)
+    except Exception:  # refused before anything was written: leave no folder this run made
+        if primary:
+            run_folder.remove_if_untouched(run, existed)
+        raise
 
     optimizer = build_optimizer(config)
     replicated = NamedSharding(mesh, PartitionSpec())
