@@ -95,6 +95,21 @@ def book_shards(tmp_path_factory):
     return out
 
 
+def cli_error(argv: list[str], capsys) -> list[str]:
+    """`longctx ARGV` refused as a user mistake: exit code 2, the command's usage block, no
+    traceback; returns its stderr lines (the last is `longctx CMD: error: ...`)."""
+    from longctx.cli import main
+
+    capsys.readouterr()  # what earlier calls printed is not this call's
+    with pytest.raises(SystemExit) as err:
+        main(argv)
+    assert err.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines and lines[0].startswith("usage: longctx "), lines
+    assert "Traceback" not in "\n".join(lines), lines
+    return lines
+
+
 def stage_rows(out: Path, manifest: dict) -> dict[str, list[tuple]]:
     """Every stage's shards as comparable values, in shard order: per shard its `doc_ids`,
     `doc_starts` and every column as lists. For comparing the rows of two jobs, not their files'

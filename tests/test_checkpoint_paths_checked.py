@@ -16,7 +16,7 @@ import yaml
 
 from curation.tokenize import resolve_package_path
 from longctx.cli import main
-from tests.conftest import DEMO_TOKENIZER, write_toy_stage
+from tests.conftest import DEMO_TOKENIZER, cli_error, write_toy_stage
 from training import checkpoint as ckpt
 from training.model import ModelConfig, init_params
 
@@ -46,15 +46,7 @@ def hub_offline(monkeypatch):
 
 
 def _error(argv: list[str], capsys) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert lines[0].startswith("usage: longctx "), lines
-    assert "Traceback" not in "\n".join(lines)
-    return lines[-1]
-
+    return cli_error(argv, capsys)[-1]
 
 def _bad_paths(run: Path, book_shards: Path, tmp_path: Path) -> list[tuple[str, str]]:
     """(--checkpoint / --init-from value, the text its one line holds)."""

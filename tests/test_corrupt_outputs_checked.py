@@ -10,17 +10,13 @@ import shutil
 import pytest
 
 from curation.shards import read_shard, read_shard_headers
-from longctx.cli import main
+from tests.conftest import cli_error
 
 SHARD = "s128/train-00000-of-00001.arrow"
 
 
 def _error(argv: list[str], capsys) -> list[str]:
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()
-
+    return cli_error(argv, capsys)
 
 @pytest.fixture
 def job(book_shards, tmp_path):

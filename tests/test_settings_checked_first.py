@@ -10,17 +10,11 @@ import json
 import pytest
 
 from longctx.cli import main
-from tests.conftest import DEMO_TOKENIZER, REPO
+from tests.conftest import DEMO_TOKENIZER, REPO, cli_error
 
 
 def _one_line_error(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    stderr = capsys.readouterr().err
-    assert "Traceback" not in stderr, stderr
-    return stderr.strip().splitlines()[-1]
-
+    return cli_error(argv, capsys)[-1]
 
 @pytest.fixture
 def books(tmp_path):

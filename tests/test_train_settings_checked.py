@@ -12,7 +12,7 @@ import pytest
 
 from curation.shards import write_shard
 from longctx.cli import main
-from tests.conftest import REPO, toy_rows
+from tests.conftest import REPO, cli_error, toy_rows
 
 TINY = str(REPO / "configs" / "train" / "tiny-4k.yaml")
 PLAN = str(REPO / "configs" / "train" / "lwm-text.yaml")
@@ -21,13 +21,9 @@ TOKENIZER = {"name": "toy", "sha256": "ab" * 32, "vocab_size": VOCAB, "bos_id": 
 
 
 def _train_error(argv: list[str], capsys) -> str:
-    with pytest.raises(SystemExit) as err:
-        main(["train", *argv])
-    assert err.value.code == 2
-    lines = capsys.readouterr().err.strip().splitlines()
+    lines = cli_error(["train", *argv], capsys)
     assert lines[0].startswith("usage: longctx train "), lines
     return lines[-1]
-
 
 def _plan_error(argv: list[str], capsys) -> str:
     code = main(["plan", *argv, "--estimate"])

@@ -6,19 +6,14 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from curation.packing import RowArrays
 from curation.shards import write_shard
-from longctx.cli import _parser, main
+from longctx.cli import _parser
+from tests.conftest import cli_error
 
 
 def _error(argv: list[str], capsys) -> list[str]:
-    with pytest.raises(SystemExit) as err:
-        main(argv)
-    assert err.value.code == 2
-    return capsys.readouterr().err.strip().splitlines()
-
+    return cli_error(argv, capsys)
 
 def test_an_error_prints_the_subcommands_usage_and_one_line(tmp_path, capsys):
     # A run error (train's own check), an unknown flag, and a nested command's error.
