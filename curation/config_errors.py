@@ -44,6 +44,12 @@ def read_inline_yaml(text: str, what: str = "") -> Any:
         raise ValueError(f"{what + ': ' if what else ''}not valid YAML ({problem})") from None
 
 
+def did_you_mean(name: object, known: list[str]) -> str:
+    """` (did you mean 'x'?)` for the known name closest to a mistyped one, or "" when none is close."""
+    close = difflib.get_close_matches(str(name), known, n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def where(loc: Location) -> str:
     """('stages', 0, 'overrides') -> `stages[0].overrides`."""
     text = ""
@@ -67,8 +73,7 @@ def validation_line(err: ValidationError, origin: Callable[[Location], Location]
         loc = origin(loc)
     if first["type"] == "extra_forbidden":
         place, key = loc[:-1], loc[-1]
-        close = difflib.get_close_matches(str(key), known_keys(place) if known_keys else [], n=1)
-        text = f"unknown key {key!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
+        text = f"unknown key {key!r}" + did_you_mean(key, known_keys(place) if known_keys else [])
     elif first["type"] == "missing":
         place, text = loc[:-1], f"missing key {loc[-1]!r}"
     elif not loc:  # a check across keys (a model validator): its message names them; the input is the whole config

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import difflib
-
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from curation.config_errors import validation_line
+from curation.config_errors import did_you_mean, validation_line
 
 
 class TrainConfig(BaseModel):
@@ -82,11 +80,6 @@ class TrainConfig(BaseModel):
         return self
 
 
-def _did_you_mean(name: Any, known: list[str]) -> str:
-    close = difflib.get_close_matches(str(name), known, n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _check_model(name: str, overrides: dict[str, Any], check_values: bool = True) -> None:
     """ValueError (one line) unless preset `name` with `overrides` is a ModelConfig. training.model
     (JAX) is imported only here, when a train config is checked, not by every command's parser.
@@ -96,12 +89,12 @@ def _check_model(name: str, overrides: dict[str, Any], check_values: bool = True
     from training.model import PRESETS, ModelConfig
 
     if name not in PRESETS:
-        raise ValueError(f"model: unknown preset {name!r}{_did_you_mean(name, list(PRESETS))}; "
+        raise ValueError(f"model: unknown preset {name!r}{did_you_mean(name, list(PRESETS))}; "
                          f"presets: {', '.join(PRESETS)}")
     fields = [f.name for f in dataclasses.fields(ModelConfig)]
     for key in overrides:
         if key not in fields:
-            raise ValueError(f"model_overrides: unknown key {key!r}{_did_you_mean(key, fields)}")
+            raise ValueError(f"model_overrides: unknown key {key!r}{did_you_mean(key, fields)}")
     if not check_values:
         return
     try:

@@ -330,7 +330,7 @@ class MixtureIterator:
         self.taken, self.cursors = int(state["taken"]), [list(c) for c in state["cursors"]]
 
 
-def _stage_folders(folder: str) -> list[str]:
+def stage_folders(folder: str) -> list[str]:
     """The stage sub-folders of a data job's output folder: those its manifest lists (in its
     order), else those holding shards."""
     import json
@@ -357,7 +357,7 @@ def check_data_folders(spec: str) -> None:
         fs, root = fsspec.core.url_to_fs(path)
         if fs.glob(root.rstrip("/") + "/*.arrow"):
             continue
-        stages = _stage_folders(path)
+        stages = stage_folders(path)
         if stages:
             shown = ", ".join(f"{path.rstrip('/')}/{s}" for s in stages)
             raise DataMismatchError(f"{path} is a job output; pass one of its stage folders: {shown}")

@@ -30,6 +30,7 @@ from safetensors.numpy import save_file
 
 from curation.shards import ShardMetadata, read_shard_headers
 from training.model import ModelConfig, init_params
+from training.run_folder import is_run_folder
 
 log = logging.getLogger("longctx")
 
@@ -131,7 +132,7 @@ def _not_a_model(folder: Path, text: str) -> str | None:
     if (folder / "config.json").is_file() or ((folder / "model.json").is_file() and (folder / "params").is_dir()):
         return None
     shown = text.rstrip("/") or text
-    if (folder / "checkpoints").is_dir() or (folder / "config.yaml").is_file():
+    if is_run_folder(folder):
         final = folder / "checkpoints" / "final"
         if final.is_dir():
             return f"{text!r} is a training run; pass its checkpoint: {shown}/checkpoints/final"

@@ -23,7 +23,6 @@ table and output head of `vision_vocab_size` ids, chosen per position by `vision
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -36,6 +35,7 @@ import numpy as np
 from flax.core import FrozenDict
 from jax.sharding import PartitionSpec as P
 
+from curation.config_errors import did_you_mean
 from training.mesh import STATE_AXES, shard_activation
 from training.ring_attention import attention_reference
 
@@ -154,8 +154,7 @@ class ModelConfig:
     @classmethod
     def preset(cls, name: str, **overrides: Any) -> ModelConfig:
         if name not in PRESETS:
-            close = difflib.get_close_matches(str(name), list(PRESETS), n=1)
-            raise UnknownPresetError(f"unknown model preset {name!r}{f' (did you mean {close[0]!r}?)' if close else ''}; "
+            raise UnknownPresetError(f"unknown model preset {name!r}{did_you_mean(name, list(PRESETS))}; "
                                      f"presets: {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name], **overrides})
 

@@ -4,13 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import difflib
 from typing import Any
 
 import yaml
 from rich.console import Console
 
-from curation.config_errors import read_inline_yaml
+from curation.config_errors import did_you_mean, read_inline_yaml
 from curation.units import GiB
 from training.layouts import search_stage
 from training.plan import StageReport, plan_stage
@@ -114,8 +113,7 @@ def _checked(name: str, config, args: argparse.Namespace):
 
     unknown = [key for key in _overrides(args.set) if key not in TrainConfig.model_fields]
     if unknown:  # model_copy(update=...) keeps an unknown key out of model_dump: name it here
-        close = difflib.get_close_matches(str(unknown[0]), list(TrainConfig.model_fields), n=1)
-        raise PlanError(f"--set: unknown key {unknown[0]!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise PlanError(f"--set: unknown key {unknown[0]!r}{did_you_mean(unknown[0], list(TrainConfig.model_fields))}")
     try:
         return TrainConfig.model_validate(config.model_dump())
     except ValidationError as err:

@@ -66,7 +66,7 @@ def absolute(path: RunPath) -> RunPath:
     return path if is_remote(path) else path.absolute()
 
 
-def _is_run(path: RunPath) -> bool:
+def is_run_folder(path: RunPath) -> bool:
     """A folder `longctx train` wrote (its config.yaml, or its checkpoints)."""
     return (path / "config.yaml").exists() or (path / "checkpoints").is_dir()
 
@@ -80,7 +80,7 @@ def check_out_folder(path: RunPath, what: str = "out") -> None:
         return
     if not path.is_dir():
         raise RunFolderError(f"{what} {path} is a file, not a run folder; pass a new or existing run folder")
-    if _is_run(path):
+    if is_run_folder(path):
         return
     hint = "train into a new (or empty) folder"
     if (path / "manifest.json").exists():
@@ -88,11 +88,13 @@ def check_out_folder(path: RunPath, what: str = "out") -> None:
     if any(path.glob("*.arrow")):
         raise RunFolderError(f"{what} {path} is a stage folder of data shards (*.arrow), not a run folder; {hint}")
     subfolders = sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
-    stages = [p.name for p in subfolders if _is_run(p)]
+    stages = [p.name for p in subfolders if is_run_folder(p)]
     if stages:
         raise RunFolderError(f"{what} {path} is a train-stages folder (stages {', '.join(stages)}), not a run folder; "
                              f"pass one stage's folder to resume it (e.g. {path / stages[0]}), or {hint}")
-    shards = [p.name for p in subfolders if any(p.glob("*.arrow"))]
+    from training.data import stage_folders
+
+    shards = stage_folders(str(path))  # no manifest.json here: the sub-folders holding shards
     if shards:
         raise RunFolderError(f"{what} {path} holds data shards (stage folders {', '.join(shards)}), not a run folder; {hint}")
 

@@ -52,13 +52,10 @@ def model_config_for(config: TrainConfig, base: ModelConfig | None = None) -> Mo
 def check_config(config: TrainConfig) -> None:
     """What a config must satisfy whatever the devices (checked for every stage of a plan before
     the first one trains)."""
-    if config.global_batch < 1 or config.grad_accum < 1:
-        raise ConfigMismatch(f"global_batch {config.global_batch} and grad_accum {config.grad_accum} must be >= 1")
+    # global_batch, grad_accum and resume_step >= 1: TrainConfig's bounds.
     if config.global_batch % config.grad_accum:
         raise ConfigMismatch(f"global_batch {config.global_batch} (rows per step) does not split into grad_accum "
                              f"{config.grad_accum} equal micro-batches; make it a multiple of {config.grad_accum}")
-    if config.resume_step is not None and config.resume_step < 1:
-        raise ConfigMismatch(f"resume_step {config.resume_step} must be a saved step (>= 1)")
 
 
 def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh) -> None:
