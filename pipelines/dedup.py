@@ -40,6 +40,7 @@ from curation.near_duplicates import (
 from curation.sources import SourceConfig
 from pipelines.accounting import REJECTS
 from pipelines.io import ReadInputs
+from pipelines.refusals import JobRefused
 
 
 class SketchDocument(beam.DoFn):
@@ -150,7 +151,7 @@ class DropDuplicates(beam.PTransform):
         )
 
 
-class UnreadableEvaluationInput(ValueError):
+class UnreadableEvaluationInput(JobRefused):
     """An evaluation record that cannot be read: decontaminating without it would be silently partial."""
 
 

@@ -22,6 +22,7 @@ from curation.tokenize import TokenizerInfo, load_tokenizer
 from pipelines.config import BooksConfig, ImagesConfig, JobConfig, QAConfig, VideoConfig
 from pipelines.io import NoInputFiles, match_pattern
 from pipelines.jobs import DATA_JOBS
+from pipelines.refusals import quiet_refusals
 from pipelines.runners import local_runner
 
 log = logging.getLogger("longctx")
@@ -172,6 +173,19 @@ def check_vqgan_grid(config: JobConfig) -> None:
                           f"layout holds {side}x{side} ({CODES_PER_FRAME} codes a frame): {fits}")
 
 
+def check_chat_template(config: JobConfig) -> None:
+    """A QA job writing its examples in the training tokenizer's chat template needs one: a
+    tokenizer without it stops here in one line, not in every worker's setup."""
+    if getattr(config, "chat_format", None) != "tokenizer":
+        return
+    from curation.chat_format import tokenizer_chat_format
+
+    try:
+        tokenizer_chat_format(config.tokenizer)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+
+
 def validate(config: JobConfig) -> TokenizerInfo:
     """Every check that can be made before the pipeline starts; returns the tokenizer's info."""
     missing = [name for name in ("inputs", "output", "tokenizer") if not getattr(config, name)]
@@ -186,6 +200,7 @@ def validate(config: JobConfig) -> TokenizerInfo:
     info = check_tokenizer(config.tokenizer)
     check_vqgan_path(config)
     check_vqgan_grid(config)
+    check_chat_template(config)
     check_output_writable(config.output)  # last: it creates the output folder
     return info
 
@@ -245,7 +260,7 @@ def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | Pipe
         log.warning("%s is already complete (manifest.json exists): nothing to do; pass --overwrite to redo it", config.output)
         return finished
     metadata = shard_metadata(config, kind, info)
-    with job_pipeline(beam_args or []) as pipeline:
+    with quiet_refusals(), job_pipeline(beam_args or []) as pipeline:
         _ = pipeline | kind.capitalize() >> transform(config, metadata)
     return read_manifest(config.output)
 

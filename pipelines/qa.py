@@ -24,6 +24,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import KeyedModelHandler, RunInference
 
 from curation.accounting import Reason, Reject
+from curation.chat_format import tokenizer_chat_format
 from curation.documents import Document
 from curation.events import CHUNK, KEPT, TOKENS_IN, PartCount, StageCount, part_event, rejected_event, stage_event
 from curation.progress import Progress
@@ -160,19 +161,11 @@ class ValidateQA(beam.DoFn):
 
 
 def chat_format(config: QAConfig) -> ChatFormat:
-    """The LWM plain format, or the training tokenizer's own chat template when asked for."""
+    """The LWM plain format, or the training tokenizer's own chat template when asked for (checked
+    before the job starts: `pipelines.launch.validate`)."""
     if config.chat_format == "lwm":
         return ChatFormat()
-    from transformers import AutoTokenizer
-
-    from qa_synth.generator_model import resolve_generator
-
-    path, _ = resolve_generator(config.tokenizer)
-    folder = path if not path.endswith(".json") else path.rsplit("/", 1)[0]
-    hf = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-    if not getattr(hf, "chat_template", None):
-        raise ValueError(f"chat_format 'tokenizer': the tokenizer {config.tokenizer!r} has no chat template")
-    return ChatFormat(hf_tokenizer=hf)
+    return tokenizer_chat_format(config.tokenizer)
 
 
 class AssembleBook(beam.DoFn):

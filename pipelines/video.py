@@ -39,6 +39,7 @@ from curation.vision_examples import frame_runs, frames_per_example, text_first,
 from curation.vision_layout import CODES_PER_FRAME
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.io import ReadInputs
+from pipelines.refusals import JobRefused
 from pipelines.vision_text import NameByContent, VisionTextDoFn, media_url
 
 log = logging.getLogger("longctx")
@@ -93,7 +94,7 @@ class EncodeVideos(VisionTextDoFn):
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.NO_FRAMES, f"{url}: no frames sampled"))
             return
         if codes[0].size != CODES_PER_FRAME:
-            raise ValueError(f"the VQGAN gives {codes[0].shape} codes per {c.frame_size}px frame; the layout needs 16x16")
+            raise JobRefused(f"the VQGAN gives {codes[0].shape} codes per {c.frame_size}px frame; the layout needs 16x16")
         self.frames.inc(len(codes))
         text = self.text_ids(doc.text)
         event = {KEPT: 1, TOKENS_IN: video_tokens_in(len(codes), len(text))}

@@ -16,6 +16,7 @@ from benchmarks.near_duplicates import read_novels
 from curation.decontaminate import build_index, contamination, eval_ngrams
 from pipelines.config import BooksConfig, add_config_flags, config_from_args
 from pipelines.launch import run_books
+from pipelines.refusals import BEAM_ELEMENT_LOGGER, JobRefused
 from tests.conftest import DEMO_TOKENIZER
 
 FAMOUS = ("It is a truth universally acknowledged, that a single man in possession of a good fortune, "
@@ -124,13 +125,16 @@ def test_pipeline_rejects_the_contaminated_book_only(novels, tmp_path):
     assert facts["eval_document"].endswith("passages.jsonl id=moby-1000") and facts["shared_ngrams"] == facts["eval_ngrams"] > 0
 
 
-def test_an_unreadable_evaluation_record_stops_the_job(novels, tmp_path):
+def test_an_unreadable_evaluation_record_stops_the_job(novels, tmp_path, caplog):
     books = _write([{"id": "emma", "text": novels["emma"][:20_000]}], tmp_path / "books.jsonl.gz")
     (tmp_path / "evals.jsonl").write_text('{"id": "ok", "text": "fine words here"}\n{"id": "bad", "text": \n')
     config = BooksConfig.model_validate({
         "inputs": [str(books)], "output": str(tmp_path / "out"), "tokenizer": DEMO_TOKENIZER, "stages": ["s=2048:10-10000000"],
         "decontaminate": [str(tmp_path / "evals.jsonl")],
     })
-    with pytest.raises(Exception, match="decontamination input .*evals.jsonl record .* is unreadable \\(malformed_json"):
+    with pytest.raises(JobRefused, match="decontamination input .*evals.jsonl record .* is unreadable \\(malformed_json"):
         run_books(config, ["--runner=DirectRunner", "--direct_running_mode=in_memory"])
     assert not (tmp_path / "out" / "manifest.json").exists()
+    # The command says it in one line (a ValueError); Beam logs no traceback of it before that.
+    assert [r for r in caplog.records if r.exc_info] == []
+    assert not [r for r in caplog.records if r.name == BEAM_ELEMENT_LOGGER]

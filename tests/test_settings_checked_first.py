@@ -106,3 +106,43 @@ def test_a_malformed_plan_override_is_one_line(capsys):
     # (the console may wrap the line at its width: compare the words)
     assert " ".join(out.out.split()) == ("longctx plan: --set 'global_batch=[1,': not valid YAML "
                                          "(expected the node content, but found '<stream end>')")
+
+
+def _tokenizer_folder(folder, chat_template: str | None):
+    """A small fast tokenizer saved as a model folder would hold it (tokenizer.json + tokenizer_config.json)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    folder.mkdir()
+    tok = Tokenizer(models.WordLevel({"<unk>": 0, "<s>": 1, "</s>": 2, "a": 3}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+    if chat_template:
+        config["chat_template"] = chat_template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def test_a_training_tokenizer_without_a_chat_template_is_refused_before_the_job(books, tmp_path, capsys):
+    def qa(tokenizer: str) -> str:
+        argv = ["qa", "--backend", "extractive", "--input", str(books), "--output", str(tmp_path / "out"),
+                "--tokenizer", tokenizer, "--stages", "tiny=2048:1", "--chat-format", "tokenizer"]
+        return _one_line_error(argv, capsys)
+
+    # A bare SentencePiece model has no template (this once failed in every worker's setup, rc 1).
+    assert qa(DEMO_TOKENIZER) == (f"longctx qa: error: chat_format 'tokenizer' needs the tokenizer's chat template, and "
+                                  f"{DEMO_TOKENIZER!r} has no tokenizer_config.json beside it: pass a model folder (or hub "
+                                  "id) with one, or use chat_format lwm")
+    plain = _tokenizer_folder(tmp_path / "plain", None)
+    assert qa(str(plain)) == f"longctx qa: error: chat_format 'tokenizer': the tokenizer {str(plain)!r} has no chat template; use chat_format lwm"
+    (plain / "tokenizer_config.json").write_text("{not json")
+    assert qa(str(plain)).startswith(f"longctx qa: error: chat_format 'tokenizer': cannot load the tokenizer {str(plain)!r} with transformers (")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_tokenizer_folder_with_a_chat_template_passes_the_check(tmp_path):
+    from curation.chat_format import tokenizer_chat_format
+
+    folder = _tokenizer_folder(tmp_path / "chat", "{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    fmt = tokenizer_chat_format(str(folder))
+    assert fmt.hf_tokenizer.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False) == "a"

@@ -3,10 +3,13 @@ the key (issue "newcomer path"), with the same exit code as a typo in `longctx t
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import yaml
 
+from curation.shards import write_shard
 from longctx.cli import main
+from tests.conftest import toy_rows
 
 STAGE = {"name": "s256", "data": "data/s256", "overrides": {"steps": 2}}
 BASE = {"model": "toy", "seq_len": 256, "global_batch": 2}
@@ -97,3 +100,25 @@ def test_an_unreadable_or_malformed_config_file_is_one_line_for_every_command(ca
         assert code == 2 and lines[-1] == f"longctx {argv[0]}: error: broken.yaml:2:9: not valid YAML (mapping values are not allowed here)"
         code, lines = _error([argv[0], "--config", "none.yaml", *argv[3:]], capsys)
         assert code == 2 and lines[-1] == f"longctx {argv[0]}: error: none.yaml: cannot read the config (No such file or directory)"
+
+
+def _shards(folder: str, length: int, tokenizer_sha: str = "ab" * 32) -> None:
+    tokenizer = {"name": "toy", "sha256": tokenizer_sha, "vocab_size": 1000, "bos_id": 1, "eos_id": 2, "pad_id": None}
+    write_shard(folder, f"s{length}", 0, 1, toy_rows(np.random.default_rng(0), 4, length, 1000, "d"), {"tokenizer": tokenizer})
+
+
+def test_a_later_stage_whose_data_is_missing_or_does_not_fit_stops_the_plan_before_stage_one(capsys):
+    _shards("data", 64)
+    first = {"name": "a", "data": "data/s64", "overrides": {"seq_len": 64}}
+    second = {"name": "b", "data": "data/s128", "overrides": {"seq_len": 128}}
+    plan = {"out": "runs", "base": {"model": "toy", "global_batch": 2, "steps": 1}, "stages": [first, second]}
+    line = _plan_error(plan, capsys)
+    assert line == ("longctx train-stages: error: stage b: data folder data/s128 does not exist: "
+                    "pass a stage folder of a data job's output, e.g. out/books/4k")
+    _shards("data", 128)
+    line = _plan_error({**plan, "stages": [first, {**second, "overrides": {"seq_len": 256}}]}, capsys)
+    assert line == "longctx train-stages: error: stage b: data/s128: stage length 128 != the stage's seq_len 256"
+    _shards("other", 128, tokenizer_sha="cd" * 32)
+    line = _plan_error({**plan, "stages": [first, {**second, "data": "other/s128"}]}, capsys)
+    assert line == ("longctx train-stages: error: the plan's stages were made with different tokenizers: "
+                    "tokenizer sha256: stage a (data/s64) has abababababab, stage b (other/s128) has cdcdcdcdcdcd")

@@ -66,6 +66,26 @@ def test_a_misspelled_model_override_is_one_line(tmp_path, capsys):
         "model_overrides: unknown key 'num_layerz' (did you mean 'num_layers'?)")
 
 
+@pytest.mark.parametrize("override, expected", [
+    ("{num_layers: two}", "num_layers must be a whole number >= 1, got 'two'"),
+    ("{num_layers: 2.5}", "num_layers must be a whole number >= 1, got 2.5"),
+    ("{vocab_size: -5}", "vocab_size must be a whole number >= 1, got -5"),
+    ("{rope_theta: abc}", "rope_theta must be a number > 0, got 'abc'"),
+    ("{tie_embeddings: maybe}", "tie_embeddings must be true or false, got 'maybe'"),
+    ("{dtype: flot32}", "dtype must be a dtype name such as float32 or bfloat16, got 'flot32'"),
+    ("{rope_scaling: 3}", "rope_scaling must be a mapping such as {rope_type: linear, factor: 4}, got 3"),
+    ("{remat: [full]}", "remat must be one of ['dots_saveable', 'full', 'none'], got ['full']"),
+])
+def test_a_model_override_of_the_wrong_type_is_one_line(tmp_path, capsys, override, expected):
+    path = tmp_path / "t.yaml"
+    path.write_text(f"model: toy\nmodel_overrides: {override}\n")
+    line = _train_error(["--config", str(path), "--data", str(tmp_path / "d"), "--out", str(tmp_path / "r")], capsys)
+    assert line == f"longctx train: error: {path}: model_overrides: {expected}"
+    # The stages of a plan after the first start from the previous stage's params (init_from), so
+    # only each value on its own can be checked there: it is, before anything is built.
+    assert _plan_error(["--plan", PLAN, "--set", f"model_overrides={override}"], capsys).endswith(f"model_overrides: {expected}")
+
+
 def test_a_preset_name_missing_from_the_library_is_a_value_error():
     from training.model import ModelConfig
 

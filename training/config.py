@@ -83,10 +83,11 @@ class TrainConfig(BaseModel):
 def _check_model(name: str, overrides: dict[str, Any], check_values: bool = True) -> None:
     """ValueError (one line) unless preset `name` with `overrides` is a ModelConfig. training.model
     (JAX) is imported only here, when a train config is checked, not by every command's parser.
-    The values are checked on the preset only without init_from (which brings its own shapes)."""
+    Each value is checked on its own always, their combination on the preset only without
+    init_from (which brings its own shapes)."""
     import dataclasses
 
-    from training.model import PRESETS, ModelConfig
+    from training.model import PRESETS, ModelConfig, value_problem
 
     if name not in PRESETS:
         raise ValueError(f"model: unknown preset {name!r}{did_you_mean(name, list(PRESETS))}; "
@@ -95,6 +96,12 @@ def _check_model(name: str, overrides: dict[str, Any], check_values: bool = True
     for key in overrides:
         if key not in fields:
             raise ValueError(f"model_overrides: unknown key {key!r}{did_you_mean(key, fields)}")
+    try:
+        problem = value_problem(overrides)  # each value on its own, whatever model init_from brings
+    except NotImplementedError as err:  # e.g. a rope_scaling type we do not have
+        problem = str(err)
+    if problem:
+        raise ValueError(f"model_overrides: {problem}")
     if not check_values:
         return
     try:

@@ -365,18 +365,48 @@ def check_data_folders(spec: str) -> None:
         raise DataMismatchError(f"data folder {path} {where}: pass a stage folder of a data job's output, e.g. out/books/4k")
 
 
+def open_sources(spec: str, allow_unfinished: bool = False) -> list[tuple[StageData, float]]:
+    """Each source of a data spec, opened (headers only), with its weight; a source refused by
+    `StageData.open` is named in the error."""
+    sources = []
+    for path, weight in parse_data_mix(spec):
+        try:
+            sources.append((StageData.open(path, allow_unfinished), weight))
+        except DataMismatchError as err:
+            raise DataMismatchError(f"{path}: {err}") from None
+    return sources
+
+
+def check_plan_data(stages: list[tuple[str, str, int, bool]]) -> None:
+    """The data of every stage of a plan, (name, data spec, seq_len, allow_unfinished) each, before
+    the first stage trains: every folder holds finished shards of the stage's length, and all
+    stages share one tokenizer (a stage's params start from the previous stage's, so its ids must
+    mean the same). Reads folder listings and shard headers only. What depends on the model (its
+    vocabulary and vision layout) is checked when each stage starts."""
+    tokenizers = []
+    for name, spec, seq_len, allow_unfinished in stages:
+        try:
+            check_data_folders(spec)
+            sources = open_sources(spec, allow_unfinished)
+            for (data, _), (path, _) in zip(sources, parse_data_mix(spec)):
+                if data.length != seq_len:
+                    raise DataMismatchError(f"{path}: stage length {data.length} != the stage's seq_len {seq_len}")
+        except (ValueError, OSError) as err:  # no folder, unfinished or truncated shards, another length
+            raise DataMismatchError(f"stage {name}: {err}") from None
+        tokenizers += [(f"stage {name} ({path})", data.info.tokenizer_identity())
+                       for (data, _), (path, _) in zip(sources, parse_data_mix(spec))]
+    problem = first_disagreement(tokenizers)
+    if problem:
+        raise DataMismatchError(f"the plan's stages were made with different tokenizers: {problem}")
+
+
 def open_batches(spec: str, global_batch: int, seed: int, seq_len: int, vocab_size: int, tokenizer_sha256: str | None,
                  vision: dict | None = None, allow_unfinished: bool = False):
     """The training batches of a data spec (one stage folder, or a weighted mixture), checked
     against the model first (every source: a mixture never pairs shards the model cannot read),
     and the sources against each other (one tokenizer for all)."""
     mix = parse_data_mix(spec)
-    sources = []
-    for path, weight in mix:
-        try:
-            sources.append((StageData.open(path, allow_unfinished), weight))
-        except DataMismatchError as err:
-            raise DataMismatchError(f"{path}: {err}") from None
+    sources = open_sources(spec, allow_unfinished)
     for (data, _), (path, _) in zip(sources, mix):
         try:
             data.check_compatible(seq_len, vocab_size, tokenizer_sha256, vision)

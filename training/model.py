@@ -81,6 +81,8 @@ def _normalize_rope_scaling(scaling: Mapping[str, Any] | None) -> FrozenDict | N
     """Accept transformers' spellings ("type" or "rope_type"); keep only what our RoPE reads."""
     if scaling is None:
         return None
+    if not isinstance(scaling, Mapping):
+        raise ValueError(f"rope_scaling must be a mapping such as {{rope_type: linear, factor: 4}}, got {scaling!r}")
     # Other keys (e.g. transformers 5's rope_theta inside rope_parameters) are not ours to keep.
     kind = scaling.get("rope_type") or scaling.get("type")
     if kind in (None, "default"):
@@ -94,6 +96,53 @@ def _normalize_rope_scaling(scaling: Mapping[str, Any] | None) -> FrozenDict | N
         raise ValueError(f"rope_scaling {kind!r} lacks {missing}")
     # FrozenDict keeps the config hashable, so it can be a static argument of jax.jit.
     return FrozenDict({"rope_type": kind, **{k: scaling[k] for k in need}})
+
+
+# Fields a model config holds, by the kind of value each takes (checked when a config is made, so a
+# YAML override of the wrong type is one line, not an error deep inside JAX).
+_SIZES = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+          "max_position_embeddings")
+_POSITIVE = ("rope_theta", "rms_norm_eps")
+_FLAGS = ("tie_embeddings", "logits_fp32", "scan_layers")
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_whole(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def value_problem(values: Mapping[str, Any]) -> str | None:
+    """Why one of `values` (ModelConfig fields by name; any subset) is impossible for its field,
+    whatever the other fields hold (None: each is possible)."""
+    for name, value in values.items():
+        if name in _SIZES and not (value is None and name == "head_dim") and not (_is_whole(value) and value >= 1):
+            return f"{name} must be a whole number >= 1, got {value!r}"
+        if name in _POSITIVE and not (_is_number(value) and value > 0):
+            return f"{name} must be a number > 0, got {value!r}"
+        if name == "initializer_range" and not (_is_number(value) and value >= 0):
+            return f"initializer_range must be a number >= 0, got {value!r}"
+        if name == "vision_vocab_size" and not (_is_whole(value) and value >= 0):
+            return f"vision_vocab_size must be a whole number >= 0, got {value!r}"
+        if name in _FLAGS and not isinstance(value, bool):  # a YAML "yes"/"no" string would be truthy either way
+            return f"{name} must be true or false, got {value!r}"
+        if name in ("param_dtype", "dtype"):
+            try:
+                jnp.dtype(value)
+            except TypeError:
+                return f"{name} must be a dtype name such as float32 or bfloat16, got {value!r}"
+        if name == "rope_scaling":
+            try:
+                _normalize_rope_scaling(value)
+            except ValueError as err:  # NotImplementedError (a scaling type we lack) goes up as it is
+                return str(err)
+        if name == "remat" and not (isinstance(value, str) and value in REMAT_POLICIES):
+            return f"remat must be one of {sorted(REMAT_POLICIES)}, got {value!r}"
+        if name == "vision_layout" and not (isinstance(value, str) and value in VISION_LAYOUTS):
+            return f"vision_layout must be one of {VISION_LAYOUTS}, got {value!r}"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +175,9 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 (frozen dataclass)
+        problem = value_problem({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        if problem:
+            raise ValueError(problem)
         if self.head_dim is None:
             set_("head_dim", self.hidden_size // self.num_heads)
         set_("rope_scaling", _normalize_rope_scaling(self.rope_scaling))
@@ -136,12 +188,6 @@ class ModelConfig:
             raise ValueError(f"num_heads {self.num_heads} is not a multiple of num_kv_heads {self.num_kv_heads}")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for RoPE, got {self.head_dim}")
-        if not isinstance(self.scan_layers, bool):  # a YAML "yes"/"no" string would be truthy either way
-            raise ValueError(f"scan_layers must be true or false, got {self.scan_layers!r}")
-        if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"remat must be one of {sorted(REMAT_POLICIES)}, got {self.remat!r}")
-        if self.vision_layout not in VISION_LAYOUTS:
-            raise ValueError(f"vision_layout must be one of {VISION_LAYOUTS}, got {self.vision_layout!r}")
         if (self.vision_layout == "none") != (self.vision_vocab_size == 0):
             raise ValueError(f"vision_layout {self.vision_layout!r} with vision_vocab_size {self.vision_vocab_size}")
         if self.vision_layout == "unified" and self.vision_vocab_size >= self.vocab_size:

@@ -18,7 +18,7 @@ from curation.config_errors import read_config_yaml
 from training import checkpoint as ckpt
 from training import distributed, run_folder
 from training.config import StagePlan, TrainConfig
-from training.data import check_data_folders, global_arrays, open_batches
+from training.data import check_data_folders, check_plan_data, global_arrays, open_batches
 from training.mesh import make_mesh
 from training.model import ModelConfig, count_params, flops_per_token, init_params
 from training.step import build_optimizer, init_opt_state, jit_train_step, micro_batch, param_shardings
@@ -394,6 +394,8 @@ def train_stages(plan: StagePlan, after_stage: Callable[[str, TrainConfig], dict
             check_config(config)
         except ConfigMismatch as err:
             raise ConfigMismatch(f"stage {name}: {err}") from None
+    # So is a later stage's missing or mismatched data.
+    check_plan_data([(name, config.data, config.seq_len, config.allow_unfinished_data) for name, config in configs])
     for name, config in configs:
         log.info("stage %s: seq_len %d, rope_theta %s, init_from %s", name, config.seq_len, config.rope_theta, config.init_from)
         result = {"stage": name, **train(config)}
