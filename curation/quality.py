@@ -387,6 +387,10 @@ def parse_languages(value: Any) -> list[str]:
     lower-cased; empty entries dropped (so `--languages ''` switches language identification off)."""
     if value is None:
         return []
+    # A YAML scalar such as `5`, `true` or `3.5` is no list of codes: one line, not list()'s TypeError.
+    if not isinstance(value, (str, list, tuple)):
+        raise ValueError("languages takes a list or a comma-separated string of ISO 639-1 codes (e.g. [en, de] or 'en,de'), "
+                         f"not {'a mapping' if isinstance(value, dict) else 'a single value'}")
     items = [value] if isinstance(value, str) else list(value)
     codes = [c.strip().lower() for item in items for c in str(item).split(",") if c.strip()]
     known = supported_languages()

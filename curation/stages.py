@@ -102,6 +102,9 @@ def parse_stage_list(spec: str | list[str], known: dict[str, Stage] | None = Non
     known = KNOWN_STAGES if known is None else known
     items = spec.split(",") if isinstance(spec, str) else [s for part in spec for s in part.split(",")]
     stages = [parse_stage(item, known) for item in (i.strip() for i in items) if item]
+    if not stages:  # a job without stages would read everything only to reject it all as no_stage
+        raise ValueError("no stages given: name at least one with --stages (e.g. --stages 32k,128k, or one defined inline "
+                         "as tiny=4096:1000-20000) or in a config's `stages:` list")
     names = [s.name for s in stages]
     if len(set(names)) != len(names):
         raise ValueError(f"stage names repeat: {names}")

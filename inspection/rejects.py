@@ -78,6 +78,20 @@ def manifest_reject_counts(manifest: dict[str, Any]) -> dict[tuple[str, str], in
     return out
 
 
+def reject_record(line: str, url: str, number: int) -> dict[str, Any]:
+    """One line of a rejects file as its record. A damaged line is a ValueError naming the file
+    and line (`longctx inspect` prints it as its one-line error): JSON's own message names neither."""
+    try:
+        rec = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{url}, line {number}: not a JSON reject record ({err.msg} at column {err.colno}); "
+                         "the rejects file is damaged: rerun the job with --overwrite") from None
+    if not isinstance(rec, dict):
+        raise ValueError(f"{url}, line {number}: not a reject record (a JSON {type(rec).__name__}, not an object); "
+                         "the rejects file is damaged: rerun the job with --overwrite")
+    return rec
+
+
 def read_rejects(
     output: str, manifest: dict[str, Any] | None = None, examples: int = 3, max_chars: int = 160
 ) -> RejectSummary:
@@ -90,11 +104,12 @@ def read_rejects(
     curation = CurationRejects()
     files = list(manifest.get("rejects", []))
     for rel in files:
-        with fsspec.open(join_url(output, rel), "r", encoding="utf-8") as fh:
-            for line in fh:
+        url = join_url(output, rel)
+        with fsspec.open(url, "r", encoding="utf-8") as fh:
+            for number, line in enumerate(fh, 1):
                 if not line.strip():
                     continue
-                rec = json.loads(line)
+                rec = reject_record(line, url, number)
                 curation.add(rec)
                 unit, reason = rec.get("unit", RECORD), str(rec.get("reason", ""))
                 group = groups.setdefault((unit, reason), RejectGroup(unit, reason))

@@ -9,9 +9,9 @@ from __future__ import annotations
 import argparse
 import typing
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, model_validator
 
 from curation.config_errors import read_config_yaml, top_level_keys, validation_line
 from curation.manifest import config_hash
@@ -20,11 +20,15 @@ from curation.quality import Languages, QualityRules
 from curation.stages import KNOWN_STAGES, Stage, StagePolicy, parse_stage_list
 
 
+# Strict: pydantic would otherwise read YAML `length: true` as 1 (and `4096.0` as 4096).
+StageInt = Annotated[int, Strict()]
+
+
 class StageModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    length: int
-    min_tokens: int = 0
-    max_tokens: int | None = None
+    length: StageInt
+    min_tokens: StageInt = 0
+    max_tokens: StageInt | None = None
 
 
 # Keys a data config once took but that only the trainer can honour: the trainer averages text

@@ -186,8 +186,35 @@ def check_chat_template(config: JobConfig) -> None:
         raise ConfigError(str(err)) from None
 
 
-def validate(config: JobConfig) -> TokenizerInfo:
-    """Every check that can be made before the pipeline starts; returns the tokenizer's info."""
+def check_generator(config: JobConfig, beam_args: list[str] | PipelineOptions | None = None) -> None:
+    """A QA job's generator must be loadable where it runs: the transformers backend's model (a
+    folder, a GGUF file or a hub id), and on a local runner the vllm package for the vllm
+    backend's server. Either would otherwise fail in every worker's RunInference, after the inputs
+    are read, with pages of tracebacks. On Dataflow the workers' container may hold vllm."""
+    from pipelines.qa_backends import GENERATOR_KINDS, generator_model_problem, vllm_installed
+
+    backend = getattr(config, "backend", "extractive")
+    if backend == "extractive":
+        return
+    if not config.model:
+        raise ConfigError(f"the {backend} backend needs --model (a local model folder or a Hugging Face hub id)")
+    if backend == "transformers":
+        problem = generator_model_problem(config.model, config.gguf_file)
+        if problem:
+            raise ConfigError(f"model {config.model!r}: {problem}; pass {GENERATOR_KINDS}"[:500])
+    elif backend == "vllm" and runs_locally(beam_args) and not vllm_installed():
+        raise ConfigError("the vllm backend needs the vllm package on this machine, where the DirectRunner starts its "
+                          "server: pip install 'longctx[vllm]' (a GPU machine), or run on Dataflow with workers that have it")
+
+
+def runs_locally(beam_args: list[str] | PipelineOptions | None) -> bool:
+    """Whether the job runs on this machine (DirectRunner, also when no runner is named)."""
+    return local_runner(pipeline_options(beam_args or [])) is not None
+
+
+def validate(config: JobConfig, beam_args: list[str] | PipelineOptions | None = None) -> TokenizerInfo:
+    """Every check that can be made before the pipeline starts (`beam_args` name the runner);
+    returns the tokenizer's info."""
     missing = [name for name in ("inputs", "output", "tokenizer") if not getattr(config, name)]
     if missing:
         raise ConfigError(f"missing required setting(s): {', '.join(missing)} (flags --input/--output/--tokenizer or a --config file)")
@@ -201,6 +228,7 @@ def validate(config: JobConfig) -> TokenizerInfo:
     check_vqgan_path(config)
     check_vqgan_grid(config)
     check_chat_template(config)
+    check_generator(config, beam_args)
     check_output_writable(config.output)  # last: it creates the output folder
     return info
 
@@ -246,14 +274,21 @@ def prepare_output(output: str, overwrite: bool) -> dict[str, Any] | None:
         fs.rm(path)
     if stale:
         log.info("removed %d files of an earlier run under %s", len(stale), join_url(output))
+    remove_empty_folder(fs, f"{root}/rejects")  # rejects/ exists only when this run rejects something
     return None
+
+
+def remove_empty_folder(fs: fsspec.AbstractFileSystem, folder: str) -> None:
+    """Remove a local `folder` left empty (object stores have no empty folders to remove)."""
+    if _is_local(fs) and fs.isdir(folder) and not fs.ls(folder):
+        fs.rmdir(folder)
 
 
 def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | PipelineOptions | None = None) -> dict[str, Any]:
     """Run a data job to completion and return its manifest. A finished job (its manifest exists)
     made with the same config is not redone unless `config.overwrite` (one made with another
     config is a ConfigError); an unfinished one's leftovers are removed first."""
-    info = validate(config)
+    info = validate(config, beam_args)
     finished = prepare_output(config.output, config.overwrite)
     if finished is not None:
         check_finished(config.output, finished, config)

@@ -6,7 +6,10 @@ model's raw text; parsing and validation are the same for every backend (qa_synt
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
@@ -122,6 +125,86 @@ def completion_text(inference: Any) -> str:
     if message is not None:
         return message.content or ""
     return str(getattr(inference, "text", inference) or "")
+
+
+# What the transformers backend loads (TransformersHandler.load_model through resolve_generator).
+GENERATOR_KINDS = ("a transformers model folder (config.json + weights), a .gguf file, package:DIST/file.gguf, "
+                   "or a Hugging Face hub id")
+GGUF_MAGIC = b"GGUF"
+
+
+def generator_model_problem(model: str, gguf_file: str | None = None) -> str | None:
+    """Why `model` cannot be the transformers backend's generator, or None when it may be: found
+    before the job starts, since every worker would otherwise fail to load it inside RunInference.
+    Paths are read as resolve_generator and from_pretrained read them (no `~` expansion); a path
+    that is not there and cannot be a hub id (`owner/name`) is not tried on the hub."""
+    if model.startswith("package:"):
+        from curation.tokenize import resolve_package_path
+
+        try:
+            path = resolve_package_path(model)
+        except ValueError as err:  # its message is worded for a tokenizer spec: keep only the why
+            return str(err).removeprefix(f"tokenizer {model!r}: ")
+        return local_model_problem(path, gguf_file)
+    path = Path(model)
+    if path.exists():
+        return local_model_problem(path, gguf_file)
+    if model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf") or model.count("/") > 1:
+        return "no such file or folder"
+    return hub_model_problem(model, gguf_file)
+
+
+def local_model_problem(path: Path, gguf_file: str | None = None) -> str | None:
+    """Why the existing local `path` is not a model transformers can load, or None."""
+    if path.is_dir():
+        if gguf_file:
+            return None if (path / gguf_file).is_file() else f"no GGUF file {gguf_file!r} in this folder"
+        return None if (path / "config.json").is_file() else "no config.json in this folder, so it is not a transformers model"
+    if path.suffix == ".gguf":
+        with path.open("rb") as fh:
+            magic = fh.read(len(GGUF_MAGIC))
+        return None if magic == GGUF_MAGIC else "not a GGUF file (it does not start with the GGUF magic bytes)"
+    return "a file that is not a model"
+
+
+def hub_model_problem(model: str, gguf_file: str | None = None) -> str | None:
+    """Why the hub id `model` cannot be fetched, or None: only its config (or, for a GGUF repo,
+    whether the file is there) is asked for, never the weights, and no remote code is run. With
+    the hub out of reach only the local Hugging Face cache is read (the client would retry)."""
+    from curation.tokenize import hub_unreachable
+
+    why = hub_unreachable()
+    try:
+        if gguf_file:  # the config is inside the GGUF file: ask only whether it is there
+            from huggingface_hub import file_exists, try_to_load_from_cache
+
+            if isinstance(try_to_load_from_cache(model, gguf_file), str):
+                return None
+            if why is not None:
+                raise OSError(f"{gguf_file!r} is not in the local cache")
+            if not file_exists(model, gguf_file):
+                return f"the Hugging Face hub has no {gguf_file!r} in {model!r}"
+        else:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(model, trust_remote_code=False, local_files_only=why is not None)
+    except Exception as err:  # noqa: BLE001 - offline, gated, missing, not a model: one line either way
+        if "trust_remote_code" in str(err):  # found, and its code is the workers' to run (--trust-remote-code)
+            return None
+        if why is not None:
+            return (f"no such folder, and as a Hugging Face hub id it could not be fetched ({why}) and is not in the "
+                    "local Hugging Face cache")
+        first = (str(err).strip().splitlines() or [""])[0][:200]
+        return f"no such folder, and the Hugging Face hub does not give it ({type(err).__name__}: {first})"
+    return None
+
+
+def vllm_installed() -> bool:
+    """Whether Beam's vLLM handler can start its server here: it runs `python -m
+    vllm.entrypoints.openai.api_server` with this interpreter and environment, so a child process
+    of the same kind is asked (it sees PYTHONPATH as the server will; vllm itself is not imported)."""
+    probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+    return subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=120).returncode == 0
 
 
 def make_handler(backend: str, model: str | None, **kwargs) -> ModelHandler:
