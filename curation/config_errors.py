@@ -81,7 +81,8 @@ def validation_line(err: ValidationError, origin: Callable[[Location], Location]
     else:
         place = loc
         got = repr(first["input"])
-        text = f"{first['msg']} (got {got if len(got) <= 60 else got[:57] + '...'})"
+        # A check of ours (a field validator) raised the message; pydantic's "Value error, " is noise.
+        text = f"{first['msg'].removeprefix('Value error, ')} (got {got if len(got) <= 60 else got[:57] + '...'})"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more)"
     return f"{where(place)}: {text}" if place else text

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.units import parse_count
-from evals.model_cli import model_name
+from evals.model_cli import check_at_least_one, model_name
 
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +72,7 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     from evals.loss_by_position import loss_by_position, parse_buckets, summarize_table, write_outputs
     from evals.loss_sources import is_book_source, read_book_rows
     buckets = parse_buckets(args.buckets)
+    check_at_least_one("--chunk", args.chunk)  # said as the flag, before any data or model is read
     books = is_book_source(args.data)
     if books and not args.length:
         raise ValueError(f"--data {args.data} holds raw books, not shards: give --length (e.g. 4k), the tokens per row")

@@ -65,8 +65,8 @@ def load_generator(args: argparse.Namespace, name: str, max_length: int, note: C
     `note` gets a warning when `max_length` exceeds the checkpoint's max_position_embeddings."""
     from evals.generators import FlaxGenerator, HFGenerator, folder_tokenizer, load_niah_tokenizer
 
-    if getattr(args, "batch_size", 1) < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}")
+    check_at_least_one("--batch-size", getattr(args, "batch_size", 1))
+    check_at_least_one("--chunk", getattr(args, "chunk", 1))  # 0 would divide the prefill buffer by zero
     if getattr(args, "endpoint", None):
         return endpoint_generator(args, name)
     if args.hf_model:
@@ -94,6 +94,12 @@ def load_generator(args: argparse.Namespace, name: str, max_length: int, note: C
     generator = FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name, q_chunk=args.chunk,
                               kv_chunk=args.chunk)
     return tokenizer, generator
+
+
+def check_at_least_one(flag: str, value: int | None) -> None:
+    """Refuse (ValueError, one line) a count flag below 1; None is an unset flag, whose default applies."""
+    if value is not None and value < 1:
+        raise ValueError(f"{flag} must be at least 1, got {value}")
 
 
 def parse_lengths_flag(spec: str) -> list[int]:

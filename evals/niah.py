@@ -325,9 +325,14 @@ def run_grid(generator: Generator, tokenizer: NiahTokenizer, haystack: Haystack,
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if max_new_tokens is not None and max_new_tokens < 1:  # 0 is no answer, not the default (None)
+        raise ValueError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
+    if samples < 1:  # no prompt would be scored: a grid of nan means
+        raise ValueError(f"samples must be at least 1, got {samples}")
     frame = frame or PromptFrame.for_tokenizer(tokenizer, fmt)
     ends_sentence = period_test(tokenizer) if fmt == "lwm" else None
-    max_new_tokens = max_new_tokens or 16 + 12 * ask  # 7 digits (a token each here) and a few words per value
+    if max_new_tokens is None:
+        max_new_tokens = 16 + 12 * ask  # 7 digits (a token each here) and a few words per value
     for length in lengths:
         for depth in depths:
             for first in range(0, samples, batch_size):

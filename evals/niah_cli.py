@@ -17,7 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.progress import progress_line
-from evals.model_cli import add_model_arguments, load_generator, model_name, parse_depths_flag, parse_lengths_flag
+from evals.model_cli import (add_model_arguments, check_at_least_one, load_generator, model_name, parse_depths_flag,
+                              parse_lengths_flag)
 
 SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
 
@@ -51,6 +52,9 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     from evals.niah_plot import length_label, plot_heatmap
 
     lengths, depths = parse_lengths_flag(args.lengths), parse_depths_flag(args.depths)
+    # Before the model loads: no samples would score nothing (a nan mean), and 0 new tokens no answer.
+    check_at_least_one("--samples", args.samples)
+    check_at_least_one("--max-new-tokens", args.max_new_tokens)
     name = model_name(args)
     tokenizer, generator = load_generator(args, name, max(lengths), lambda text: console.print(f"[yellow]note: {text}[/]"))
     if getattr(args, "endpoint", None):

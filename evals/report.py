@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,70 @@ class EvalRun:
     loss: dict[str, Any] | None
 
 
-def _read(folder: Path, names: tuple[str, ...], want: str) -> dict[str, Any] | None:
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_length(value: Any) -> bool:
+    """A context length as summary.json keeps it: an int, or its string as a JSON key."""
+    if isinstance(value, bool):
+        return False
+    try:
+        int(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def _scores(value: Any) -> bool:
+    """{length: score}, as evals/runner.py writes the average and each task's row."""
+    return isinstance(value, dict) and all(_is_length(n) and _is_number(s) for n, s in value.items())
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def ruler_problem(data: dict[str, Any]) -> str | None:
+    """What a RULER summary.json lacks of what the report reads (evals/runner.py summarize), in
+    words, or None: a hand-edited or foreign file would otherwise fail deep in the table or chart."""
+    if not isinstance(data["tasks"], dict) or not all(_scores(by) for by in data["tasks"].values()):
+        return (f"'tasks' must map each task to its scores by length (e.g. {{\"niah_single_1\": {{\"4096\": 95.0}}}}), "
+                f"got {_shown(data['tasks'])}")
+    missing = [key for key in ("average", "threshold") if key not in data]
+    if missing:
+        return f"no {' or '.join(map(repr, missing))} field"
+    if not _scores(data["average"]):
+        return f"'average' must map each length to a score (e.g. {{\"4096\": 95.0}}), got {_shown(data['average'])}"
+    if not _is_number(data["threshold"]):
+        return f"'threshold' must be a number, got {_shown(data['threshold'])}"
+    lengths = data.get("lengths", [])
+    if not isinstance(lengths, list) or not all(_is_length(n) for n in lengths):
+        return f"'lengths' must be a list of token counts, got {_shown(lengths)}"
+    effective = data.get("effective_length")
+    if effective is not None and not (_is_length(effective) and isinstance(effective, int)):
+        return f"'effective_length' must be a token count or null, got {_shown(effective)}"
+    return None
+
+
+def loss_problem(data: dict[str, Any]) -> str | None:
+    """What a loss_by_position.json lacks of what the report reads (its buckets, its overall loss), or None."""
+    buckets = data.get("buckets")
+    if not isinstance(buckets, list) or not all(
+            isinstance(b, dict) and _is_length(b.get("start")) and _is_length(b.get("end"))
+            and (b.get("loss") is None or _is_number(b.get("loss"))) for b in buckets):
+        return (f"'buckets' must be a list of {{\"start\", \"end\", \"loss\"}} position buckets, got {_shown(buckets)}")
+    if data.get("loss") is not None and not _is_number(data["loss"]):
+        return f"'loss' must be a number or null, got {_shown(data['loss'])}"
+    return None
+
+
+def _read(folder: Path, names: tuple[str, ...], want: str, kind: str,
+          problem: Callable[[dict[str, Any]], str | None]) -> dict[str, Any] | None:
     """The first of `names` in `folder` holding the field `want`; a file of that name without it is
-    passed over (a stage's eval/summary.json), and an error only when no candidate has it."""
+    passed over (a stage's eval/summary.json), and an error only when no candidate has it. The
+    file taken must hold what the report reads (`problem` says what it lacks)."""
     wrong = None
     for name in names:
         path = folder / name
@@ -45,6 +107,9 @@ def _read(folder: Path, names: tuple[str, ...], want: str) -> dict[str, Any] | N
             except (UnicodeDecodeError, json.JSONDecodeError) as err:
                 raise ValueError(f"{path}: not a JSON file ({err})") from None
             if isinstance(data, dict) and want in data:
+                why = problem(data)
+                if why:
+                    raise ValueError(f"{path}: not a complete {kind} output: {why}; pass the folder `longctx {kind}` wrote")
                 return data
             wrong = wrong or path
     if wrong is not None:
@@ -56,7 +121,8 @@ def load_run(folder: str | Path, label: str | None = None) -> EvalRun:
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"eval folder not found: {folder}")
-    ruler, loss = _read(folder, RULER_FILES, "tasks"), _read(folder, LOSS_FILES, "buckets")
+    ruler = _read(folder, RULER_FILES, "tasks", "eval ruler", ruler_problem)
+    loss = _read(folder, LOSS_FILES, "buckets", "eval loss-by-position", loss_problem)
     if ruler is None and loss is None:
         raise ValueError(f"{folder}: no summary.json (eval ruler) or loss_by_position.json (eval loss-by-position)")
     return EvalRun(label or folder.name, folder, ruler, loss)

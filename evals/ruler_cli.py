@@ -19,7 +19,7 @@ from rich.table import Table
 
 from curation.progress import progress_line
 from evals.haystack import SAMPLE_BOOKS
-from evals.model_cli import add_model_arguments, load_generator, model_name, parse_lengths_flag
+from evals.model_cli import add_model_arguments, check_at_least_one, load_generator, model_name, parse_lengths_flag
 from evals.runner import DEFAULT_THRESHOLD
 from evals.tasks import TASK_NAMES
 
@@ -61,8 +61,8 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     from evals import niah
 
     lengths = parse_lengths_flag(args.lengths)
-    if args.samples < 1:
-        raise ValueError("--samples must be at least 1")
+    check_at_least_one("--samples", args.samples)
+    check_at_least_one("--max-new-tokens", args.max_new_tokens)  # 0 would fall back to RULER's budgets
     names = _select_tasks(args, console)
     if not names:
         raise ValueError("no task to run")

@@ -19,7 +19,7 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from curation.units import parse_count
 from evals.haystack import SAMPLE_BOOKS
@@ -34,6 +34,14 @@ class RulerSection(BaseModel):
     threshold: float = Field(85.6, description="effective length bar (all-task average, percent)")
     max_new_tokens: int | None = Field(None, ge=1, description="answer budget for every task (default: RULER's)")
 
+    @field_validator("tasks")
+    @classmethod
+    def _known_tasks(cls, tasks: str) -> str:  # each value is checked when the plan is read, not after stage 1
+        from evals.tasks import parse_tasks
+
+        parse_tasks(tasks)
+        return tasks
+
 
 class NiahSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -43,12 +51,31 @@ class NiahSection(BaseModel):
     needles: int = Field(1, ge=1)
     ask: int = Field(1, ge=1)
 
+    @field_validator("depths")
+    @classmethod
+    def _readable_depths(cls, depths: str) -> str:
+        from evals.niah import parse_depths
+
+        try:
+            parse_depths(depths)
+        except ValueError as err:  # float('x') says nothing about depths
+            raise ValueError(f"depths are a count or percents such as 0,25,50 ({err})") from None
+        return depths
+
 
 class LossSection(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rows: int = Field(32, ge=1, description="rows of the stage scored, evenly spaced")
     batch_rows: int = Field(2, ge=1)
     buckets: str = Field("log", description="log, or a window width in tokens")
+
+    @field_validator("buckets")
+    @classmethod
+    def _readable_buckets(cls, buckets: str) -> str:
+        from evals.loss_by_position import parse_buckets
+
+        parse_buckets(buckets)
+        return buckets
 
 
 class EvalSection(BaseModel):
@@ -65,6 +92,32 @@ class EvalSection(BaseModel):
     ruler: RulerSection | None = Field(default_factory=RulerSection)
     niah: NiahSection | None = Field(default_factory=NiahSection)
     loss_by_position: LossSection | None = Field(default_factory=LossSection)
+
+    @field_validator("lengths")
+    @classmethod
+    def _readable_lengths(cls, lengths: list[int | str] | None) -> list[int | str] | None:
+        for length in lengths or []:
+            parse_count(length if isinstance(length, int) else str(length), minimum=1)
+        return lengths
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _loadable_tokenizer(cls, tokenizer: str | None) -> str | None:
+        if tokenizer:
+            from curation.tokenize import load_tokenizer
+
+            load_tokenizer(tokenizer)  # TokenizerLoadError (a ValueError) says why, in one line
+        return tokenizer
+
+
+def check_stages(section: EvalSection, stages: list[tuple[str, int]]) -> None:
+    """What the section asks of each (stage name, seq_len) of a plan, before the first stage
+    trains: some of its lengths fit the stage (ValueError naming the stage otherwise)."""
+    for name, seq_len in stages:
+        try:
+            stage_lengths(seq_len, section.lengths)
+        except ValueError as err:
+            raise ValueError(f"stage {name}: {err}") from None
 
 
 def stage_lengths(seq_len: int, lengths: list[int | str] | None) -> list[int]:

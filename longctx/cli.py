@@ -88,7 +88,8 @@ def _parser() -> argparse.ArgumentParser:
     direction.add_argument("--from-hf", help="HF LLaMA folder (config.json + safetensors) or hub id")
     direction.add_argument("--to-hf", help="longctx params checkpoint (RUN/checkpoints/final)")
     convert.add_argument("--out", required=True, help="where to write the converted checkpoint")
-    convert.add_argument("--dtype", default="float32", help="dtype of the written weights")
+    convert.add_argument("--dtype", default="float32",
+                         help="dtype of the written weights, both directions: float32, bfloat16 or float16")
     convert.add_argument("--tokenizer", metavar="SPEC", help="with --to-hf: the tokenizer written beside the weights "
                          "(default: the one the run's training shards record)")
 
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
                 plan = plan.model_copy(update={"out": args.out})
             after = None
             if plan.eval is not None:
-                from evals.stage_eval import EvalSection, evaluate_stage
+                from evals.stage_eval import EvalSection, check_stages, evaluate_stage
 
                 from pydantic import ValidationError
 
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     section = EvalSection.model_validate(plan.eval)
                 except ValidationError as err:
                     raise ValueError(f"{args.plan}: {validation_line(err, lambda loc: ('eval', *loc), lambda place: list(EvalSection.model_fields) if place == ('eval',) else [])}") from None
+                check_stages(section, [(name, config.seq_len) for name, config in plan.stage_configs()])
                 after = lambda name, config: evaluate_stage(config, section, log=console.print)  # noqa: E731
             results = train_stages(plan, after)
         except (ConfigMismatch, ValueError) as err:  # a bad plan, unfinished data, a damaged checkpoint
@@ -217,20 +219,26 @@ def main(argv: list[str] | None = None) -> int:
         _print_on_process_zero(print_training_summary, results, console)
     elif args.command == "convert":
         from training import checkpoint as ckpt
-        from training.hf import export_checkpoint, load_hf_llama
+        from training.hf import check_convert_out, check_weight_dtype, export_checkpoint, load_hf_llama
 
+        try:  # an integer dtype would write every weight as zero; a typo would fail after --out is made
+            check_weight_dtype(args.dtype)
+        except ValueError as err:
+            parser.error(str(err))
         if args.from_hf:
             if args.tokenizer:
                 parser.error("--tokenizer goes with --to-hf")
             try:
-                config, params = load_hf_llama(args.from_hf)
-            except ValueError as err:  # not a model folder, an unreachable hub id (training.hf.ModelPathError)
+                check_convert_out(args.out, "params")  # before the weights are read
+                # --dtype as transformers' torch_dtype: the weights are stored (and the model runs) in it.
+                config, params = load_hf_llama(args.from_hf, args.dtype)
+            except ValueError as err:  # not a model folder, an unreachable hub id (training.hf.ModelPathError), --out
                 parser.error(str(err))
             path = ckpt.save_params(args.out, config, params)
         else:
             try:
                 path = export_checkpoint(args.to_hf, args.out, args.dtype, tokenizer=args.tokenizer)
-            except ValueError as err:  # e.g. a tokenizer that is not the training data's
+            except ValueError as err:  # not a params checkpoint, --out, a tokenizer that is not the training data's
                 parser.error(str(err))
         console.print(f"wrote {path}")
     elif args.command == "generate":

@@ -46,8 +46,8 @@ def test_evaluation_files_that_match_nothing_are_refused(books, tmp_path, capsys
 @pytest.mark.parametrize(("flags", "message"), [
     (["--sample", "0"], "sample: Input should be greater than or equal to 1"),
     (["--sample", "-1"], "sample: Input should be greater than or equal to 1"),
-    (["--quality", "{max_dup_lines: 0.5"], "quality: Value error, not valid YAML (expected ',' or '}'"),
-    (["--quality", "[1,2"], "quality: Value error, not valid YAML (expected ',' or ']'"),
+    (["--quality", "{max_dup_lines: 0.5"], "quality: not valid YAML (expected ',' or '}'"),
+    (["--quality", "[1,2"], "quality: not valid YAML (expected ',' or ']'"),
     (["--pack-group-tokens", "0"], "pack_group_tokens: Input should be greater than 0"),
 ])
 def test_impossible_books_settings(books, tmp_path, capsys, flags, message):

@@ -122,3 +122,18 @@ def test_a_later_stage_whose_data_is_missing_or_does_not_fit_stops_the_plan_befo
     line = _plan_error({**plan, "stages": [first, {**second, "data": "other/s128"}]}, capsys)
     assert line == ("longctx train-stages: error: the plan's stages were made with different tokenizers: "
                     "tokenizer sha256: stage a (data/s64) has abababababab, stage b (other/s128) has cdcdcdcdcdcd")
+
+
+@pytest.mark.parametrize(("section", "expected"), [
+    ({"lengths": [0]}, "plan.yaml: eval.lengths: bad count 0: must be at least 1 (got [0])"),
+    ({"niah": {"depths": "50,x"}}, "plan.yaml: eval.niah.depths: depths are a count or percents such as 0,25,50 "
+                                   "(could not convert string to float: 'x') (got '50,x')"),
+    ({"ruler": {"tasks": "vt,nope"}}, "plan.yaml: eval.ruler.tasks: unknown task(s) nope; known: all, "),
+    ({"loss_by_position": {"buckets": "lg"}}, "plan.yaml: eval.loss_by_position.buckets: bad count 'lg': "),
+    ({"tokenizer": "./nosuch.json"}, "plan.yaml: eval.tokenizer: tokenizer './nosuch.json': "),
+    ({"lengths": ["64k"]}, "stage s256: eval lengths ['64k'] are all longer than the stage's 256 tokens"),
+])
+def test_a_bad_eval_value_stops_the_plan_before_stage_one(capsys, section, expected):
+    # Each of these was found only after the first stage had trained (and partly been evaluated).
+    line = _plan_error({"out": "runs", "base": BASE, "stages": [STAGE], "eval": section}, capsys)
+    assert line.startswith(f"longctx train-stages: error: {expected}"), line

@@ -198,3 +198,56 @@ def test_a_run_refused_by_the_data_checks_leaves_no_folder(tmp_path, capsys):
     run.mkdir()
     _train_error([*argv, "--out", str(run)], capsys)
     assert run.is_dir() and list(run.iterdir()) == []
+
+
+@pytest.mark.parametrize("mesh, expected", [
+    ("dp=0,fsdp=-1", "mesh axis dp=0: a size is a whole number >= 1, or -1 for the devices the other axes leave"),
+    ("dp=1,fsdp=1,tp=1,sp=0", "mesh axis sp=0: a size is a whole number >= 1, or -1 for the devices the other axes leave"),
+    ("sp=-2", "mesh axis sp=-2: a size is a whole number >= 1, or -1 for the devices the other axes leave"),
+    ("dp=2,dp=1", "mesh 'dp=2,dp=1' names axis dp twice"),
+])
+def test_impossible_mesh_sizes_are_one_line(tmp_path, capsys, mesh, expected):
+    # Sizes 0 and -2 were a ZeroDivisionError traceback; a repeated axis kept its last value.
+    line = _train_error(_run_args(tmp_path, "--mesh", mesh), capsys)
+    assert line == f"longctx train: error: {TINY}: mesh: {expected} (got {mesh!r})", line
+    assert not (tmp_path / "run").exists()
+    assert expected in _plan_error(["--config", TINY, "--topology", "local", "--mesh", mesh], capsys)
+
+
+@pytest.mark.parametrize("weight", ["nan", "inf", "x"])
+def test_a_mixture_weight_that_is_not_a_finite_number_is_refused(tmp_path, capsys, weight):
+    _shard(tmp_path / "books")
+    folder = str(tmp_path / "books" / "s64")
+    # `@nan` alone trained as if unweighted; next to another source it was "cannot convert float NaN to integer".
+    for spec in (f"{folder}@{weight}", f"{folder}@{weight},{folder}@0.5"):
+        line = _train_error(["--config", TINY, "--seq-len", str(LENGTH), "--data", spec, "--out", str(tmp_path / "run")], capsys)
+        assert line.endswith("with finite weights > 0"), line
+        assert not (tmp_path / "run").exists()
+
+
+def test_a_preset_that_is_not_the_init_from_network_is_refused(tmp_path, capsys):
+    import jax
+
+    from training import checkpoint as ckpt
+    from training.model import ModelConfig, init_params
+    from training.train import ARCHITECTURE_FIELDS
+
+    _shard(tmp_path / "books")
+    toy = ModelConfig.preset("toy")
+    params = jax.tree.map(lambda s: np.zeros(s.shape, np.float32), jax.eval_shape(lambda: init_params(toy, jax.random.key(0))))
+    final = tmp_path / "toy" / "checkpoints" / "final"
+    ckpt.save_params(final, toy, params)
+    argv = ["--data", str(tmp_path / "books" / "s64"), "--seq-len", str(LENGTH), "--global-batch", "2", "--steps", "1",
+            "--mesh", "dp=1,fsdp=1,tp=1,sp=1", "--attention", "dense", "--no-progress", "--init-from", str(final)]
+    tiny = ModelConfig.preset("tiny")
+    line = _train_error([*argv, "--model", "tiny", "--out", str(tmp_path / "run")], capsys)
+    differ = ", ".join(f"{k} {getattr(tiny, k)} vs {getattr(toy, k)}" for k in ARCHITECTURE_FIELDS)
+    assert line.endswith(f"model tiny is not the network of init_from {final} ({differ}): init_from brings its own; "
+                         "leave model unset, or name the preset it was trained as"), line
+    assert not (tmp_path / "run").exists()
+    # Naming the checkpoint's own preset, or none, trains it.
+    from longctx.cli import main as cli
+
+    assert cli(["train", *argv, "--model", "toy", "--out", str(tmp_path / "named")]) in (0, None)
+    assert cli(["train", *argv, "--out", str(tmp_path / "unnamed")]) in (0, None)
+    assert (tmp_path / "unnamed" / "checkpoints" / "final" / "model.json").is_file()

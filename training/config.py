@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from curation.config_errors import did_you_mean, validation_line
 
@@ -71,6 +71,16 @@ class TrainConfig(BaseModel):
     num_processes: int | None = Field(None, ge=1, description="processes in the job (all processes alike); None: detected")
     process_id: int | None = Field(None, ge=0, description="this process's index, 0..num_processes-1; None: detected")
     initialization_timeout: int = Field(300, ge=1, description="seconds to wait for every process to join before failing")
+
+    @field_validator("mesh")
+    @classmethod
+    def mesh_is_parseable(cls, mesh: str) -> str:
+        """Axis names and sizes are checked here, with the rest of the config; whether they fit
+        the devices is checked when the mesh is made."""
+        from training.mesh import parse_mesh
+
+        parse_mesh(mesh)  # MeshError is a ValueError: one line naming the entry
+        return mesh
 
     @model_validator(mode="after")
     def model_is_buildable(self) -> TrainConfig:

@@ -13,6 +13,7 @@ exactly the rows an uninterrupted run would have seen.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -265,9 +266,13 @@ def parse_data_mix(spec: str) -> list[tuple[str, float]]:
     mix = []
     for part in parts:
         path, _, weight = part.rpartition("@") if "@" in part else (part, "", "1")
-        mix.append((path, float(weight)))
-    if not mix or any(w <= 0 for _, w in mix):
-        raise ValueError(f"bad data spec {spec!r}: expected FOLDER or FOLDER@WEIGHT,FOLDER@WEIGHT with weights > 0")
+        try:
+            mix.append((path, float(weight)))
+        except ValueError:
+            mix.append((path, math.nan))
+    # nan and inf are floats too: a nan weight would pass `<= 0` and break every quota after it.
+    if not mix or any(not (math.isfinite(w) and w > 0) for _, w in mix):
+        raise ValueError(f"bad data spec {spec!r}: expected FOLDER or FOLDER@WEIGHT,FOLDER@WEIGHT with finite weights > 0")
     total = sum(w for _, w in mix)
     return [(p, w / total) for p, w in mix]
 

@@ -4,6 +4,8 @@ in the prompt, laid out as the vision-language shards are."""
 from __future__ import annotations
 
 import argparse
+import math
+from collections.abc import Sequence
 
 from rich.console import Console
 
@@ -49,16 +51,28 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
         parser.error(f"--generate-vision must be at least 1 frame, got {args.generate_vision}")
     if args.prompt is not None and not args.tokenizer:
         parser.error("--prompt needs --tokenizer (or give --prompt-ids)")
+    try:
+        check_temperature(args.temperature)
+        given_ids = None if args.prompt_ids is None else parse_prompt_ids(args.prompt_ids)  # before the model loads
+    except ValueError as err:
+        parser.error(str(err))
     tok = info = None
     try:
         if args.tokenizer:
             tok, info = load_tokenizer(args.tokenizer)
             # Another tokenizer than the training data's would run and print text read with other ids.
             check_checkpoint_tokenizer(args.checkpoint, info, args.tokenizer)
+        bos = None if (info is None or args.no_bos) else info.bos_id
+        if args.prompt is not None and not vision:
+            ids = ([] if bos is None else [bos]) + tok.encode(args.prompt, add_special_tokens=False).ids
+            if not ids:  # the decoder needs a position to start from
+                raise ValueError(f"--prompt {args.prompt!r} gives no tokens{' and --no-bos adds no BOS' if args.no_bos else ''}: "
+                                 "give some prompt text")
         config, params = load_any_params(args.checkpoint)  # a run or data folder, a missing path: one line
-    except ValueError as err:  # training.hf.ModelPathError, TokenizerLoadError, another tokenizer
+        if given_ids is not None:
+            ids = check_prompt_ids(given_ids, config.vocab_size)
+    except ValueError as err:  # training.hf.ModelPathError, TokenizerLoadError, another tokenizer, a prompt
         parser.error(str(err))
-    bos = None if (info is None or args.no_bos) else info.bos_id
     vision_mask = None
     if vision:
         from curation.vqgan import load_vqgan
@@ -79,10 +93,6 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
         except ValueError as err:
             parser.error(str(err))
         console.print(f"prompt: {len(codes)} frame(s), {len(ids)} tokens ({sum(vision_mask):,} vision)")
-    elif args.prompt is not None:
-        ids = ([] if bos is None else [bos]) + tok.encode(args.prompt, add_special_tokens=False).ids
-    else:
-        ids = [int(x) for x in args.prompt_ids.split(",") if x.strip()]
     new = generate(config, params, ids, args.max_new_tokens, args.temperature, args.seed,
                    eos_id=info.eos_id if info else None, prompt_vision_mask=vision_mask)
     if tok is not None:  # echo the prompt, as the model saw it (vision codes are not text)
@@ -92,6 +102,37 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
     if tok is not None:
         console.print(generated_text_line(tok.decode(new), len(new)), markup=False, highlight=False)
     return 0
+
+
+def check_temperature(temperature: float) -> None:
+    """Refuse a temperature sampling cannot use: negative, or nan/inf (argparse's float() takes them)."""
+    if not (math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"--temperature must be a finite number >= 0 (0 = greedy), got {temperature}")
+
+
+def parse_prompt_ids(text: str) -> list[int]:
+    """--prompt-ids `1,450,4996` as ids; ValueError (one line) for a part that is not a whole
+    number, or for no id at all (the decoder needs a position to start from)."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise ValueError(f"--prompt-ids {text!r} names no token id: give comma-separated ids such as 1,450,4996")
+    ids = []
+    for part in parts:
+        try:
+            ids.append(int(part))
+        except ValueError:
+            raise ValueError(f"--prompt-ids {text!r}: {part!r} is not a token id; give comma-separated whole numbers "
+                             "such as 1,450,4996") from None
+    return ids
+
+
+def check_prompt_ids(ids: Sequence[int], vocab_size: int) -> list[int]:
+    """`ids` when each is in [0, vocab_size); an id outside would be read past (or wrapped around)
+    the embedding table and decode to garbage, so it is refused in one line."""
+    bad = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if bad is not None:
+        raise ValueError(f"--prompt-ids: token id {bad} is outside the model's vocabulary; give ids in [0, {vocab_size})")
+    return list(ids)
 
 
 def generated_text_line(text: str, count: int) -> str:

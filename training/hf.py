@@ -30,7 +30,7 @@ from safetensors.numpy import save_file
 
 from curation.shards import ShardMetadata, read_shard_headers
 from training.model import ModelConfig, init_params
-from training.run_folder import is_run_folder
+from training.run_folder import RunPath, data_or_stages, is_remote, is_run_folder, run_path
 
 log = logging.getLogger("longctx")
 
@@ -187,6 +187,72 @@ def resolve_model(path_or_hub_id: str | Path, revision: str | None = None) -> Pa
 
 
 _resolve = resolve_model
+
+
+# The dtypes a checkpoint's weights are written in: an integer dtype would truncate every weight
+# (|w| < 1) to zero and still "succeed", so only floats are taken.
+WEIGHT_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def check_weight_dtype(dtype: str) -> str:
+    """`dtype` when it is one of WEIGHT_DTYPES, else ValueError (one line), before anything is written."""
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"--dtype {dtype!r} is not a weight dtype: pass one of {', '.join(WEIGHT_DTYPES)}")
+    return dtype
+
+
+def _params_checkpoint_problem(checkpoint: str | Path) -> str | None:
+    """Why `checkpoint` is not a longctx params checkpoint (what it is and what to pass), or None."""
+    from training.checkpoint import is_params_checkpoint
+
+    if is_params_checkpoint(checkpoint):
+        return None
+    text = str(checkpoint)
+    folder = Path(text).expanduser()
+    if folder.is_dir() and (folder / "config.json").is_file():
+        return (f"{text!r} is a Hugging Face model folder already; --to-hf takes a longctx params checkpoint "
+                "(RUN/checkpoints/final: model.json + params/)")
+    problem = _not_a_model(folder, text) if folder.is_dir() else None
+    if problem and _MODEL_KINDS not in problem:  # a run, its checkpoints, a step checkpoint, half a checkpoint
+        return problem
+    # A missing path, a data folder, a folder that is no model: what --to-hf wants (no HF folder).
+    return f"{text} is not a longctx params checkpoint (model.json + params/, e.g. RUN/checkpoints/final)"
+
+
+# What `longctx convert` writes, by kind: the files that make a folder an earlier output of that kind.
+_CONVERT_KINDS = {"hf": "a Hugging Face model (config.json + model.safetensors)",
+                  "params": "a longctx params checkpoint (model.json + params/)"}
+
+
+def _holds_kind(folder: RunPath, kind: str) -> bool:
+    if kind == "hf":
+        return (folder / "config.json").exists() or any(folder.glob("*.safetensors"))
+    return (folder / "model.json").exists() or (folder / "params").exists()
+
+
+def check_convert_out(out: str | Path, kind: str) -> None:
+    """Refuse (ValueError, one line) a `longctx convert --out` folder that the converted files
+    would be mixed into: a file, a training run folder or its checkpoints, a data job's output or
+    a stage folder of shards, a train-stages folder, or a folder holding the other kind of
+    checkpoint. A missing or empty folder, or an earlier output of the same `kind` ("hf" or
+    "params", overwritten), is fine. Reads listings only, before anything is written."""
+    path = run_path(out, "--out")
+    if not path.exists():
+        return
+    hint = "pass a new (or empty) folder for the converted checkpoint"
+    if not path.is_dir():
+        raise ValueError(f"--out {out} is a file; {hint}")
+    if is_run_folder(path):
+        raise ValueError(f"--out {out} is a training run folder; {hint}")
+    here = [] if is_remote(path) else [path.absolute(), *path.absolute().parents]
+    if any(p.name == "checkpoints" and is_run_folder(p.parent) for p in here):  # RUN/checkpoints/final, steps/N
+        raise ValueError(f"--out {out} is inside a training run's checkpoints; {hint}")
+    found = data_or_stages(path)
+    if found:
+        raise ValueError(f"--out {out} {found[0]}; {hint}")
+    other = next(k for k in _CONVERT_KINDS if k != kind)
+    if _holds_kind(path, other) and not _holds_kind(path, kind):
+        raise ValueError(f"--out {out} holds {_CONVERT_KINDS[other]}; {hint}")
 
 
 def _tensor_files(folder: Path) -> dict[str, Path]:
@@ -506,10 +572,13 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, dtype: str = 
     a one-line warning names the flag to add; ids are never guessed.
     """
     from curation.tokenize import load_tokenizer
-    from training.checkpoint import is_params_checkpoint, load_params
+    from training.checkpoint import load_params
 
-    if not is_params_checkpoint(checkpoint):
-        raise FileNotFoundError(f"{checkpoint} is not a longctx params checkpoint (model.json + params/, e.g. RUN/checkpoints/final)")
+    check_weight_dtype(dtype)
+    problem = _params_checkpoint_problem(checkpoint)
+    if problem:  # a run folder, an HF folder, a missing path: one line saying what to pass
+        raise ModelPathError(problem)
+    check_convert_out(out_dir, "hf")
     out = Path(out_dir)
     recorded, why = run_data_tokenizer(checkpoint)
     spec = tokenizer or (recorded.record["name"] if recorded else None)

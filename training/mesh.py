@@ -54,10 +54,15 @@ def parse_mesh(spec: str | dict[str, int] | None) -> dict[str, int]:
             name, _, value = part.partition("=")
             if name.strip() not in AXES or not value.strip().lstrip("-").isdigit():
                 raise MeshError(f"bad mesh entry {part!r}: expected AXIS=N with AXIS in {AXES}")
+            if name.strip() in sizes:  # `dp=2,dp=1` would otherwise keep whichever came last
+                raise MeshError(f"mesh {spec!r} names axis {name.strip()} twice")
             sizes[name.strip()] = int(value)
     unknown = set(sizes) - set(AXES)
     if unknown:
         raise MeshError(f"unknown mesh axes {sorted(unknown)}; axes are {AXES}")
+    for axis, size in sizes.items():
+        if isinstance(size, bool) or not isinstance(size, int) or (size < 1 and size != -1):
+            raise MeshError(f"mesh axis {axis}={size!r}: a size is a whole number >= 1, or -1 for the devices the other axes leave")
     return {axis: int(sizes.get(axis, 1)) for axis in AXES}
 
 

@@ -71,6 +71,26 @@ def is_run_folder(path: RunPath) -> bool:
     return (path / "config.yaml").exists() or (path / "checkpoints").is_dir()
 
 
+def data_or_stages(path: RunPath) -> tuple[str, list[str]] | None:
+    """What an existing folder that is not itself a run holds, when nothing may be written into it
+    (a run, a converted checkpoint): ("is a data job's output (manifest.json)" and the like, the
+    stage names of a train-stages folder), or None. Reads listings only."""
+    if (path / "manifest.json").exists():
+        return "is a data job's output (manifest.json)", []
+    if any(path.glob("*.arrow")):
+        return "is a stage folder of data shards (*.arrow)", []
+    subfolders = sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
+    stages = [p.name for p in subfolders if is_run_folder(p)]
+    if stages:
+        return f"is a train-stages folder (stages {', '.join(stages)})", stages
+    from training.data import stage_folders
+
+    shards = stage_folders(str(path))  # no manifest.json here: the sub-folders holding shards
+    if shards:
+        return f"holds data shards (stage folders {', '.join(shards)})", []
+    return None
+
+
 def check_out_folder(path: RunPath, what: str = "out") -> None:
     """Refuse (RunFolderError, one line) a run location that is not a training run's folder: a
     file, a data job's output (manifest.json, stage folders of shards), a stage folder of shards,
@@ -82,21 +102,13 @@ def check_out_folder(path: RunPath, what: str = "out") -> None:
         raise RunFolderError(f"{what} {path} is a file, not a run folder; pass a new or existing run folder")
     if is_run_folder(path):
         return
-    hint = "train into a new (or empty) folder"
-    if (path / "manifest.json").exists():
-        raise RunFolderError(f"{what} {path} is a data job's output (manifest.json), not a run folder; {hint}")
-    if any(path.glob("*.arrow")):
-        raise RunFolderError(f"{what} {path} is a stage folder of data shards (*.arrow), not a run folder; {hint}")
-    subfolders = sorted((p for p in path.iterdir() if p.is_dir()), key=lambda p: p.name)
-    stages = [p.name for p in subfolders if is_run_folder(p)]
-    if stages:
-        raise RunFolderError(f"{what} {path} is a train-stages folder (stages {', '.join(stages)}), not a run folder; "
-                             f"pass one stage's folder to resume it (e.g. {path / stages[0]}), or {hint}")
-    from training.data import stage_folders
-
-    shards = stage_folders(str(path))  # no manifest.json here: the sub-folders holding shards
-    if shards:
-        raise RunFolderError(f"{what} {path} holds data shards (stage folders {', '.join(shards)}), not a run folder; {hint}")
+    found = data_or_stages(path)
+    if found:
+        kind, stages = found
+        hint = "train into a new (or empty) folder"
+        if stages:
+            hint = f"pass one stage's folder to resume it (e.g. {path / stages[0]}), or {hint}"
+        raise RunFolderError(f"{what} {path} {kind}, not a run folder; {hint}")
 
 
 def remove_if_untouched(path: RunPath, existed: bool) -> None:

@@ -107,12 +107,34 @@ def _initial_params(config: TrainConfig, mesh, abstract_model: ModelConfig):
 
         base, host_params = load_hf_llama(config.init_from)
         params = jax.tree.map(jax.device_put, host_params, param_shardings(base, mesh, config.state_axes))
+    check_preset_is_init_from(config, base)
     model = model_config_for(config, base)
     if model.vision_layout != base.vision_layout:
         log.info("growing a %s vision vocabulary (%s init) on %s", model.vision_layout, config.vision_init, config.init_from)
         grow = lambda p, key: grow_vision_params(p, base, model, key, config.vision_init)  # noqa: E731
         params = jax.jit(grow, out_shardings=param_shardings(model, mesh, config.state_axes))(params, jax.random.key(config.seed))
     return model, params
+
+
+# What makes two models the same network (the vocabulary may differ: a vision stage grows it).
+ARCHITECTURE_FIELDS = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
+
+
+def check_preset_is_init_from(config: TrainConfig, base: ModelConfig) -> None:
+    """With init_from, the network is the checkpoint's. A model preset named as well (in the
+    config or by --model) that is another network would be ignored while config.yaml and the log
+    name it: refused in one line. An unnamed preset (the default) says nothing and passes."""
+    if "model" not in config.model_fields_set:
+        return
+    shape_overrides = {k: v for k, v in config.model_overrides.items() if k in ARCHITECTURE_FIELDS}
+    try:
+        named = ModelConfig.preset(config.model).with_(**shape_overrides)
+    except ValueError:  # overrides the preset alone cannot take: the checkpoint's shapes decide
+        return
+    differ = [f"{k} {getattr(named, k)} vs {getattr(base, k)}" for k in ARCHITECTURE_FIELDS if getattr(named, k) != getattr(base, k)]
+    if differ:
+        raise ConfigMismatch(f"model {config.model} is not the network of init_from {config.init_from} ({', '.join(differ)}): "
+                             "init_from brings its own; leave model unset, or name the preset it was trained as")
 
 
 RESUME_FREE_KEYS = frozenset({
@@ -312,8 +334,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     tokens_per_step = config.global_batch * config.seq_len  # each row of the step once, whatever grad_accum is
     flops = flops_per_token(model_cfg, config.seq_len) * tokens_per_step
     peak = _peak_flops(config)
-    log.info("model %s: %s params; mesh %s; %d rows of %d tokens; %d rows a step in %d micro-batches", config.model,
-             f"{count_params(params):,}", dict(mesh.shape), data.num_rows, data.length, config.global_batch, config.grad_accum)
+    # With init_from the network is the checkpoint's (check_preset_is_init_from), whatever preset is the default.
+    log.info("model %s: %s params; mesh %s; %d rows of %d tokens; %d rows a step in %d micro-batches",
+             f"of {config.init_from}" if config.init_from else config.model, f"{count_params(params):,}", dict(mesh.shape), data.num_rows, data.length, config.global_batch, config.grad_accum)
 
     history = []
     last = start
