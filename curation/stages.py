@@ -11,8 +11,9 @@ from curation.units import parse_count  # the one parser of `32k`-style lengths;
 
 # A stage name is a folder under the job's output: no path separators, no leading dot ("..").
 _STAGE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-# Folders the job itself writes beside the stages.
-RESERVED_STAGE_NAMES = frozenset({"rejects"})
+# Folders written beside the stages, and by whom.
+RESERVED_STAGE_NAMES = {"rejects": "the job writes its own rejects/ folder",
+                        "inspect": "`longctx inspect` writes its plots to inspect/"}
 
 
 def check_stage_name(name: object) -> None:
@@ -23,7 +24,7 @@ def check_stage_name(name: object) -> None:
             "starting with a letter or digit (at most 100 characters)"
         )
     if name in RESERVED_STAGE_NAMES:
-        raise ValueError(f"stage name {name!r} is reserved (the job writes its own {name}/ folder)")
+        raise ValueError(f"stage name {name!r} is reserved ({RESERVED_STAGE_NAMES[name]})")
 
 
 @dataclass(frozen=True)

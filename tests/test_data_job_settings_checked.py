@@ -146,6 +146,17 @@ def test_an_empty_stage_list_is_refused_before_any_work(small, tmp_path, capsys,
     assert not out.exists()
 
 
+@pytest.mark.parametrize(("name", "why"), [
+    ("rejects", "the job writes its own rejects/ folder"),
+    ("inspect", "`longctx inspect` writes its plots to inspect/"),  # its PNGs landed beside that stage's shards
+])
+def test_a_stage_named_like_a_folder_written_beside_the_stages_is_refused(small, tmp_path, capsys, name, why):
+    out = tmp_path / "out"
+    argv = ["books", "--input", str(small), "--output", str(out), "--tokenizer", DEMO_TOKENIZER, "--stages", f"{name}=512:1"]
+    assert cli_error(argv, capsys)[-1].endswith(f"stage name {name!r} is reserved ({why})")
+    assert not out.exists()
+
+
 def test_an_empty_stage_list_in_yaml_is_refused(small, tmp_path, capsys):
     config = _yaml(tmp_path / "books.yaml", small, tmp_path / "out", "stages: []\n")
     assert cli_error(["books", "--config", str(config)], capsys)[-1].startswith(f"longctx books: error: {NO_STAGES}")

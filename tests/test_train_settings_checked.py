@@ -251,3 +251,14 @@ def test_a_preset_that_is_not_the_init_from_network_is_refused(tmp_path, capsys)
     assert cli(["train", *argv, "--model", "toy", "--out", str(tmp_path / "named")]) in (0, None)
     assert cli(["train", *argv, "--out", str(tmp_path / "unnamed")]) in (0, None)
     assert (tmp_path / "unnamed" / "checkpoints" / "final" / "model.json").is_file()
+
+
+def test_a_wrong_typed_plan_set_value_is_one_line_without_a_serializer_warning(capsys):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = _plan_error(["--plan", PLAN, "--set", "global_batch=abc"], capsys)
+    assert line.endswith("stage 32k: --set: global_batch: Input should be a valid integer, unable to parse string as an "
+                         "integer (got 'abc')"), line
+    assert [str(w.message) for w in caught if "serializ" in str(w.message)] == []

@@ -115,7 +115,9 @@ def _checked(name: str, config, args: argparse.Namespace):
     if unknown:  # model_copy(update=...) keeps an unknown key out of model_dump: name it here
         raise PlanError(f"--set: unknown key {unknown[0]!r}{did_you_mean(unknown[0], list(TrainConfig.model_fields))}")
     try:
-        return TrainConfig.model_validate(config.model_dump())
+        # warnings=False: a wrong-typed --set value is what validation reports next, in one line;
+        # pydantic's serializer would first print a multi-line UserWarning about it.
+        return TrainConfig.model_validate(config.model_dump(warnings=False))
     except ValidationError as err:
         source = f"{args.plan}: stage {name}" if args.plan else str(args.config)
         raise PlanError(f"{source}: --set: {validation_line(err, known_keys=top_level_keys(TrainConfig))}") from None
