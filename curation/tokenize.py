@@ -805,6 +805,15 @@ def _load_sentencepiece(spec: str, path: Path, sha256: str) -> TextTokenizer:
     return TextTokenizer(backend, sentencepiece_plan(path, sp), spec, sentencepiece=sp)
 
 
+def hub_miss(err: BaseException, why: str | None) -> str:
+    """Why a hub id could not be had, as the end of a one-line error: the hub out of reach (`why`,
+    from hub_unreachable) and the id not in the local cache, or the hub's own refusal (`err`'s first line)."""
+    if why is not None:
+        return f"as a Hugging Face hub id it could not be fetched ({why}) and is not in the local Hugging Face cache"
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return f"the Hugging Face hub does not give it ({type(err).__name__}: {first})"
+
+
 def hub_unreachable(timeout: float = 3.0) -> str | None:
     """Why the Hugging Face hub cannot be used now (HF_HUB_OFFLINE is set, or its endpoint, HF_ENDPOINT
     or huggingface.co, refuses a connection within `timeout` seconds), or None when it answers.

@@ -171,7 +171,7 @@ def hub_model_problem(model: str, gguf_file: str | None = None) -> str | None:
     """Why the hub id `model` cannot be fetched, or None: only its config (or, for a GGUF repo,
     whether the file is there) is asked for, never the weights, and no remote code is run. With
     the hub out of reach only the local Hugging Face cache is read (the client would retry)."""
-    from curation.tokenize import hub_unreachable
+    from curation.tokenize import hub_miss, hub_unreachable
 
     why = hub_unreachable()
     try:
@@ -191,11 +191,7 @@ def hub_model_problem(model: str, gguf_file: str | None = None) -> str | None:
     except Exception as err:  # noqa: BLE001 - offline, gated, missing, not a model: one line either way
         if "trust_remote_code" in str(err):  # found, and its code is the workers' to run (--trust-remote-code)
             return None
-        if why is not None:
-            return (f"no such folder, and as a Hugging Face hub id it could not be fetched ({why}) and is not in the "
-                    "local Hugging Face cache")
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        return f"no such folder, and the Hugging Face hub does not give it ({type(err).__name__}: {first})"
+        return f"no such folder, and {hub_miss(err, why)}"
     return None
 
 

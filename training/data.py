@@ -392,14 +392,13 @@ def check_plan_data(stages: list[tuple[str, str, int, bool]]) -> None:
     for name, spec, seq_len, allow_unfinished in stages:
         try:
             check_data_folders(spec)
-            sources = open_sources(spec, allow_unfinished)
-            for (data, _), (path, _) in zip(sources, parse_data_mix(spec)):
+            opened = [(path, data) for (path, _), (data, _) in zip(parse_data_mix(spec), open_sources(spec, allow_unfinished))]
+            for path, data in opened:
                 if data.length != seq_len:
                     raise DataMismatchError(f"{path}: stage length {data.length} != the stage's seq_len {seq_len}")
         except (ValueError, OSError) as err:  # no folder, unfinished or truncated shards, another length
             raise DataMismatchError(f"stage {name}: {err}") from None
-        tokenizers += [(f"stage {name} ({path})", data.info.tokenizer_identity())
-                       for (data, _), (path, _) in zip(sources, parse_data_mix(spec))]
+        tokenizers += [(f"stage {name} ({path})", data.info.tokenizer_identity()) for path, data in opened]
     problem = first_disagreement(tokenizers)
     if problem:
         raise DataMismatchError(f"the plan's stages were made with different tokenizers: {problem}")

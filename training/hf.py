@@ -166,7 +166,7 @@ def resolve_model(path_or_hub_id: str | Path, revision: str | None = None) -> Pa
         raise ModelPathError(f"{text!r} is a file, not a model directory: pass {_MODEL_KINDS}")
     if "://" in text or text.startswith(("/", ".", "~")) or text.count("/") > 1:
         raise ModelPathError(f"{text!r} is not a model directory: no such folder")
-    from curation.tokenize import hub_unreachable
+    from curation.tokenize import hub_miss, hub_unreachable
 
     why = hub_unreachable()  # the hub client would retry each file for ~25 s, twice, and print pages
     try:
@@ -174,16 +174,11 @@ def resolve_model(path_or_hub_id: str | Path, revision: str | None = None) -> Pa
 
         return Path(snapshot_download(text, revision=revision, allow_patterns=_HUB_PATTERNS, local_files_only=why is not None))
     except Exception as err:  # noqa: BLE001 - offline, gated, missing: one clear line either way
+        missed = f"{text!r}: no such folder, and {hub_miss(err, why)}"
         if why is not None:
-            raise ModelPathError(
-                f"{text!r}: no such folder, and as a Hugging Face hub id it could not be fetched ({why}) and is not in the "
-                "local Hugging Face cache: pass a local folder (RUN/checkpoints/final or a Hugging Face model folder)"
-            ) from None
-        first = (str(err).strip().splitlines() or [""])[0][:200]
-        raise ModelPathError(
-            f"{text!r}: no such folder, and the Hugging Face hub does not give it ({type(err).__name__}: {first}); "
-            f"without network, download it elsewhere (huggingface-cli download {text} --include '*.safetensors' "
-            "config.json) and pass the folder") from None
+            raise ModelPathError(f"{missed}: pass a local folder (RUN/checkpoints/final or a Hugging Face model folder)") from None
+        raise ModelPathError(f"{missed}; without network, download it elsewhere (huggingface-cli download {text} "
+                             "--include '*.safetensors' config.json) and pass the folder") from None
 
 
 _resolve = resolve_model
