@@ -237,6 +237,36 @@ class PromptBuilder:
         return guess
 
 
+def smallest_prompt(task: Task, builder: PromptBuilder, length: int, index: int, seed: int) -> int:
+    """Tokens of sample `index`'s prompt at context `length` with the fewest haystack units the
+    task has (`task.min_units`): the least of the context it takes before any haystack."""
+    ids, _ = builder.ids(task.build(task_seeds(seed, task.name, length, index), task.min_units))
+    return len(ids)
+
+
+def min_context(task: Task, builder: PromptBuilder, length: int, samples: int = 1, seed: int = 0,
+                max_new_tokens: int | None = None) -> tuple[int, int]:
+    """(the least context length, its smallest prompt) that the first `samples` prompts of `task`
+    built for context `length` need: their largest smallest prompt plus the answer budget. What a
+    task's text holds depends on the length (cwe's repeats, fwe's vocabulary) and on the sample's
+    random keys, so this is per length and over the samples; `make_sample` refuses a length below it."""
+    prompt = max(smallest_prompt(task, builder, length, index, seed) for index in range(max(samples, 1)))
+    return prompt + (max_new_tokens or task.max_new_tokens), prompt
+
+
+def check_min_context(tasks: Sequence[Task], builder: PromptBuilder, lengths: Sequence[int], samples: int = 1,
+                      seed: int = 0, max_new_tokens: int | None = None) -> None:
+    """Refuse (ValueError, one line) a length shorter than a task's least context (`min_context`):
+    found before a model is loaded, not when that cell comes to be built."""
+    for task in tasks:
+        for length in sorted(lengths):
+            need, prompt = min_context(task, builder, length, samples, seed, max_new_tokens)
+            if need > length:
+                raise ValueError(f"RULER task {task.name} cannot run at length {length}: it needs at least {need} "
+                                 f"tokens there (its shortest prompt, {prompt} tokens, and "
+                                 f"{need - prompt} answer tokens)")
+
+
 def make_sample(task: Task, builder: PromptBuilder, length: int, index: int, seed: int,
                 max_new_tokens: int | None = None) -> Sample:
     """The sample `index` of `task` at context `length`: the most haystack units whose prompt fits

@@ -59,41 +59,69 @@ def endpoint_generator(args: argparse.Namespace, name: str):
     return tokenizer, EndpointGenerator(client, tokenizer, name if args.name else str(client.model))
 
 
-def load_generator(args: argparse.Namespace, name: str, max_length: int, note: Callable[[str], None]) -> tuple[Any, Any]:
+def load_generator(args: argparse.Namespace, name: str, max_length: int, note: Callable[[str], None],
+                   tokenizer: Any = None) -> tuple[Any, Any]:
     """(tokenizer, generator) of --endpoint, --hf-model (its own tokenizer unless --tokenizer) or
-    --checkpoint (--tokenizer, or the folder's own tokenizer files for a Hugging Face folder).
+    --checkpoint (--tokenizer, or the folder's own tokenizer files for a Hugging Face folder);
+    `tokenizer`, when `model_tokenizer` already loaded it, is used as it is.
     `note` gets a warning when `max_length` exceeds the checkpoint's max_position_embeddings."""
-    from evals.generators import FlaxGenerator, HFGenerator, folder_tokenizer, load_niah_tokenizer
+    from evals.generators import FlaxGenerator, HFGenerator
 
     check_at_least_one("--batch-size", getattr(args, "batch_size", 1))
     check_at_least_one("--chunk", getattr(args, "chunk", 1))  # 0 would divide the prefill buffer by zero
     if getattr(args, "endpoint", None):
         return endpoint_generator(args, name)
+    tokenizer = tokenizer or model_tokenizer(args)
     if args.hf_model:
-        from curation.hf_models import resolve_generator
-
-        folder, _ = resolve_generator(args.hf_model)
-        tokenizer = load_niah_tokenizer(args.tokenizer or folder)
         generator = HFGenerator(args.hf_model, device=args.device, name=name)
         generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
         return tokenizer, generator
-    spec = args.tokenizer or folder_tokenizer(args.checkpoint)
-    if not spec:
-        raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with); only a Hugging Face "
-                         "model folder with its own tokenizer files can do without")
-    from curation.tokenize import load_tokenizer
     from training.checkpoint import load_any_params
-    from training.hf import check_checkpoint_tokenizer
 
-    tokenizer = load_niah_tokenizer(spec)
-    if args.tokenizer:  # another tokenizer than the training data's would score text read with other ids
-        check_checkpoint_tokenizer(args.checkpoint, load_tokenizer(spec)[1], spec)
     config, params = load_any_params(args.checkpoint)  # a run or data folder, a missing path: one line
     if max_length > config.max_position_embeddings:
         note(f"lengths up to {max_length} exceed the model's max_position_embeddings ({config.max_position_embeddings})")
     generator = FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name, q_chunk=args.chunk,
                               kv_chunk=args.chunk)
     return tokenizer, generator
+
+
+def model_tokenizer(args: argparse.Namespace) -> Any:
+    """The tokenizer of --hf-model or --checkpoint, without loading the weights: --tokenizer (for
+    a checkpoint, refused when it is not the one its training data was made with), else the
+    model's own (a --hf-model's, a Hugging Face --checkpoint folder's tokenizer files)."""
+    from evals.generators import folder_tokenizer, load_niah_tokenizer
+
+    if args.hf_model:
+        from curation.hf_models import resolve_generator
+
+        folder, _ = resolve_generator(args.hf_model)
+        return load_niah_tokenizer(args.tokenizer or folder)
+    spec = args.tokenizer or folder_tokenizer(args.checkpoint)
+    if not spec:
+        raise ValueError("--checkpoint needs --tokenizer (the one the model was trained with); only a Hugging Face "
+                         "model folder with its own tokenizer files can do without")
+    from curation.tokenize import load_tokenizer
+    from training.hf import check_checkpoint_tokenizer
+
+    tokenizer = load_niah_tokenizer(spec)
+    if args.tokenizer:  # another tokenizer than the training data's would score text read with other ids
+        check_checkpoint_tokenizer(args.checkpoint, load_tokenizer(spec)[1], spec)
+    return tokenizer
+
+
+def prepare_model(args: argparse.Namespace, name: str, max_length: int,
+                  note: Callable[[str], None]) -> tuple[Any, str, Callable[[], Any]]:
+    """(tokenizer, model name, load) where `load()` returns the generator: what can be refused
+    from the tokenizer (a prompt that cannot fit, a results folder of other settings) is found
+    before the weights load. An --endpoint is asked for its model's name now (no weights to load)."""
+    check_at_least_one("--batch-size", getattr(args, "batch_size", 1))
+    check_at_least_one("--chunk", getattr(args, "chunk", 1))
+    if getattr(args, "endpoint", None):
+        tokenizer, generator = endpoint_generator(args, name)
+        return tokenizer, generator.name, lambda: generator
+    tokenizer = model_tokenizer(args)
+    return tokenizer, name, lambda: load_generator(args, name, max_length, note, tokenizer)[1]
 
 
 def check_at_least_one(flag: str, value: int | None) -> None:

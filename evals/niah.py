@@ -47,8 +47,8 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from dataclasses import MISSING, asdict, dataclass, fields
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -309,18 +309,65 @@ class NiahRecord:
     positions: list[int]
     seconds: float
     format: str = "longctx"
+    seed: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
+def cell_key(record: NiahRecord | dict[str, Any]) -> tuple[int, float, int, int]:
+    """A grid cell's coordinates (length, depth, sample, seed): a rerun skips the cells already
+    in OUT/results.jsonl (evals/resume.py). A record written before records named their seed has seed 0."""
+    if isinstance(record, NiahRecord):
+        return (record.length, float(record.depth), record.sample, record.seed)
+    return (int(record["length"]), float(record["depth"]), int(record["sample"]), int(record.get("seed", 0)))
+
+
+_RECORD_FIELDS = {f.name: f for f in fields(NiahRecord)}
+
+
+def record_from_json(data: dict[str, Any]) -> NiahRecord:
+    """A results.jsonl line's record (KeyError naming a missing field, TypeError/ValueError for a
+    value of the wrong kind; evals/resume.py names the line)."""
+    for name, f in _RECORD_FIELDS.items():
+        if name not in data and f.default is MISSING:
+            raise KeyError(name)
+    record = NiahRecord(**{k: v for k, v in data.items() if k in _RECORD_FIELDS})
+    for name, kind in (("length", int), ("sample", int), ("seed", int), ("depth", (int, float)),
+                       ("score", (int, float))):
+        value = getattr(record, name)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TypeError(f"{name} {value!r} is not a number")
+    if not isinstance(record.expected, list) or not isinstance(record.answer, str):
+        raise TypeError("expected must be a list and answer text")
+    return record
+
+
+def default_max_new_tokens(ask: int) -> int:
+    """The answer budget when none is given: 7 digits (a token each here) and a few words per asked value."""
+    return 16 + 12 * ask
+
+
+def niah_settings(model: str, tokenizer: Any, *, fmt: str, needles: int, ask: int, scoring: str,
+                  max_new_tokens: int | None, haystack: str | Path) -> dict[str, Any]:
+    """What a NIAH cell's score depends on besides its coordinates (length, depth, sample, seed):
+    a rerun into a folder made with other settings is refused (evals/resume.py). The names of
+    those a record carries are its fields' (model, format, needles, ask, scoring)."""
+    from evals.resume import haystack_identity, tokenizer_identity
+
+    return {"model": model, "format": fmt, "needles": needles, "ask": ask, "scoring": scoring,
+            "max_new_tokens": max_new_tokens or default_max_new_tokens(ask),
+            "tokenizer_sha256": tokenizer_identity(tokenizer), "haystack": haystack_identity(haystack)}
+
+
 def run_grid(generator: Generator, tokenizer: NiahTokenizer, haystack: Haystack, lengths: Sequence[int],
              depths: Sequence[float], *, needles: int = 1, ask: int = 1, samples: int = 1, seed: int = 0,
              scoring: str = "contains", max_new_tokens: int | None = None,
-             frame: PromptFrame | None = None, fmt: str = "longctx", batch_size: int = 1) -> Iterator[NiahRecord]:
-    """One record per (length, depth, sample), lengths outermost (so a model compiles each length
-    once); the samples of a cell go to the model `batch_size` at a time (a record's `seconds` is its
-    batch's wall time over its rows)."""
+             frame: PromptFrame | None = None, fmt: str = "longctx", batch_size: int = 1,
+             done: Collection[tuple[int, float, int, int]] = frozenset()) -> Iterator[NiahRecord]:
+    """One record per (length, depth, sample) whose `cell_key` is not in `done`, lengths outermost
+    (so a model compiles each length once); the samples of a cell go to the model `batch_size` at
+    a time (a record's `seconds` is its batch's wall time over its rows)."""
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
     if batch_size < 1:
@@ -332,21 +379,47 @@ def run_grid(generator: Generator, tokenizer: NiahTokenizer, haystack: Haystack,
     frame = frame or PromptFrame.for_tokenizer(tokenizer, fmt)
     ends_sentence = period_test(tokenizer) if fmt == "lwm" else None
     if max_new_tokens is None:
-        max_new_tokens = 16 + 12 * ask  # 7 digits (a token each here) and a few words per value
+        max_new_tokens = default_max_new_tokens(ask)
+    for length, depth, todo in pending_cells(lengths, depths, samples, seed, done):
+        for first in range(0, len(todo), batch_size):
+            cases = [build_case(tokenizer, frame, haystack, length, depth, needles=needles, ask=ask, sample=sample,
+                                seed=seed, fmt=fmt, ends_sentence=ends_sentence)
+                     for sample in todo[first: first + batch_size]]
+            start = time.perf_counter()
+            answers = generate_all(generator, [case.prompt_ids for case in cases], max_new_tokens)
+            seconds = (time.perf_counter() - start) / len(cases)
+            for case, answer_ids in zip(cases, answers):
+                answer = tokenizer.decode(answer_ids).strip()
+                yield NiahRecord(generator.name, length, depth, case.sample, needles, ask, scoring,
+                                 score_answer(answer, case.expected, scoring), case.expected, answer,
+                                 case.positions, round(seconds, 3), fmt, seed)
+
+
+def pending_cells(lengths: Sequence[int], depths: Sequence[float], samples: int, seed: int,
+                  done: Collection[tuple[int, float, int, int]] = frozenset()) -> list[tuple[int, float, list[int]]]:
+    """(length, depth, samples to run) of every grid cell with samples not in `done`, in the order
+    `run_grid` runs them (the count of those samples is a run's progress total)."""
+    cells = []
     for length in lengths:
         for depth in depths:
-            for first in range(0, samples, batch_size):
-                cases = [build_case(tokenizer, frame, haystack, length, depth, needles=needles, ask=ask, sample=sample,
-                                    seed=seed, fmt=fmt, ends_sentence=ends_sentence)
-                         for sample in range(first, min(first + batch_size, samples))]
-                start = time.perf_counter()
-                answers = generate_all(generator, [case.prompt_ids for case in cases], max_new_tokens)
-                seconds = (time.perf_counter() - start) / len(cases)
-                for case, answer_ids in zip(cases, answers):
-                    answer = tokenizer.decode(answer_ids).strip()
-                    yield NiahRecord(generator.name, length, depth, case.sample, needles, ask, scoring,
-                                     score_answer(answer, case.expected, scoring), case.expected, answer,
-                                     case.positions, round(seconds, 3), fmt)
+            todo = [s for s in range(samples) if (length, float(depth), s, seed) not in done]
+            if todo:
+                cells.append((length, depth, todo))
+    return cells
+
+
+def grid_records(records: Iterable[NiahRecord], lengths: Sequence[int], depths: Sequence[float], samples: int,
+                 seed: int) -> list[NiahRecord]:
+    """The records of a grid (lengths x depths x samples of `seed`) in grid order, one per cell
+    (the last written where a cell was recorded twice): what its table and heatmap show."""
+    order = {(length, float(depth), s): i for i, (length, depth, s) in
+             enumerate((length, depth, s) for length in lengths for depth in depths for s in range(samples))}
+    chosen: dict[int, NiahRecord] = {}
+    for r in records:
+        at = order.get((r.length, float(r.depth), r.sample))
+        if at is not None and r.seed == seed:
+            chosen[at] = r
+    return [chosen[i] for i in sorted(chosen)]
 
 
 CSV_COLUMNS = ("model", "format", "length", "depth", "sample", "needles", "ask", "scoring", "score", "expected", "answer",

@@ -1,8 +1,10 @@
 """`longctx eval niah`: the needle-in-a-haystack grid from the command line (longctx/cli.py wires it).
 
 `--format lwm` asks in the LWM release's own words and placement (evals/niah.py).
-Writes OUT/results.jsonl (one record per prompt, as it runs), OUT/results.csv and OUT/heatmap.png,
-and prints the score grid. Heavy imports (JAX, torch) wait until a model is actually loaded.
+Writes OUT/results.jsonl (one record per prompt, as it runs; as for `eval ruler`, a rerun into the
+same folder keeps the cells already there and runs the others, and a folder made with other
+settings is refused: evals/resume.py), OUT/results.csv and OUT/heatmap.png (the cells of this run's
+grid, old and new), and prints the score grid. Heavy imports (JAX, torch) wait until a model is actually loaded.
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.progress import progress_line
-from evals.model_cli import (add_model_arguments, check_at_least_one, load_generator, model_name, parse_depths_flag,
-                              parse_lengths_flag)
+from evals.model_cli import (add_model_arguments, check_at_least_one, model_name, parse_depths_flag, parse_lengths_flag,
+                              prepare_model)
 
 SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
 
@@ -50,45 +52,52 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     from evals import niah
     from evals.haystack import load_haystack
     from evals.niah_plot import length_label, plot_heatmap
+    from evals.resume import ResultsFolder
 
     lengths, depths = parse_lengths_flag(args.lengths), parse_depths_flag(args.depths)
     # Before the model loads: no samples would score nothing (a nan mean), and 0 new tokens no answer.
     check_at_least_one("--samples", args.samples)
     check_at_least_one("--max-new-tokens", args.max_new_tokens)
-    name = model_name(args)
-    tokenizer, generator = load_generator(args, name, max(lengths), lambda text: console.print(f"[yellow]note: {text}[/]"))
-    if getattr(args, "endpoint", None):
-        name = generator.name
+    tokenizer, name, load_model = prepare_model(args, model_name(args), max(lengths),
+                                                lambda text: console.print(f"[yellow]note: {text}[/]"))
+    # A rerun resumes, as `eval ruler` does: the cells already in OUT/results.jsonl are kept, not
+    # recomputed; a damaged line or a folder made with other settings is refused before the weights load.
+    settings = niah.niah_settings(name, tokenizer, fmt=args.niah_format, needles=args.needles, ask=args.ask,
+                                  scoring=args.scoring, max_new_tokens=args.max_new_tokens, haystack=args.haystack)
+    folder = ResultsFolder(Path(args.out), "niah", settings, niah.record_from_json)
+    records = [niah.record_from_json(r) for r in folder.read()]
+    done = {niah.cell_key(r) for r in records}
+    total = sum(len(todo) for *_, todo in niah.pending_cells(lengths, depths, args.samples, args.seed, done))
     # Twice the longest context: room for the seeded offsets to pick different text per sample.
     haystack = load_haystack(args.haystack, tokenizer, max_tokens=2 * max(lengths))
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    total = len(lengths) * len(depths) * args.samples  # run_grid's cells
+    generator = load_model()
 
     def progress():
-        start = time.monotonic()
+        start, count = time.monotonic(), 0
         for record in niah.run_grid(generator, tokenizer, haystack, lengths, depths, needles=args.needles,
                                     ask=args.ask, samples=args.samples, seed=args.seed, scoring=args.scoring,
                                     max_new_tokens=args.max_new_tokens, fmt=args.niah_format,
-                                    batch_size=args.batch_size):
+                                    batch_size=args.batch_size, done=done):
             records.append(record)
+            count += 1
             console.print(f"{length_label(record.length):>6} depth {record.depth:5.1f}% sample {record.sample}: "
                           f"score {record.score:.2f} ({record.seconds:.1f} s) expected {' '.join(record.expected)}, "
                           f"answer {record.answer[:60]!r}", highlight=False)
-            line = progress_line("scored", "cells", len(records), total, time.monotonic() - start)
+            line = progress_line("scored", "cells", count, total, time.monotonic() - start)
             console.print(f"  {line}", style="dim", highlight=False)
-            yield record
+            yield record.as_json()
 
-    niah.write_jsonl(progress(), out / "results.jsonl")  # written as the grid runs
-    niah.write_csv(records, out / "results.csv")
-    grid_lengths, grid_depths, scores = niah.score_grid(records)
+    for _ in folder.append(progress()):  # written as the grid runs
+        pass
+    grid = niah.grid_records(records, lengths, depths, args.samples, args.seed)  # old cells and new
+    out = folder.out
+    niah.write_csv(grid, out / "results.csv")
+    grid_lengths, grid_depths, scores = niah.score_grid(grid)
     variant = "" if args.needles == 1 else f", {args.needles} needles, {args.ask} asked"
     variant += ", LWM format" if args.niah_format == "lwm" else ""
     plot_heatmap(grid_lengths, grid_depths, scores, out / "heatmap.png", model=f"{name}{variant} ({args.scoring})")
     console.print(score_table(grid_lengths, grid_depths, scores))
-    console.print(f"{name}: mean score {float(np.nanmean(scores)):.2f} over {len(records)} prompts", highlight=False)
+    console.print(f"{name}: mean score {float(np.nanmean(scores)):.2f} over {len(grid)} prompts", highlight=False)
     console.print(f"wrote {out / 'results.csv'}, {out / 'results.jsonl'} and {out / 'heatmap.png'}")
     return 0
 

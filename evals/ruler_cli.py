@@ -1,7 +1,7 @@
 """`longctx eval ruler`: the RULER-class suite from the command line (longctx/cli.py wires it).
 
 Writes OUT/results.jsonl (one record per prompt, as it runs; cells already there are skipped on a
-rerun), OUT/summary.json and OUT/summary.csv (mean score in percent per task and length, the
+rerun, and a folder made with other settings is refused: evals/resume.py), OUT/summary.json and OUT/summary.csv (mean score in percent per task and length, the
 all-task average, the effective length), OUT/scores_by_length.png (score against length per task,
 the threshold dashed) and OUT/heatmap.png (tasks x lengths), and prints the table. Models load as for `longctx eval
 niah` (evals/model_cli.py, evals/generators.py): our JAX checkpoints, any local transformers causal LM
@@ -19,7 +19,7 @@ from rich.table import Table
 
 from curation.progress import progress_line
 from evals.haystack import SAMPLE_BOOKS
-from evals.model_cli import add_model_arguments, check_at_least_one, load_generator, model_name, parse_lengths_flag
+from evals.model_cli import add_model_arguments, check_at_least_one, model_name, parse_lengths_flag, prepare_model
 from evals.runner import DEFAULT_THRESHOLD
 from evals.tasks import TASK_NAMES
 
@@ -55,8 +55,9 @@ def _select_tasks(args: argparse.Namespace, console: Console) -> list[str]:
 
 
 def run_ruler(args: argparse.Namespace, console: Console) -> int:
-    from evals.common import PromptBuilder
-    from evals.runner import GeneratorBackend, run_suite
+    from evals.common import PromptBuilder, check_min_context
+    from evals.resume import ResultsFolder
+    from evals.runner import GeneratorBackend, cell_key, ruler_settings, run_suite
     from evals.tasks import build_tasks
     from evals import niah
 
@@ -69,14 +70,19 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     # Build the tasks (and read the QA files) before loading a model: bad input fails fast.
     tasks = build_tasks(names, squad=args.squad, hotpotqa=args.hotpotqa, haystack=args.haystack,
                         book_words=max(400_000, 2 * max(lengths)))
-    name = model_name(args)
-    tokenizer, generator = load_generator(args, name, max(lengths), lambda text: console.print(f"[yellow]note: {text}[/]"))
+    tokenizer, name, load_model = prepare_model(args, model_name(args), max(lengths),
+                                                lambda text: console.print(f"[yellow]note: {text}[/]"))
     builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
+    # Still before the weights load: a length too short for a task's prompt, a results folder of
+    # another model or other settings, a damaged results line.
+    check_min_context(tasks, builder, lengths, args.samples, args.seed, args.max_new_tokens)
+    settings = ruler_settings(name, tokenizer, args.max_new_tokens, args.haystack)
+    ResultsFolder(Path(args.out), "ruler", settings, cell_key).read()
+    generator = load_model()
     if getattr(args, "endpoint", None):
         from evals.endpoint import EndpointBackend
 
-        name = generator.name  # the served model's, unless --name
-        backend = EndpointBackend(generator, name)
+        backend = EndpointBackend(generator, name)  # the served model's name, unless --name
     else:
         backend = GeneratorBackend(generator, tokenizer, name)
 
@@ -90,7 +96,7 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
 
     summary = run_suite(backend, builder, tasks, lengths, args.samples, args.out, seed=args.seed,
                         threshold=args.threshold, max_new_tokens=args.max_new_tokens, batch_size=args.batch_size,
-                        on_record=show, on_progress=progress)
+                        on_record=show, on_progress=progress, settings=settings)
     console.print(summary_table(summary))
     effective = summary["effective_length"]
     console.print(f"{name}: effective length {effective if effective is not None else 'below the shortest length'} "

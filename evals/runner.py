@@ -2,7 +2,8 @@
 
 OUT/results.jsonl gets one record per prompt as it is scored (task, length, sample, seed, prompt
 tokens, references, prediction, score in [0, 1]); a rerun into the same folder skips the cells
-already there (same task, length, sample and seed). OUT/summary.json holds the mean score per task
+already there (same task, length, sample and seed) and refuses a folder made with other settings
+(model, tokenizer, answer budget, haystack: OUT/settings.json, evals/resume.py). OUT/summary.json holds the mean score per task
 and length in percent (RULER's scale), the all-task average per length, and the effective length:
 the longest length up to which the average stays at or above the threshold (default 85.6,
 Llama-2-7B's RULER average at 4K), or null when the shortest length already falls below it.
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from evals.common import PromptBuilder, Sample, Task, make_sample, score
+from evals.resume import ResultsFolder, haystack_identity, read_records, tokenizer_identity
 
 DEFAULT_THRESHOLD = 85.6  # Llama-2-7B's 4K RULER average, the paper's bar for "effective"
 
@@ -89,21 +91,16 @@ def cell_key(record: dict[str, Any]) -> tuple[str, int, int, int]:
 
 def read_results(path: str | Path) -> list[dict[str, Any]]:
     """The records of a results.jsonl (none if it does not exist); a damaged line is an error
-    naming it, so a rerun never silently redoes or drops cells."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            cell_key(record)
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ValueError(f"{path}:{number}: not a results record ({err}); fix or remove the line") from None
-        records.append(record)
-    return records
+    naming it, so a rerun never silently redoes or drops cells (evals/resume.py)."""
+    return read_records(path, cell_key)
+
+
+def ruler_settings(model: str, tokenizer: Any, max_new_tokens: int | None,
+                   haystack: str | Path | None) -> dict[str, Any]:
+    """What a RULER cell's score depends on besides its coordinates (task, length, sample, seed):
+    a rerun into a folder made with other settings is refused (evals/resume.py)."""
+    return {"model": model, "tokenizer_sha256": tokenizer_identity(tokenizer), "max_new_tokens": max_new_tokens,
+            "haystack": haystack_identity(haystack)}
 
 
 def run_cells(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,
@@ -200,30 +197,32 @@ def run_suite(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], l
               out: str | Path, *, seed: int = 0, threshold: float = DEFAULT_THRESHOLD,
               max_new_tokens: int | None = None, batch_size: int = 1,
               on_record: Callable[[dict[str, Any]], None] | None = None,
-              on_progress: Callable[[int, int, float], None] | None = None) -> dict[str, Any]:
+              on_progress: Callable[[int, int, float], None] | None = None,
+              settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the missing cells into OUT/results.jsonl, then write OUT/summary.json and summary.csv.
 
-    `on_progress(done, total, elapsed_s)` follows each record (`on_record`): cells scored in this
-    run, cells this run has to score, seconds since it started (curation.progress.progress_line)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    results = out / "results.jsonl"
-    records = read_results(results)
+    `settings` (default: `ruler_settings` of the backend, the builder's tokenizer and
+    `max_new_tokens`, no haystack named) must match those the folder's records were made with
+    (evals/resume.py). `on_progress(done, total, elapsed_s)` follows each record (`on_record`):
+    cells scored in this run, cells this run has to score, seconds since it started
+    (curation.progress.progress_line)."""
+    if settings is None:
+        settings = ruler_settings(backend.name, builder.tokenizer, max_new_tokens, None)
+    folder = ResultsFolder(Path(out), "ruler", settings, cell_key)
+    records = folder.read()
     done = {cell_key(r) for r in records}
     total = len(pending_cells(tasks, lengths, samples, seed, done))  # a rerun skips the done ones
     start = time.monotonic()
-    with open(results, "a", encoding="utf-8") as fh:
-        for count, record in enumerate(run_cells(backend, builder, tasks, lengths, samples, seed, done=done,
-                                                 max_new_tokens=max_new_tokens, batch_size=batch_size), 1):
-            fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()  # a long run's records reach the disk as they come
-            records.append(record)
-            if on_record is not None:
-                on_record(record)
-            if on_progress is not None:
-                on_progress(count, total, time.monotonic() - start)
+    new = run_cells(backend, builder, tasks, lengths, samples, seed, done=done, max_new_tokens=max_new_tokens,
+                    batch_size=batch_size)
+    for count, record in enumerate(folder.append(new), 1):
+        records.append(record)
+        if on_record is not None:
+            on_record(record)
+        if on_progress is not None:
+            on_progress(count, total, time.monotonic() - start)
     names = [t.name for t in tasks]
     wanted = [r for r in records if r["task"] in names and int(r["sample"]) < samples]
     summary = summarize(wanted, names, lengths, seed, threshold, backend.name)
-    write_summary(summary, out)
+    write_summary(summary, folder.out)
     return summary

@@ -11,11 +11,17 @@ itself always). Outputs go to STAGE_OUT/eval/ (ruler/, niah/, loss_by_position/)
 STAGE_OUT/eval/summary.json that lays the headline numbers side by side. The model is the stage's
 final checkpoint, run with our JAX decoder; the tokenizer is the one the stage's shards record
 unless the section names one.
+
+`check_stages` runs before the first stage trains: every value of the section is read then, and a
+RULER task whose shortest prompt (with its answer budget) does not fit one of a stage's lengths
+stops the plan in one line naming the stage, the task, the length and the least context it needs.
+`tasks: all` is the synthetic tasks (a plan gives no QA files).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,9 +43,7 @@ class RulerSection(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _known_tasks(cls, tasks: str) -> str:  # each value is checked when the plan is read, not after stage 1
-        from evals.tasks import parse_tasks
-
-        parse_tasks(tasks)
+        ruler_task_names(tasks)
         return tasks
 
 
@@ -110,14 +114,66 @@ class EvalSection(BaseModel):
         return tokenizer
 
 
-def check_stages(section: EvalSection, stages: list[tuple[str, int]]) -> None:
-    """What the section asks of each (stage name, seq_len) of a plan, before the first stage
-    trains: some of its lengths fit the stage (ValueError naming the stage otherwise)."""
-    for name, seq_len in stages:
+def check_stages(section: EvalSection, stages: Sequence[tuple[str, int] | tuple[str, int, str | None]]) -> None:
+    """What the section asks of each stage of a plan, (name, seq_len) or (name, seq_len, data
+    spec), before the first stage trains (ValueError naming the stage otherwise): some of its
+    lengths fit the stage, and every RULER task's prompt fits each length it is evaluated at
+    (`evals.common.check_min_context`, with the tokenizer the evaluation will use: the section's,
+    else the one the stage's shards record; without either nothing is tokenized)."""
+    tokenizers: dict[str, Any] = {}
+    tasks: dict[int, list[Any]] = {}
+    for stage in stages:
+        name, seq_len = stage[0], stage[1]
+        data = stage[2] if len(stage) > 2 else None
         try:
-            stage_lengths(seq_len, section.lengths)
+            lengths = stage_lengths(seq_len, section.lengths)
+            if section.ruler is not None:
+                _check_ruler_fits(section, lengths, data, tokenizers, tasks)
         except ValueError as err:
             raise ValueError(f"stage {name}: {err}") from None
+
+
+def _check_ruler_fits(section: EvalSection, lengths: list[int], data: str | None, tokenizers: dict[str, Any],
+                      tasks: dict[int, list[Any]]) -> None:
+    """The section's RULER tasks built as `evaluate_stage` builds them (so a bad haystack is found
+    now), and their shortest prompts measured at `lengths` with the evaluation's tokenizer."""
+    from evals import niah
+    from evals.common import PromptBuilder, check_min_context
+    from evals.generators import load_niah_tokenizer
+    from evals.tasks import build_tasks
+
+    rs = section.ruler
+    book_words = _book_words(lengths)
+    if book_words not in tasks:
+        tasks[book_words] = build_tasks(ruler_task_names(rs.tasks), haystack=section.haystack, book_words=book_words)
+    spec = section.tokenizer or (_recorded_tokenizer(data) if data else None)
+    if not spec:
+        return  # said when the stage is evaluated (no tokenizer recorded), or by the data checks (no shards)
+    if spec not in tokenizers:
+        tokenizers[spec] = load_niah_tokenizer(spec)
+    tokenizer = tokenizers[spec]
+    builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
+    check_min_context(tasks[book_words], builder, lengths, rs.samples, section.seed, rs.max_new_tokens)
+
+
+def _book_words(lengths: list[int]) -> int:
+    return max(400_000, 2 * max(lengths))
+
+
+def ruler_task_names(spec: str) -> list[str]:
+    """The section's `tasks`: `all` is the synthetic ones, as for `eval ruler` without QA files
+    (a plan names none); a QA task named on its own is refused, as it has no file here."""
+    from evals.tasks import QA_FILES, parse_tasks
+
+    names = parse_tasks(spec)
+    if "all" in [p.strip() for p in spec.split(",")]:
+        return [n for n in names if n not in QA_FILES]
+    qa = [n for n in names if n in QA_FILES]
+    if qa:
+        raise ValueError(f"{', '.join(qa)} {'needs' if len(qa) == 1 else 'need'} a QA file, which an eval: section "
+                         f"cannot give; run {'it' if len(qa) == 1 else 'them'} with "
+                         f"`longctx eval ruler {' '.join(QA_FILES[n] + ' FILE' for n in qa)}`")
+    return names
 
 
 def stage_lengths(seq_len: int, lengths: list[int | str] | None) -> list[int]:
@@ -130,15 +186,38 @@ def stage_lengths(seq_len: int, lengths: list[int | str] | None) -> list[int]:
     return sorted({n for n in (seq_len // 8, seq_len // 4, seq_len // 2) if n >= 1024} | {seq_len})
 
 
+def _first_source(data: str) -> str:
+    """The first folder of a data spec (a mixture's sources share one tokenizer: training.data.check_plan_data)."""
+    from training.data import parse_data_mix
+
+    return parse_data_mix(data)[0][0]
+
+
+def _tokenizer_name(stage: Any, data: str) -> str:
+    name = stage.info.tokenizer.get("name")
+    if not name:
+        raise ValueError(f"the shards under {data} record no tokenizer name: give eval.tokenizer")
+    return str(name)
+
+
+def _recorded_tokenizer(data: str) -> str | None:
+    """The tokenizer name the stage's shards record (ValueError when they record none); None when
+    they cannot be opened yet (training.data.check_plan_data says why, in its own words)."""
+    from training.data import StageData
+
+    try:
+        stage = StageData.open(_first_source(data))
+    except (OSError, ValueError):
+        return None
+    return _tokenizer_name(stage, data)
+
+
 def _stage_tokenizer(data: str, section: EvalSection) -> str:
     if section.tokenizer:
         return section.tokenizer
     from training.data import StageData
 
-    name = StageData.open(data).info.tokenizer.get("name")
-    if not name:
-        raise ValueError(f"the shards under {data} record no tokenizer name: give eval.tokenizer")
-    return str(name)
+    return _tokenizer_name(StageData.open(_first_source(data)), data)
 
 
 def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | None = None,
@@ -151,8 +230,8 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
     from evals.common import PromptBuilder
     from evals.generators import FlaxGenerator
     from evals.loss_by_position import loss_by_position, write_outputs
-    from evals.runner import GeneratorBackend, run_suite
-    from evals.tasks import build_tasks, parse_tasks
+    from evals.runner import GeneratorBackend, ruler_settings, run_suite
+    from evals.tasks import build_tasks
     from training.checkpoint import load_any_params
 
     say = log or (lambda message: None)
@@ -185,12 +264,13 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
                                   q_chunk=section.chunk, kv_chunk=section.chunk)
         if section.ruler is not None:
             rs = section.ruler
-            tasks = build_tasks(parse_tasks(rs.tasks), haystack=section.haystack,
-                                book_words=max(400_000, 2 * max(lengths)))
+            tasks = build_tasks(ruler_task_names(rs.tasks), haystack=section.haystack,
+                                book_words=_book_words(lengths))
             builder = PromptBuilder(tokenizer, niah.PromptFrame.for_tokenizer(tokenizer))
             ruler = run_suite(GeneratorBackend(generator, tokenizer, name), builder, tasks, lengths, rs.samples,
                               out / "ruler", seed=section.seed, threshold=rs.threshold, max_new_tokens=rs.max_new_tokens,
-                              batch_size=section.batch_size)
+                              batch_size=section.batch_size,
+                              settings=ruler_settings(name, tokenizer, rs.max_new_tokens, section.haystack))
             from evals.plots import write_ruler_plots
 
             write_ruler_plots(ruler, out / "ruler")  # as `eval ruler` does: scores by length, heatmap

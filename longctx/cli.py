@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                     section = EvalSection.model_validate(plan.eval)
                 except ValidationError as err:
                     raise ValueError(f"{args.plan}: {validation_line(err, lambda loc: ('eval', *loc), lambda place: list(EvalSection.model_fields) if place == ('eval',) else [])}") from None
-                check_stages(section, [(name, config.seq_len) for name, config in plan.stage_configs()])
+                check_stages(section, [(name, config.seq_len, config.data) for name, config in plan.stage_configs()])
                 after = lambda name, config: evaluate_stage(config, section, log=console.print)  # noqa: E731
             results = train_stages(plan, after)
         except (ConfigMismatch, ValueError) as err:  # a bad plan, unfinished data, a damaged checkpoint

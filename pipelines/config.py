@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import typing
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -176,12 +177,23 @@ class VideoConfig(JobConfig):
     vqgan: str = Field("", description="VQGAN: a diffusers VQModel folder (config.json + safetensors), our saved params, or a hub id")
     video_field: str = Field("video", description="manifest field with the video's path or URL (relative paths are relative to the manifest)")
     fps: float | None = Field(1.0, gt=0.0, allow_inf_nan=False, description="sample frames at this rate (uniform); None with frame_count for a fixed count")
-    frame_count: int | None = Field(None, ge=1, description="sample exactly this many frames per video, uniformly (instead of fps)")
+    frame_count: int | None = Field(None, ge=1, description="sample exactly this many frames per video, uniformly (instead of fps: giving both is refused)")
     max_frames: int = Field(512, ge=1, description="at most this many frames per video (still spanning the whole video)")
     frame_size: int = Field(256, ge=1, description="frames are resized (short side) and center-cropped to this size")
     encode_batch: int = Field(8, ge=1, description="frames decoded and encoded per batch (fixed jitted shape)")
     vision_layout: VisionLayout = vision_layout_field()
     text_position: Literal["auto", "before", "after"] = Field("auto", description="text before or after the vision block; auto picks per example, deterministically")
+
+    @staticmethod
+    def check_given(given: dict[str, Any], where: Callable[[str], str]) -> None:
+        """What the user gave (the --config file's keys and the flags, before the defaults are
+        filled in; `where(key)` names a key as it was given, for the message): frames are sampled by frame_count or by fps, and frame_count wins, so an fps
+        given with it would be ignored without a word. Checked here rather than on the model:
+        a manifest's config is validated again with every field set (fps's default included)."""
+        if given.get("fps") is None or given.get("frame_count") is None:
+            return
+        raise ValueError(f"{where('fps')} and {where('frame_count')} are both given, but frames are sampled by one of them "
+                         "(frame_count: exactly that many; fps: at that rate): give only one (fps: null in a config file)")
 
 
 class ImagesConfig(JobConfig):
@@ -261,6 +273,7 @@ def config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseMo
     data = load_yaml(args.config) if getattr(args, "config", None) else {}
     if issubclass(model, JobConfig):
         refuse_trainer_keys(data, str(args.config))
+    flagged = set()
     for name in model.model_fields:
         value = getattr(args, name, None)
         if value is None:
@@ -268,8 +281,19 @@ def config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseMo
         if name == "stages":  # --stages 32k,128k or repeated --stages
             value = [s for part in value for s in part.split(",") if s]
         data[name] = value
+        flagged.add(name)
     try:
-        return model.model_validate(data)
+        config = model.model_validate(data)
     except ValidationError as err:  # a mistyped key or a wrong value: one line, naming where
         source = f"{args.config}: " if getattr(args, "config", None) else ""
         raise ValueError(f"{source}{validation_line(err, known_keys=top_level_keys(model))}") from None
+    check_given = getattr(model, "check_given", None)
+    if check_given is not None:  # settings that exclude each other, judged on what the user gave
+
+        def where(name: str) -> str:
+            if name in flagged:
+                return f"{_flag(name, model.model_fields[name])} {data[name]}"
+            return f"{name}: {data[name]} in {args.config}"
+
+        check_given(data, where)
+    return config

@@ -233,15 +233,35 @@ def validate(config: JobConfig, beam_args: list[str] | PipelineOptions | None = 
     return info
 
 
+def shown_difference(old: str, new: str, width: int = 60, before: int = 20) -> tuple[str, str]:
+    """`old` and `new` as a line shows them: whole when both fit in `width` characters, else the
+    same window of each, from `before` characters ahead of where they first differ, with `...`
+    where a side is cut (two long values that differ only near the end show that end)."""
+    if len(old) <= width and len(new) <= width:
+        return old, new
+    first = next((i for i, (a, b) in enumerate(zip(old, new)) if a != b), min(len(old), len(new)))
+    start = max(0, first - before)
+    if start <= 3:  # "..." would hide no more than itself
+        start = 0
+    span = width - 3 - (3 if start else 0)
+
+    def cut(text: str) -> str:
+        piece = text[start:start + span]
+        return ("..." if start else "") + piece + ("..." if start + span < len(text) else "")
+
+    return cut(old), cut(new)
+
+
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """The config keys whose values differ, as `key: old -> new` (values shortened)."""
-    def short(value: Any) -> str:
-        text = json.dumps(value, sort_keys=True, default=str)
-        return text if len(text) <= 60 else text[:57] + "..."
+    """The config keys whose values differ, as `key: old -> new` (long values shortened to the
+    part where they differ)."""
+    def text(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
 
     missing = object()
     keys = sorted(set(old) | set(new))
-    return [f"{k}: {short(old.get(k))} -> {short(new.get(k))}" for k in keys if old.get(k, missing) != new.get(k, missing)]
+    return [f"{k}: {' -> '.join(shown_difference(text(old.get(k)), text(new.get(k))))}"
+            for k in keys if old.get(k, missing) != new.get(k, missing)]
 
 
 def check_finished(output: str, finished: dict[str, Any], config: JobConfig) -> None:

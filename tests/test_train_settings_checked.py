@@ -26,11 +26,9 @@ def _train_error(argv: list[str], capsys) -> str:
     return lines[-1]
 
 def _plan_error(argv: list[str], capsys) -> str:
-    code = main(["plan", *argv, "--estimate"])
-    out = capsys.readouterr().out
-    assert code == 2, out
-    assert "Traceback" not in out
-    return " ".join(out.split())
+    lines = cli_error(["plan", *argv, "--estimate"], capsys)
+    assert lines[0].startswith("usage: longctx plan "), lines
+    return lines[-1]
 
 
 def _run_args(tmp_path, *extra: str) -> list[str]:
@@ -124,7 +122,7 @@ def test_impossible_numbers_are_refused_by_plan_set(capsys, setting, expected):
 
 def test_plan_set_on_a_stage_plan_refuses_an_unknown_key(capsys):
     assert _plan_error(["--plan", PLAN, "--set", "global_bach=2"], capsys) == (
-        "longctx plan: --set: unknown key 'global_bach' (did you mean 'global_batch'?)")
+        "longctx plan: error: --set: unknown key 'global_bach' (did you mean 'global_batch'?)")
 
 
 def test_train_stages_refuses_impossible_numbers(tmp_path, capsys):
@@ -140,7 +138,7 @@ def test_train_stages_refuses_impossible_numbers(tmp_path, capsys):
 @pytest.mark.parametrize("mfu", ["0", "-1", "1.5"])
 def test_plan_refuses_an_mfu_outside_zero_to_one(capsys, mfu):
     assert _plan_error(["--config", TINY, "--mfu", mfu], capsys) == (
-        f"longctx plan: --mfu {float(mfu)}: model FLOPs utilisation is a fraction, 0 < mfu <= 1 (e.g. 0.4)")
+        f"longctx plan: error: --mfu {float(mfu)}: model FLOPs utilisation is a fraction, 0 < mfu <= 1 (e.g. 0.4)")
 
 
 def test_out_that_is_a_file_is_one_line(tmp_path, capsys):

@@ -120,6 +120,80 @@ def place_params(params: Any, mesh: Mesh) -> Any:
     return jax.tree.map(lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec)), params, specs)
 
 
+# Positions are int32 (the buffer's arange, each row's decoding position): the last one a decoder
+# can write is 2**31 - 1.
+MAX_POSITIONS = 2**31 - 1
+
+
+def device_memory_bytes(device: Any = None) -> int | None:
+    """What one device can hold: its allocator's limit (GPU, TPU), or for a CPU device this
+    machine's physical memory; None where neither is known."""
+    device = device or jax.local_devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # noqa: BLE001  (backends differ: CPU raises or returns None)
+        stats = {}
+    if stats.get("bytes_limit"):
+        return int(stats["bytes_limit"])
+    if device.platform == "cpu":
+        import os
+
+        try:
+            return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return None
+    return None
+
+
+def decode_bytes(config: ModelConfig, prompt_tokens: int, new_tokens: int, rows: int = 1) -> dict[str, int]:
+    """A floor on what decoding holds at once on its one device without a mesh (`generate` with
+    mesh=None, as `longctx generate` runs): the params; the KV cache `_Decoder` allocates, a slot
+    per position of its buffer (L = prompt + new - 1 per row) for keys and values of every layer,
+    in the compute dtype; and the prefill's dense attention scores over that whole buffer, one
+    layer's at a time (rows x heads x L x L, float32). Activations and the probabilities come on
+    top: a request over this floor cannot run."""
+    from training.model import init_params
+
+    length = prompt_tokens + new_tokens - 1
+    abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
+    params = sum(math.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(abstract))
+    cache = 2 * config.num_layers * rows * length * config.num_kv_heads * config.head_dim * jnp.dtype(config.dtype).itemsize
+    scores = rows * config.num_heads * length * length * 4
+    return {"params": int(params), "kv_cache": int(cache), "prefill_scores": int(scores)}
+
+
+def check_decode_fits(config: ModelConfig, prompt_tokens: int, new_tokens: int, rows: int = 1,
+                      memory_bytes: int | None = None, what: str | None = None) -> None:
+    """Refuse, with a one-line ValueError, a decode (no mesh) that cannot run: more positions than
+    int32 positions address, or more bytes than one device holds (`decode_bytes`'s floor against
+    `memory_bytes`, default `device_memory_bytes()`; no memory check where that is unknown).
+    Call it before the weights load: it needs the ModelConfig only. `what` names the request in
+    the message (default: the token counts)."""
+    what = what or f"decoding {prompt_tokens:,} prompt + {new_tokens:,} new tokens"
+    length = prompt_tokens + new_tokens - 1
+    if length > MAX_POSITIONS:
+        raise ValueError(f"{what}: {length:,} positions, but positions are int32 (at most {MAX_POSITIONS:,}): "
+                         "ask for fewer new tokens")
+    memory = device_memory_bytes() if memory_bytes is None else memory_bytes
+    if memory is None:
+        return
+    parts = decode_bytes(config, prompt_tokens, new_tokens, rows)
+    needed = sum(parts.values())
+    if needed > memory:
+        raise ValueError(f"{what} needs at least {needed:,} bytes ({_size(needed)}) on one device (KV cache "
+                         f"{_size(parts['kv_cache'])}, prefill attention scores {_size(parts['prefill_scores'])}, "
+                         f"params {_size(parts['params'])}), but it holds {_size(memory)}: ask for fewer new tokens")
+
+
+def _size(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number >= 1 (`1.5 GiB`, `640.0 KiB`)."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    step = 0
+    while n >= 1024 and step < len(units) - 1:
+        n, step = n / 1024, step + 1
+    return f"{n:,.0f} bytes" if step == 0 else f"{n:,.1f} {units[step]}"
+
+
 class _Decoder:
     """One batch of generations: the prompts prefilled into the KV cache (one row each, padded on
     the right), then one token per row in, one pick per row out, each row at its own position."""

@@ -47,6 +47,7 @@ def add_plan_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     parser.add_argument("--max-compiles", type=int, default=4, help="compiles per stage in --search (default 4)")
     parser.add_argument("--estimate", action="store_true", help="analytic estimate only, even where compiling is possible")
     parser.add_argument("--json", help="write the per-stage numbers to this JSON file")
+    parser.set_defaults(plan_parser=parser)  # run_plan's errors print this command's usage, as argparse's do
     return parser
 
 
@@ -87,11 +88,14 @@ def _proposal(report: StageReport) -> str:
 
 
 def run_plan(args: argparse.Namespace, console: Console) -> int:
+    """`longctx plan`: 0 when every stage fits, 1 when one does not. A setting the plan cannot
+    take (a flag, --set, the config or stage plan) stops it as every command's errors do: the
+    usage line, then one line `longctx plan: error: ...` on stderr, exit code 2 (SystemExit)."""
     try:
         return _run(args, console)
     except PlanError as err:
-        console.print(f"[red]longctx plan: {err}[/]")
-        return 2
+        parser = getattr(args, "plan_parser", None) or argparse.ArgumentParser(prog="longctx plan")
+        parser.error(" ".join(str(err).split()))
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
