@@ -31,8 +31,13 @@ demo: $(STAMP)
 	rm -rf out/demo/run
 	$(VENV)/bin/longctx train --config configs/train/demo.yaml
 
+# The suite runs in TEST_WORKERS processes (pytest-xdist): CI has 2 cores, and most tests keep only
+# one busy (Beam's in-memory runner, a toy model's Python-side steps). Each worker imports JAX,
+# torch and Beam; `make test TEST_WORKERS=0` runs the suite in one process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) lint-imports
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --durations=15
 
 # The layering contracts in pyproject.toml ([tool.importlinter]): a broken one names the import.
 lint-imports: $(STAMP)
@@ -41,7 +46,7 @@ lint-imports: $(STAMP)
 # The same suite in a random order (pytest-randomly prints its seed; replay one order with
 # `.venv/bin/python -m pytest -p randomly --randomly-seed=N`).
 test-shuffled: $(STAMP)
-	$(PY) -m pytest -q -p randomly
+	$(PY) -m pytest -q -p randomly -n $(TEST_WORKERS)
 
 clean-demo:
 	rm -rf out/demo
