@@ -1,5 +1,5 @@
 """Units, in one place: the lengths people type (`4096`, `32k`, `1m`, `1.5k`) and the numbers we
-print (GiB, percents, durations, with `-` for a value that is not known).
+print (GiB and other byte sizes, percents, durations, with `-` for a value that is not known).
 
 Pure functions with no dependencies: stage specs (`curation.stages`), evaluation lengths, the
 planner's table, inspect's tables and progress lines all read and write numbers through here, so
@@ -58,6 +58,16 @@ def gib(n: float | None) -> str:
     return number(None if n is None else n / GiB, ",.2f")
 
 
+def byte_size(n: float) -> str:
+    """Bytes in the largest binary unit that keeps the number at least 1, with one decimal
+    (`1.5 GiB`, `640.0 KiB`, `12 bytes`): for messages about sizes that span many magnitudes."""
+    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    step = 0
+    while n >= 1024 and step < len(units) - 1:
+        n, step = n / 1024, step + 1
+    return f"{n:,.0f} bytes" if step == 0 else f"{n:,.1f} {units[step]}"
+
+
 def duration(seconds: float) -> str:
     """A short human duration in whole seconds: 45s, 12m05s, 3h07m (negative counts as 0)."""
     seconds = max(int(round(seconds)), 0)
@@ -70,4 +80,4 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-__all__ = ["COUNT_FORM", "GiB", "MISSING", "duration", "gib", "number", "parse_count", "percent"]
+__all__ = ["COUNT_FORM", "GiB", "MISSING", "byte_size", "duration", "gib", "number", "parse_count", "percent"]

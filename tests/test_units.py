@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from curation import progress, stages
-from curation.units import GiB, duration, gib, number, parse_count, percent
+from curation.units import GiB, byte_size, duration, gib, number, parse_count, percent
 
 
 @pytest.mark.parametrize("text, want", [
@@ -67,3 +67,9 @@ def test_number_formats_print_a_dash_for_unknown_values():
 def test_duration_and_the_progress_lines_that_use_it():
     assert [duration(s) for s in (0, 59.4, 61, 3600 + 7 * 60 + 5, -3)] == ["0s", "59s", "1m01s", "1h07m", "0s"]
     assert progress.progress_line("generated", "chunks", 40, 228, 360.0).endswith("ETA 28m12s, elapsed 6m00s")
+
+
+@pytest.mark.parametrize("n, want", [(0, "0 bytes"), (1023, "1,023 bytes"), (1024, "1.0 KiB"), (1536 * 1024, "1.5 MiB"),
+                                     (3 * GiB, "3.0 GiB"), (5 * 1024**5, "5.0 PiB"), (2048 * 1024**6, "2,048.0 EiB")])
+def test_byte_size_picks_the_largest_unit_that_keeps_the_number_at_least_one(n, want):
+    assert byte_size(n) == want

@@ -31,6 +31,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from curation.units import byte_size
 from curation.vision_layout import CODES_PER_FRAME
 from training.mesh import BATCH_AXES, batch_sharding, data_parallel_size
 from training.model import LlamaModel, ModelConfig, output_kernel, param_partition_specs, vision_output_kernel
@@ -180,18 +181,9 @@ def check_decode_fits(config: ModelConfig, prompt_tokens: int, new_tokens: int, 
     parts = decode_bytes(config, prompt_tokens, new_tokens, rows)
     needed = sum(parts.values())
     if needed > memory:
-        raise ValueError(f"{what} needs at least {needed:,} bytes ({_size(needed)}) on one device (KV cache "
-                         f"{_size(parts['kv_cache'])}, prefill attention scores {_size(parts['prefill_scores'])}, "
-                         f"params {_size(parts['params'])}), but it holds {_size(memory)}: ask for fewer new tokens")
-
-
-def _size(n: float) -> str:
-    """Bytes in the largest binary unit that keeps the number >= 1 (`1.5 GiB`, `640.0 KiB`)."""
-    units = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
-    step = 0
-    while n >= 1024 and step < len(units) - 1:
-        n, step = n / 1024, step + 1
-    return f"{n:,.0f} bytes" if step == 0 else f"{n:,.1f} {units[step]}"
+        raise ValueError(f"{what} needs at least {needed:,} bytes ({byte_size(needed)}) on one device (KV cache "
+                         f"{byte_size(parts['kv_cache'])}, prefill attention scores {byte_size(parts['prefill_scores'])}, "
+                         f"params {byte_size(parts['params'])}), but it holds {byte_size(memory)}: ask for fewer new tokens")
 
 
 class _Decoder:
