@@ -462,6 +462,9 @@ def _resolve_diffusers_dir(path: str | os.PathLike) -> Path:
     local = Path(path)
     if local.is_dir():
         return local
+    if local.exists() or str(path).startswith(("/", "./", "../", "~")):  # plainly local: never a hub id
+        raise FileNotFoundError(f"VQGAN {str(path)!r}: {'not a folder' if local.exists() else 'no such folder'} "
+                                "(expected a diffusers VQModel folder or our saved params)")
     # A hub id, optionally with a subfolder: "amused/amused-256/vqvae".
     parts = str(path).strip("/").split("/")
     if len(parts) < 2:
@@ -497,7 +500,7 @@ def load_diffusers_vqmodel(path: str | os.PathLike) -> tuple[VQGANConfig, dict]:
     config = VQGANConfig.from_diffusers_config(json.loads(cfg_file.read_text()))
     for name in DIFFUSERS_WEIGHT_FILES:
         if (folder / name).is_file():
-            state = load_file(str(folder / name))
+            state = _read_weights(folder / name, load_file)
             break
     else:
         raise FileNotFoundError(
@@ -528,15 +531,58 @@ def load_params(path: str | os.PathLike) -> tuple[VQGANConfig, dict]:
     if "longctx_vqgan" not in meta:
         raise ValueError(f"{folder / CONFIG_FILE} is not a longctx VQGAN config (use load_diffusers_vqmodel?)")
     config = VQGANConfig.from_dict(meta["longctx_vqgan"])
-    flat = load_file(str(folder / PARAMS_FILE))
+    if not (folder / PARAMS_FILE).is_file():
+        raise FileNotFoundError(f"VQGAN {str(folder)!r}: no {PARAMS_FILE} beside its {CONFIG_FILE} (our saved params "
+                                "are both files, as save_params writes them)")
+    flat = _read_weights(folder / PARAMS_FILE, load_file)
     return config, _unflatten({k: jnp.asarray(v) for k, v in flat.items()})
 
 
+def _read_weights(path: Path, load_file) -> dict[str, np.ndarray]:
+    """`load_file(path)`, with a file safetensors cannot read (cut short, or not safetensors) said
+    as a one-line ValueError naming it rather than the library's SafetensorError."""
+    from safetensors import SafetensorError
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as err:
+        raise ValueError(f"VQGAN weights {path} cannot be read ({err}): a copy cut short? copy the folder again") from None
+
+
+def vqgan_weights_problem(folder: str | os.PathLike) -> str | None:
+    """Why the local VQGAN `folder` (its config.json is there) holds no weights that can be loaded,
+    or None. Reads the safetensors header only (it also says whether the file is whole), so a
+    vision job finds a missing or cut-short weights file before it starts, not in every worker."""
+    from safetensors import SafetensorError, safe_open
+
+    folder = Path(folder)
+    names = (PARAMS_FILE,) if _our_config(folder) else DIFFUSERS_WEIGHT_FILES
+    found = next((folder / n for n in names if (folder / n).is_file()), None)
+    if found is None:
+        return f"no {' or '.join(names)} beside its {CONFIG_FILE}"
+    try:
+        with safe_open(str(found), framework="np"):
+            pass
+    except SafetensorError as err:  # a header that cannot be read, or a file shorter than its header says
+        return f"{found.name} cannot be read ({err}): a copy cut short? copy the folder again"
+    return None
+
+
 def load_vqgan_params(path: str | os.PathLike) -> tuple[VQGANConfig, dict]:
-    """Either layout: our own (`params.safetensors`) or a diffusers VQModel folder / hub id."""
-    if (Path(path) / PARAMS_FILE).is_file():
+    """Either layout: our own (`params.safetensors`, or a config.json of ours) or a diffusers
+    VQModel folder / hub id."""
+    if (Path(path) / PARAMS_FILE).is_file() or _our_config(Path(path)):
         return load_params(path)
     return load_diffusers_vqmodel(path)
+
+
+def _our_config(folder: Path) -> bool:
+    """Whether `folder` holds a config.json that save_params wrote (a JSON object with `longctx_vqgan`)."""
+    try:
+        meta = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and "longctx_vqgan" in meta
 
 
 # ----------------------------------------------------------------------------------------------

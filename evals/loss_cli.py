@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.units import parse_count
-from evals.model_cli import check_at_least_one, model_name
+from evals.model_cli import check_at_least_one, check_hf_model_path, check_out_folder, check_torch_device, model_name
 
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,17 +68,55 @@ def book_tokenizer(args: argparse.Namespace, hf_folder: str | None) -> tuple[Any
     return tokenizer, (info.bos_id if add_bos else None), spec
 
 
+def check_hf_data_tokenizer(model_folder: str, data: str, shard_record: dict[str, Any] | None) -> str:
+    """Refuse (ValueError, one line) shards whose tokenizer has another vocabulary size or other
+    special ids than the --hf-model's own tokenizer: the model would score other text for the
+    same ids, with no word. Returns a note when only the file differs (same vocabulary size and
+    special ids, e.g. a tokenizer.model and its tokenizer.json) or the model's tokenizer cannot
+    be read; "" when they agree or the shards record none."""
+    from curation.tokenize import load_tokenizer
+
+    if not shard_record or not shard_record.get("vocab_size"):
+        return ""
+    try:
+        _, info = load_tokenizer(model_folder)
+    except (ValueError, OSError) as err:
+        return f"the shards' tokenizer was not compared with the model's, whose own cannot be loaded ({err})"
+    names = ("vocab_size", "bos_id", "eos_id", "pad_id")
+    diff = [f"{n} {getattr(info, n)} != {shard_record.get(n)}" for n in names if getattr(info, n) != shard_record.get(n)]
+    if diff:
+        raise ValueError(f"--data {data} was made with tokenizer {shard_record.get('name')!r}, not the --hf-model's own "
+                         f"({', '.join(diff)}): its ids stand for other text; score shards made with the model's tokenizer")
+    if shard_record.get("sha256") and info.sha256 != shard_record["sha256"]:
+        return (f"the shards were made with tokenizer {shard_record.get('name')!r}, another file than the model's "
+                f"(sha256 {str(shard_record['sha256'])[:12]} != {info.sha256[:12]}); its vocabulary size and special ids match")
+    return ""
+
+
 def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     from evals.loss_by_position import loss_by_position, parse_buckets, summarize_table, write_outputs
     from evals.loss_sources import is_book_source, read_book_rows
     buckets = parse_buckets(args.buckets)
-    check_at_least_one("--chunk", args.chunk)  # said as the flag, before any data or model is read
+    # Every flag is said as itself, before any data or model is read.
+    # --sp 0 divided the length by zero; -1 (training.mesh's "every device") made a negative ring chunk.
+    for flag, value in (("--chunk", args.chunk), ("--sp", args.sp), ("--rows", args.rows), ("--batch-rows", args.batch_rows)):
+        check_at_least_one(flag, value)
+    check_out_folder(args.out)
+    if args.hf_model:
+        check_hf_model_path(args.hf_model)
+        check_torch_device(args.device)
     books = is_book_source(args.data)
     if books and not args.length:
         raise ValueError(f"--data {args.data} holds raw books, not shards: give --length (e.g. 4k), the tokens per row")
     if not books and (args.length or args.tokenizer):
         raise ValueError("--length and --tokenizer are for raw books; a stage folder's rows already have their "
                          "length and tokenizer")
+    length = None
+    if books:
+        try:
+            length = parse_count(args.length, minimum=1)
+        except ValueError as err:
+            raise ValueError(f"--length {err}") from None
     data = None
     if not books:
         from training.data import StageData
@@ -87,9 +125,17 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     name = model_name(args)
     scorer = config = params = None
     if args.hf_model:
+        from curation.hf_models import resolve_generator
         from evals.hf_loss import HFScorer
 
-        scorer = HFScorer(args.hf_model, device=args.device)
+        try:
+            if data is not None:  # shards of another vocabulary than the model's tokenizer: other text for the same ids
+                note = check_hf_data_tokenizer(resolve_generator(args.hf_model)[0], args.data, data.info.tokenizer)
+                if note:
+                    console.print(f"[yellow]{note}[/yellow]", highlight=False)
+            scorer = HFScorer(args.hf_model, device=args.device)
+        except OSError as err:  # transformers' word for a folder or hub id it cannot load
+            raise ValueError(f"--hf-model {args.hf_model} cannot be loaded: {' '.join(str(err).split())[:400]}") from None
     else:
         from training.checkpoint import load_any_params
         from training.hf import check_data_tokenizer
@@ -100,7 +146,7 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     extra: dict[str, Any] = {}
     if books:
         tokenizer, bos_id, spec = book_tokenizer(args, scorer.folder if scorer else None)
-        data = read_book_rows(args.data, tokenizer, parse_count(args.length, minimum=1), bos_id=bos_id, text_field=args.text_field)
+        data = read_book_rows(args.data, tokenizer, length, bos_id=bos_id, text_field=args.text_field)
         extra = {"source": "books", "tokenizer": spec, "bos": bos_id is not None, **data.describe()}
         console.print(f"{data.books} books -> {data.num_rows} rows of {data.length} tokens"
                       f"{f'; {len(data.skipped)} skipped' if data.skipped else ''}", highlight=False)

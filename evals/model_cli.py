@@ -117,9 +117,13 @@ def prepare_model(args: argparse.Namespace, name: str, max_length: int,
     before the weights load. An --endpoint is asked for its model's name now (no weights to load)."""
     check_at_least_one("--batch-size", getattr(args, "batch_size", 1))
     check_at_least_one("--chunk", getattr(args, "chunk", 1))
+    if getattr(args, "out", None):  # a file there stopped the run with a traceback when results were written
+        check_out_folder(args.out)
     if getattr(args, "endpoint", None):
         tokenizer, generator = endpoint_generator(args, name)
         return tokenizer, generator.name, lambda: generator
+    if getattr(args, "hf_model", None):  # torch said a bad one with a traceback from model.to(device)
+        check_torch_device(args.device)
     tokenizer = model_tokenizer(args)
     return tokenizer, name, lambda: load_generator(args, name, max_length, note, tokenizer)[1]
 
@@ -128,6 +132,51 @@ def check_at_least_one(flag: str, value: int | None) -> None:
     """Refuse (ValueError, one line) a count flag below 1; None is an unset flag, whose default applies."""
     if value is not None and value < 1:
         raise ValueError(f"{flag} must be at least 1, got {value}")
+
+
+def check_out_folder(out: str, flag: str = "--out") -> None:
+    """Refuse (ValueError, one line) an output folder that is a file, or lies under one: found
+    before the model loads, not when the results are written. Nothing is created."""
+    path = Path(out).expanduser()
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "" if place == path else f" ({place} is a file)"
+                raise ValueError(f"{flag} {out}: not a folder{where}")
+            return
+
+
+def check_torch_device(device: str, flag: str = "--device") -> None:
+    """Refuse (ValueError, one line) a torch device this machine cannot use (a misspelt name, no
+    CUDA, an index past the devices there), before the model loads; torch would raise it as a
+    RuntimeError or AssertionError from deep in `model.to(device)`."""
+    import torch
+
+    try:
+        where = torch.device(device)
+        if where.type == "cuda" and torch.cuda.is_available() and (where.index or 0) >= torch.cuda.device_count():
+            raise RuntimeError(f"this machine has {torch.cuda.device_count()} CUDA device(s)")
+        torch.empty(0, device=where)
+    except (RuntimeError, AssertionError, TypeError, ValueError) as err:
+        why = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(f"{flag} {device!r} cannot be used on this machine: {why[:300]}") from None
+
+
+def check_hf_model_path(model: str, flag: str = "--hf-model") -> None:
+    """Refuse (ValueError, one line) an --hf-model that is plainly a local path (absolute, ./, ../,
+    ~, or one that exists) but not a model: not there, a folder without config.json, or a file
+    that is not a .gguf. A hub id or package: spec is left to the loader."""
+    if model.startswith("package:") or "://" in model:
+        return
+    path = Path(model)
+    if not path.exists():
+        if model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf") or model.count("/") > 1:
+            raise ValueError(f"{flag} {model}: no such file or folder")
+        return
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise ValueError(f"{flag} {model}: no config.json in this folder, so it is not a transformers model")
+    if path.is_file() and path.suffix != ".gguf":
+        raise ValueError(f"{flag} {model}: a file that is not a model (pass a model folder or a .gguf file)")
 
 
 def parse_lengths_flag(spec: str) -> list[int]:

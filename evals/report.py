@@ -49,6 +49,11 @@ def _is_length(value: Any) -> bool:
     return True
 
 
+def _is_position(value: Any) -> bool:
+    """A bucket edge as loss_by_position.json writes it: a JSON integer (a string would reach the chart)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _scores(value: Any) -> bool:
     """{length: score}, as evals/runner.py writes the average and each task's row."""
     return isinstance(value, dict) and all(_is_length(n) and _is_number(s) for n, s in value.items())
@@ -85,7 +90,7 @@ def loss_problem(data: dict[str, Any]) -> str | None:
     """What a loss_by_position.json lacks of what the report reads (its buckets, its overall loss), or None."""
     buckets = data.get("buckets")
     if not isinstance(buckets, list) or not all(
-            isinstance(b, dict) and _is_length(b.get("start")) and _is_length(b.get("end"))
+            isinstance(b, dict) and _is_position(b.get("start")) and _is_position(b.get("end"))
             and (b.get("loss") is None or _is_number(b.get("loss"))) for b in buckets):
         return (f"'buckets' must be a list of {{\"start\", \"end\", \"loss\"}} position buckets, got {_shown(buckets)}")
     if data.get("loss") is not None and not _is_number(data["loss"]):
@@ -187,6 +192,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace, console: Console) -> int:
+    from evals.model_cli import check_out_folder
+
+    check_out_folder(args.out)  # a file there would stop it after the folders are read
     runs = load_runs(args.folders)
     console.print(report_table(runs))
     written = write_report(runs, args.out)

@@ -144,7 +144,14 @@ def check_vqgan_path(config: JobConfig) -> None:
         return
     local = Path(path).expanduser()
     plainly_local = path.startswith(("/", "./", "../", "~")) or local.exists() or len(path.strip("/").split("/")) < 2
-    if "://" in path or not plainly_local or (local / CONFIG_FILE).is_file():
+    if "://" not in path and (local / CONFIG_FILE).is_file():
+        from curation.vqgan import vqgan_weights_problem
+
+        problem = vqgan_weights_problem(local)  # missing or cut-short weights: else every worker's first encode fails
+        if problem:
+            raise ConfigError(f"vqgan {path!r}: {problem}")
+        return
+    if "://" in path or not plainly_local:
         return
     problem = "no such folder" if not local.exists() else f"no {CONFIG_FILE} in {'it' if local.is_dir() else 'a file'}"
     raise ConfigError(f"vqgan {path!r}: {problem} (expected a diffusers VQModel folder, our saved params, "
