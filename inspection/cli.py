@@ -295,9 +295,10 @@ def print_training_runs(runs: list[TrainingRun], console: Console) -> None:
 
 def run_training_inspect(args: argparse.Namespace, runs: list[TrainingRun], console: Console) -> int:
     """`longctx inspect RUN` on a training run (or a train-stages folder): summary and PNGs."""
-    if args.row is not None or args.stage is not None or args.vqgan:
-        console.print("[red]--row, --stage and --vqgan read a data job's shards; this is a training run[/red]")
-        return 2
+    given = [flag for flag, value in (("--row", args.row), ("--stage", args.stage), ("--vqgan", args.vqgan)) if value is not None]
+    if given:
+        raise InspectUsageError(f"{' and '.join(given)}: {args.dir} is a training run; --row, --stage and --vqgan read "
+                                "a data job's shards")
     print_training_runs(runs, console)
     if args.no_plots:
         return 0
@@ -310,10 +311,16 @@ def run_training_inspect(args: argparse.Namespace, runs: list[TrainingRun], cons
     return 0
 
 
+class InspectUsageError(ValueError):
+    """DIR or a flag does not fit what DIR holds (no output there, no such stage or row, --vqgan
+    on shards without vision codes): reported like every other error of inspect."""
+
+
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
-    """`longctx inspect`: 0 on success, 2 when DIR or a flag does not fit the output. A damaged
+    """`longctx inspect`: 0 on success. DIR or a flag that does not fit the output, a damaged
     file (manifest.json, a shard, a run's config.yaml) or a tokenizer that cannot be loaded stops
-    it with one line, `longctx inspect: error: ...`, and exit code 2 (SystemExit)."""
+    it with the usage and one line on stderr, `longctx inspect: error: ...`, and exit code 2
+    (SystemExit), as every command reports a user's mistake."""
     try:
         return _run_inspect(args, console)
     except (ValueError, OSError) as err:  # ManifestError, a truncated shard, TokenizerLoadError, bad YAML ...
@@ -321,26 +328,40 @@ def run_inspect(args: argparse.Namespace, console: Console) -> int:
         parser.error(" ".join(str(err).split()) or type(err).__name__)
 
 
+def _check_folder(path: str) -> None:
+    """DIR, which has no manifest.json, is at least a folder (InspectUsageError otherwise)."""
+    fs, root = fsspec.core.url_to_fs(path)
+    if fs.isdir(root):
+        return
+    if fs.exists(root):
+        raise InspectUsageError(f"{path} is a file, not a folder: pass a data job's output folder (its --output) "
+                                "or a training run folder")
+    raise InspectUsageError(f"{path}: no such folder, so nothing to inspect: pass a data job's output folder (its --output) "
+                            "or a training run folder")
+
+
 def _run_inspect(args: argparse.Namespace, console: Console) -> int:
     fs, manifest_path = fsspec.core.url_to_fs(join_url(args.dir, "manifest.json"))
     if not fs.exists(manifest_path):
+        _check_folder(args.dir)
         runs = training_runs(args.dir)
         if runs:
             return run_training_inspect(args, runs, console)
-        console.print(f"[red]{escape(args.dir)} has no manifest.json (a data job's output) and no config.yaml + "
-                      "metrics.jsonl (a training run, or a train-stages folder of them): nothing to inspect[/red]")
-        return 2
+        raise InspectUsageError(f"{args.dir} has no manifest.json (a data job's output) and no config.yaml + metrics.jsonl "
+                                "(a training run, or a train-stages folder of them): nothing to inspect")
     summary = summarize_output(args.dir)
     stages = [s.name for s in summary.stages]
     if args.stage is not None and args.stage not in stages:
-        console.print(f"[red]no stage {escape(repr(args.stage))} in {escape(args.dir)}; stages are {escape(', '.join(stages))}[/red]")
-        return 2
+        raise InspectUsageError(f"no stage {args.stage!r} in {args.dir}; stages are {', '.join(stages)}")
     stage = args.stage or (stages[0] if stages else None)
     if args.row is not None:
         rows = summary.stage(stage).rows if stage else 0
         if not 0 <= args.row < rows:
-            console.print(f"[red]--row {args.row}: stage {stage} has {rows:,} rows[/red]")
-            return 2
+            raise InspectUsageError(f"--row {args.row}: stage {stage} has {rows:,} rows"
+                                    + (f" (0 to {rows - 1:,})" if rows else ""))
+    if args.vqgan and not summary.has_vision:
+        # The VQGAN only decodes vision codes: on a books or QA output it would be ignored.
+        raise InspectUsageError(f"--vqgan {args.vqgan}: {args.dir} holds no vision rows (kind {summary.kind})")
 
     print_output_summary(summary, console)
 

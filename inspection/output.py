@@ -10,8 +10,11 @@ No Beam, no plotting (see `inspection.plots`).
 
 from __future__ import annotations
 
+import posixpath
 from dataclasses import dataclass
 from typing import Any
+
+import fsspec
 
 from curation.shards import ManifestError, join_url, read_manifest
 from inspection.curation_rejects import CurationRejects
@@ -54,6 +57,8 @@ def summarize_output(output: str, examples: int = 3, max_chars: int = 160) -> Ou
     manifest = read_manifest(output)
     check_stage_entries(manifest, join_url(output, "manifest.json"))
     check_counts(manifest, join_url(output, "manifest.json"))
+    check_kind(manifest, join_url(output, "manifest.json"))
+    check_listed_shards(output, manifest)
     stages = [stage_stats(output, name, manifest) for name in manifest["stages"]]
     rejects = read_rejects(output, manifest, examples, max_chars)
     return OutputSummary(output, manifest, stages, rejects, document_lengths(stages, rejects, manifest.get("kind", "books")))
@@ -102,3 +107,47 @@ def check_counts(manifest: dict[str, Any], url: str) -> None:
         if part and value and not (isinstance(value, dict) and count(value.get("read")) and count(value.get("accepted"))
                                    and by_reason(value.get("rejected", {}))):
             raise ManifestError(f"{url} is not a job manifest: {key!r} is not {{\"read\", \"accepted\", \"rejected\"}} counts")
+
+
+# The jobs whose outputs inspect reads (the `kind` a job's manifest records, pipelines.jobs.DATA_JOBS):
+# books filter documents by their stages' windows and count lengths per document; the others
+# (curation.stages.STAGE_RULES) cut examples to the row length and count lengths per example.
+KINDS = ("books", "qa", "video", "images")
+
+
+def check_kind(manifest: dict[str, Any], url: str) -> None:
+    """The manifest at `url` names a job kind inspect knows (ManifestError, one line naming the
+    kinds, otherwise): a `kind: 5` or `kind: "audio"` would be read as a books job's output."""
+    kind = manifest.get("kind")
+    if isinstance(kind, str) and kind in KINDS:
+        return
+    what = 'no "kind"' if kind is None else f'its "kind" is {kind!r}'
+    raise ManifestError(f"{url} is not a job manifest: {what}, not one of the kinds inspect reads ({', '.join(KINDS)})")
+
+
+class MissingShardsError(ValueError):
+    """Shards a finished job's manifest lists are not in its output folder."""
+
+
+def check_listed_shards(output: str, manifest: dict[str, Any]) -> None:
+    """Every shard the manifest lists is in `output` (MissingShardsError, one line naming the
+    missing files, otherwise). Checked here, with inspect's own advice, before the shards are
+    opened: curation.shards refuses them too, but its message is the trainer's (a setting to
+    train on unfinished data anyway), which inspect has no use for. One listing per folder."""
+    listed = [shard["path"] for entry in manifest["stages"].values() for shard in entry["shards"]]
+    present: dict[str, set[str]] = {}
+    for folder in dict.fromkeys(posixpath.dirname(path) for path in listed):
+        fs, root = fsspec.core.url_to_fs(join_url(output, folder) if folder else output.rstrip("/"))
+        try:
+            present[folder] = {posixpath.basename(p.rstrip("/")) for p in fs.ls(root, detail=False)}
+        except (FileNotFoundError, NotADirectoryError):
+            present[folder] = set()
+    missing = [p for p in listed if posixpath.basename(p) not in present[posixpath.dirname(p)]]
+    if not missing:
+        return
+    names = ", ".join(missing[:3]) + (f" and {len(missing) - 3:,} more" if len(missing) > 3 else "")
+    verb, it, was = ("is", "it", "it was") if len(missing) == 1 else ("are", "them", "they were")
+    raise MissingShardsError(
+        f"{output}: {len(missing):,} of the {len(listed):,} shards its manifest lists {verb} missing ({names}): the job did "
+        f"not finish writing {it}, or {was} moved or deleted; rerun the job with the same --output and --overwrite "
+        f"to write {it} again (without --overwrite a rerun finds the manifest and does nothing)")

@@ -21,7 +21,7 @@ from inspection.stage_stats import stage_stats
 from curation.text import CleanConfig, clean_text
 from curation.tokenize import encode_long
 from longctx.cli import main
-from tests.conftest import DEMO_TOKENIZER, REPO
+from tests.conftest import DEMO_TOKENIZER, REPO, cli_error
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -195,13 +195,14 @@ def test_cli_prints_the_summary_writes_plots_and_decodes_a_row(book_shards, samp
 
 
 def test_cli_usage_errors(book_shards, tmp_path, capsys):
-    assert main(["inspect", str(tmp_path), "--no-plots"]) == 2
-    assert "has no manifest.json" in capsys.readouterr().out
-    assert main(["inspect", str(book_shards), "--no-plots", "--stage", "nope"]) == 2
-    assert "no stage 'nope'" in capsys.readouterr().out
+    # As every command reports a user's mistake: usage and one line on stderr, exit code 2.
+    line = cli_error(["inspect", str(tmp_path), "--no-plots"], capsys)[-1]
+    assert line.startswith(f"longctx inspect: error: {tmp_path} has no manifest.json"), line
+    line = cli_error(["inspect", str(book_shards), "--no-plots", "--stage", "nope"], capsys)[-1]
+    assert line == f"longctx inspect: error: no stage 'nope' in {book_shards}; stages are s128, s256"
     rows = json.loads((book_shards / "manifest.json").read_text())["stages"]["s256"]["rows"]
-    assert main(["inspect", str(book_shards), "--no-plots", "--stage", "s256", "--row", str(rows)]) == 2
-    assert f"stage s256 has {rows:,} rows" in capsys.readouterr().out
+    line = cli_error(["inspect", str(book_shards), "--no-plots", "--stage", "s256", "--row", str(rows)], capsys)[-1]
+    assert line == f"longctx inspect: error: --row {rows}: stage s256 has {rows:,} rows (0 to {rows - 1:,})"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from longctx.cli import main
-from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS
+from tests.conftest import DEMO_TOKENIZER, SAMPLE_BOOKS, cli_error
 
 ONE_DEVICE = "dp=1,fsdp=1,tp=1,sp=1"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -94,9 +94,9 @@ def test_inspect_a_train_stages_folder_lists_stages_in_training_order(stages_run
 
 
 def test_a_folder_that_is_neither_is_one_line(tmp_path, capsys):
-    assert main(["inspect", str(tmp_path), "--no-plots"]) == 2
-    out = capsys.readouterr().out.strip()
-    assert "has no manifest.json (a data job's output) and no config.yaml + metrics.jsonl" in _flat(out)
+    line = cli_error(["inspect", str(tmp_path), "--no-plots"], capsys)[-1]
+    assert line.startswith("longctx inspect: error: ")
+    assert "has no manifest.json (a data job's output) and no config.yaml + metrics.jsonl" in line
 
 
 def test_overwrite_removes_old_pngs(stages_run, tmp_path, capsys):
