@@ -82,7 +82,9 @@ def validation_line(err: ValidationError, origin: Callable[[Location], Location]
         place = loc
         got = repr(first["input"])
         # A check of ours (a field validator) raised the message; pydantic's "Value error, " is noise.
-        text = f"{first['msg'].removeprefix('Value error, ')} (got {got if len(got) <= 60 else got[:57] + '...'})"
+        text = first["msg"].removeprefix("Value error, ")
+        if f"got {got}" not in text:  # a message that already says "got <value>" says it once
+            text += f" (got {got if len(got) <= 60 else got[:57] + '...'})"
     if len(errors) > 1:
         text += f" (and {len(errors) - 1} more)"
     return f"{where(place)}: {text}" if place else text
