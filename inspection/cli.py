@@ -47,8 +47,10 @@ def add_inspect_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     parser.add_argument("--no-plots", action="store_true", help="print the tables only")
     parser.add_argument("--row", type=int, metavar="N", help="print row N of --stage decoded: segments, text, vision blocks, loss spans")
     parser.add_argument("--stage", metavar="S", help="stage for --row and the frame grid (default: the first stage)")
-    parser.add_argument("--vqgan", metavar="PATH", help="the VQGAN that encoded the frames, to draw a row's decoded frames (vision shards)")
-    parser.add_argument("--tokenizer", metavar="SPEC", help="decode with this tokenizer instead of the one the shards record")
+    parser.add_argument("--vqgan", metavar="PATH", help="the VQGAN that encoded the frames, to draw a row's decoded frames "
+                        "in the plots folder (vision shards; not with --no-plots)")
+    parser.add_argument("--tokenizer", metavar="SPEC", help="with --row (or --vqgan's frame grid), decode with this tokenizer "
+                        "instead of the one the shards record")
     parser.add_argument("--full", action="store_true", help="with --row, print every token (default: long text runs keep head and tail)")
     parser.add_argument("--overwrite", action="store_true", help="first remove the PNGs an earlier inspect wrote in the plots folder "
                         "(only the names inspect writes), so none is left from another run")
@@ -295,10 +297,12 @@ def print_training_runs(runs: list[TrainingRun], console: Console) -> None:
 
 def run_training_inspect(args: argparse.Namespace, runs: list[TrainingRun], console: Console) -> int:
     """`longctx inspect RUN` on a training run (or a train-stages folder): summary and PNGs."""
-    given = [flag for flag, value in (("--row", args.row), ("--stage", args.stage), ("--vqgan", args.vqgan)) if value is not None]
+    flags = (("--row", args.row), ("--stage", args.stage), ("--vqgan", args.vqgan), ("--tokenizer", args.tokenizer),
+             ("--full", args.full or None))
+    given = [flag for flag, value in flags if value is not None]
     if given:
-        raise InspectUsageError(f"{' and '.join(given)}: {args.dir} is a training run; --row, --stage and --vqgan read "
-                                "a data job's shards")
+        raise InspectUsageError(f"{' and '.join(given)}: {args.dir} is a training run; --row, --stage, --vqgan, --tokenizer "
+                                "and --full read a data job's shards")
     print_training_runs(runs, console)
     if args.no_plots:
         return 0
@@ -313,7 +317,25 @@ def run_training_inspect(args: argparse.Namespace, runs: list[TrainingRun], cons
 
 class InspectUsageError(ValueError):
     """DIR or a flag does not fit what DIR holds (no output there, no such stage or row, --vqgan
-    on shards without vision codes): reported like every other error of inspect."""
+    on shards without vision codes), or a flag that nothing would use in the combination given
+    (_check_flags_apply): reported like every other error of inspect."""
+
+
+def _check_flags_apply(args: argparse.Namespace, summary: OutputSummary) -> None:
+    """Refuse a flag the flags given leave unused, rather than ignore it: --vqgan only draws the
+    frame grid (a PNG, so not with --no-plots; a --row prints its vision blocks without it),
+    --full only affects the row --row prints, and --tokenizer only decodes that row's text or the
+    text beside the frame grid (vision shards with --vqgan)."""
+    if args.vqgan and args.no_plots:
+        raise InspectUsageError(f"--vqgan {args.vqgan} needs the plots: it only draws the frame grid, a PNG, and --no-plots "
+                                "writes none (--row prints a row's vision blocks without it)")
+    if args.full and args.row is None:
+        raise InspectUsageError("--full needs --row N: it prints one row whole")
+    if args.tokenizer and args.row is None and not (summary.has_vision and args.vqgan):
+        if summary.has_vision:
+            raise InspectUsageError(f"--tokenizer {args.tokenizer} needs --row N or --vqgan PATH: it decodes the text of "
+                                    "the row --row prints or of the frame grid --vqgan draws")
+        raise InspectUsageError(f"--tokenizer {args.tokenizer} needs --row N: it decodes the text of the row --row prints")
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
@@ -362,6 +384,7 @@ def _run_inspect(args: argparse.Namespace, console: Console) -> int:
     if args.vqgan and not summary.has_vision:
         # The VQGAN only decodes vision codes: on a books or QA output it would be ignored.
         raise InspectUsageError(f"--vqgan {args.vqgan}: {args.dir} holds no vision rows (kind {summary.kind})")
+    _check_flags_apply(args, summary)
 
     print_output_summary(summary, console)
 
