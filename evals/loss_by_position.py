@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from curation.units import parse_count
+from curation.units import COUNT_FORM, parse_count
 
 
 def bucket_edges(length: int, spec: str | int = "log") -> np.ndarray:
@@ -52,11 +52,20 @@ def bucket_edges(length: int, spec: str | int = "log") -> np.ndarray:
     return np.asarray(edges, np.int64)
 
 
+BUCKET_FORMS = f"'log' (log-spaced buckets 1, 2-3, 4-7, ...) or a window width in tokens, {COUNT_FORM}"
+
+
 def parse_buckets(spec: str) -> str | int:
-    """`log` or a window width (`1024`, `1k`)."""
+    """`log` or a window width (`1024`, `1k`); ValueError naming both forms otherwise."""
     if spec.strip().lower() == "log":
         return "log"
-    return parse_count(spec, minimum=1)
+    try:
+        width = parse_count(spec)
+    except ValueError:
+        raise ValueError(f"bad count {spec!r}: expected {BUCKET_FORMS}") from None
+    if width < 1:
+        raise ValueError(f"bad count {spec!r}: a window is at least 1 token; expected {BUCKET_FORMS}")
+    return width
 
 
 def token_losses(config: Any, params: Any, batch: Mapping[str, np.ndarray], *, sp: int = 1, chunk: int = 512,

@@ -95,8 +95,11 @@ def check_hf_data_tokenizer(model_folder: str, data: str, shard_record: dict[str
 
 def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     from evals.loss_by_position import loss_by_position, parse_buckets, summarize_table, write_outputs
-    from evals.loss_sources import is_book_source, read_book_rows
-    buckets = parse_buckets(args.buckets)
+    from evals.loss_sources import check_data_file, is_book_source, read_book_rows
+    try:
+        buckets = parse_buckets(args.buckets)
+    except ValueError as err:
+        raise ValueError(f"--buckets {err}") from None
     # Every flag is said as itself, before any data or model is read.
     # --sp 0 divided the length by zero; -1 (training.mesh's "every device") made a negative ring chunk.
     for flag, value in (("--chunk", args.chunk), ("--sp", args.sp), ("--rows", args.rows), ("--batch-rows", args.batch_rows)):
@@ -106,6 +109,8 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
         check_hf_model_path(args.hf_model)
         check_torch_device(args.device)
     books = is_book_source(args.data)
+    if not books:  # a shard file or a file of another kind: say what --data takes, before its flags
+        check_data_file(args.data)
     if books and not args.length:
         raise ValueError(f"--data {args.data} holds raw books, not shards: give --length (e.g. 4k), the tokens per row")
     if not books and (args.length or args.tokenizer):

@@ -21,12 +21,31 @@ from typing import Any
 import fsspec
 import numpy as np
 
-from curation.accounting import Reject
-from curation.sources import SourceConfig, expand_pattern, iter_file_records, portable_url, split_extension
+from curation.accounting import Reason, Reject
+from curation.sources import (COMPRESSIONS, FORMATS, SourceConfig, expand_pattern, iter_file_records, portable_url,
+                              split_extension)
 from curation.text import CleanConfig, Rejected, clean_text
 from curation.tokenize import encode_long
 
-BOOK_FILES = ".jsonl, .ndjson, .json, .parquet, .txt (optionally .gz, .zst, .bz2, .xz)"
+# The extensions the books reader (curation.sources) takes, from its own tables.
+BOOK_FILES = f"{', '.join(FORMATS)} (optionally {', '.join(COMPRESSIONS)})"
+DATA_KINDS = (f"a stage folder (the folder holding a stage's .arrow shards, e.g. out/books/32k) or raw books "
+              f"(a {BOOK_FILES} file, or a folder of them)")
+
+
+def check_data_file(data: str) -> None:
+    """Refuse (ValueError, one line) a `--data` that is one file but not a books file, saying what
+    `--data` takes: for a shard file (`.arrow`), the folder holding it. A folder, a books file or a
+    path that does not exist passes (the stage reader says what is missing)."""
+    fs, path = fsspec.core.url_to_fs(data)
+    if not fs.exists(path) or fs.isdir(path) or split_extension(path)[0] != "unknown":
+        return
+    if path.lower().endswith(".arrow"):
+        parent = data.rstrip("/").rpartition("/")[0] or "."
+        raise ValueError(f"--data {data} is one shard file: --data takes a stage folder, the folder holding the "
+                         f".arrow shards (here --data {parent}), or raw books (a {BOOK_FILES} file, or a folder "
+                         "of them)")
+    raise ValueError(f"--data {data} is neither a stage folder nor a books file: --data takes {DATA_KINDS}")
 
 
 def is_book_source(data: str) -> bool:
@@ -78,7 +97,8 @@ def read_book_rows(data: str, tokenizer: Any, length: int, *, bos_id: int | None
                    text_field: str = "text", clean: CleanConfig | None = None) -> BookRows:
     """Every book under `data` cleaned, encoded and cut into rows of `length` tokens (see module
     docstring). `bos_id`: prepended to each book (None: nothing). Raises FileNotFoundError when
-    `data` holds no book file and ValueError when no book is `length` tokens long."""
+    `data` holds no book file and ValueError when its files hold no text (empty files or records)
+    or no book is `length` tokens long."""
     if length < 2:
         raise ValueError(f"--length must be at least 2 tokens, got {length}")
     files = [f for f in expand_pattern(data) if split_extension(f)[0] != "unknown"]
@@ -111,5 +131,11 @@ def read_book_rows(data: str, tokenizer: Any, length: int, *, bos_id: int | None
                 out.origins.append((record.source, record.id, w * length))
     if not out.windows:
         why = "; ".join(f"{s['id']}: {s['reason']} ({s['detail']})" for s in out.skipped[:3])
+        if not out.skipped:  # not one record: empty files
+            raise ValueError(f"{data} holds no books, no text to score: "
+                             f"{'the file is empty' if len(files) == 1 else f'its {len(files)} book files are empty'}")
+        if all(s["reason"] == Reason.EMPTY.value for s in out.skipped):
+            raise ValueError(f"{data} holds no books, no text to score: {len(out.skipped)} empty "
+                             f"record{'s' if len(out.skipped) > 1 else ''} ({why})")
         raise ValueError(f"no book under {data} gives a row of {length} tokens ({why})")
     return out

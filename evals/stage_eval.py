@@ -10,7 +10,9 @@ Each stage is evaluated at its own length: `lengths` (when given) are cut at the
 itself always). Outputs go to STAGE_OUT/eval/ (ruler/, niah/, loss_by_position/) and a
 STAGE_OUT/eval/summary.json that lays the headline numbers side by side. The model is the stage's
 final checkpoint, run with our JAX decoder; the tokenizer is the one the stage's shards record
-unless the section names one.
+unless the section names one. As `eval ruler` and `eval niah` do (evals/resume.py), a rerun keeps
+the cells already in ruler/results.jsonl and niah/results.jsonl and runs only the others; a
+folder made with other settings (format, tokenizer, haystack, ...) is refused.
 
 `check_stages` runs before the first stage trains: every value of the section is read then, and a
 RULER task whose shortest prompt (with its answer budget) does not fit one of a stage's lengths
@@ -230,6 +232,7 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
     from evals.common import PromptBuilder
     from evals.generators import FlaxGenerator
     from evals.loss_by_position import loss_by_position, write_outputs
+    from evals.resume import ResultsFolder
     from evals.runner import GeneratorBackend, ruler_settings, run_suite
     from evals.tasks import build_tasks
     from training.checkpoint import load_any_params
@@ -239,6 +242,22 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
     out = Path(str(stage_config.out)) / "eval"
     lengths = stage_lengths(stage_config.seq_len, section.lengths)
     name = Path(str(stage_config.out)).name
+
+    tokenizer = niah_folder = None
+    if section.ruler is not None or section.niah is not None:
+        tokenizer = load_niah_tokenizer(_stage_tokenizer(stage_config.data, section))
+    if section.niah is not None:
+        # A rerun resumes, as `eval niah` does (evals/resume.py): the cells already in
+        # niah/results.jsonl are kept and not asked again; a folder made with other settings (the
+        # format, needles, the tokenizer, the haystack...) is refused now, before the model loads.
+        ns = section.niah
+        niah_folder = ResultsFolder(out / "niah", "niah",
+                                    niah.niah_settings(name, tokenizer, fmt=ns.format, needles=ns.needles, ask=ns.ask,
+                                                       scoring="contains", max_new_tokens=None,
+                                                       haystack=section.haystack),
+                                    niah.record_from_json)
+        niah_records = [niah.record_from_json(r) for r in niah_folder.read()]
+
     config, params = load_any_params(checkpoint)
     summary: dict[str, Any] = {"stage": name, "checkpoint": checkpoint, "seq_len": stage_config.seq_len,
                                "lengths": lengths}
@@ -258,8 +277,7 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
                                        "buckets": {f"{b['start']}-{b['end'] - 1}": b["loss"] for b in result["buckets"]}}
         say(f"stage {name}: loss by position written ({result['tokens']} targets, mean {result['loss']:.4f})")
 
-    if section.ruler is not None or section.niah is not None:
-        tokenizer = load_niah_tokenizer(_stage_tokenizer(stage_config.data, section))
+    if tokenizer is not None:
         generator = FlaxGenerator(config, params, tokenizer.eos_ids, sp=section.sp, name=name,
                                   q_chunk=section.chunk, kv_chunk=section.chunk)
         if section.ruler is not None:
@@ -277,14 +295,22 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
             summary["ruler"] = {"average": ruler["average"], "effective_length": ruler["effective_length"],
                                 "threshold": ruler["threshold"]}
             say(f"stage {name}: RULER effective length {ruler['effective_length']}")
-        if section.niah is not None:
+        if niah_folder is not None:
             ns = section.niah
-            haystack = load_haystack(section.haystack, tokenizer, max_tokens=2 * max(lengths))
-            records = list(niah.run_grid(generator, tokenizer, haystack, lengths, niah.parse_depths(ns.depths),
-                                         needles=ns.needles, ask=ns.ask, samples=ns.samples, seed=section.seed,
-                                         fmt=ns.format, batch_size=section.batch_size))
-            (out / "niah").mkdir(parents=True, exist_ok=True)
-            niah.write_jsonl(records, out / "niah" / "results.jsonl")
+            depths = niah.parse_depths(ns.depths)
+            done = {niah.cell_key(r) for r in niah_records}
+            kept = len(niah.grid_records(niah_records, lengths, depths, ns.samples, section.seed))
+            grid = iter(())  # every cell recorded: the haystack is not even read
+            if niah.pending_cells(lengths, depths, ns.samples, section.seed, done):
+                haystack = load_haystack(section.haystack, tokenizer, max_tokens=2 * max(lengths))
+                grid = niah.run_grid(generator, tokenizer, haystack, lengths, depths, needles=ns.needles, ask=ns.ask,
+                                     samples=ns.samples, seed=section.seed, fmt=ns.format,
+                                     batch_size=section.batch_size, done=done)
+            new = 0
+            for record in niah_folder.append(r.as_json() for r in grid):  # written as the grid runs
+                niah_records.append(niah.record_from_json(record))
+                new += 1
+            records = niah.grid_records(niah_records, lengths, depths, ns.samples, section.seed)  # old cells and new
             niah.write_csv(records, out / "niah" / "results.csv")
             grid_lengths, grid_depths, scores = niah.score_grid(records)
             from evals.niah_plot import plot_heatmap
@@ -292,7 +318,8 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
             plot_heatmap(grid_lengths, grid_depths, scores, out / "niah" / "heatmap.png", model=f"{name} ({ns.format})")
             summary["niah"] = {"format": ns.format, "mean": {str(n): float(scores[:, j].mean())
                                                              for j, n in enumerate(grid_lengths)}}
-            say(f"stage {name}: NIAH ({ns.format}) written")
+            say(f"stage {name}: NIAH ({ns.format}) written ({new} cell{'' if new == 1 else 's'} scored, {kept} kept "
+                "from an earlier run)")
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
