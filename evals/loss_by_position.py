@@ -35,19 +35,17 @@ from curation.units import COUNT_FORM, parse_count
 
 def bucket_edges(length: int, spec: str | int = "log") -> np.ndarray:
     """Edges e_0 < e_1 < ... < e_k = length over target positions 1..length-1: `log` gives
-    1, 2, 4, ..., and an integer W (or "W") fixed windows [1, W), [W, 2W), ..."""
+    1, 2, 4, ..., and an integer W (or a string `parse_buckets` reads: "W", "1k") fixed windows
+    [1, W), [W, 2W), ..."""
     if length < 2:
         raise ValueError(f"the stage length must be at least 2 tokens, got {length}")
-    if str(spec).strip().lower() == "log":
+    spec = parse_buckets(spec) if isinstance(spec, str) else spec
+    if spec == "log":
         edges = [1 << i for i in range(max(1, math.ceil(math.log2(length))))]
     else:
-        try:
-            width = int(spec)
-        except ValueError:
-            raise ValueError(f"buckets must be 'log' or a window width in tokens, got {spec!r}") from None
-        if width < 1:
-            raise ValueError(f"bucket width must be at least 1 token, got {width}")
-        edges = [1] + list(range(width, length, width))
+        if spec < 1:
+            raise ValueError(f"bucket width must be at least 1 token, got {spec}")
+        edges = [1] + list(range(spec, length, spec))
     edges = sorted({e for e in edges if e < length}) + [length]
     return np.asarray(edges, np.int64)
 
