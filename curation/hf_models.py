@@ -13,6 +13,36 @@ from pathlib import Path
 from curation.tokenize import cache_dir, resolve_package_path
 
 
+GGUF_MAGIC = b"GGUF"
+
+
+def is_local_model_path(model: str) -> bool:
+    """Whether `model` names something on disk, not a Hugging Face hub id: it exists, or it is
+    plainly a path (absolute, ./, ../, ~, a .gguf file, or more than one `/`: a hub id is owner/name)."""
+    return (Path(model).exists() or model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf")
+            or model.count("/") > 1)
+
+
+def local_generator_problem(model: str, gguf_file: str | None = None) -> str | None:
+    """Why the local path `model` (`is_local_model_path`) is not a model transformers can load, or
+    None. Paths are read as resolve_generator and from_pretrained read them (no `~` expansion)."""
+    path = Path(model)
+    return local_model_problem(path, gguf_file) if path.exists() else "no such file or folder"
+
+
+def local_model_problem(path: Path, gguf_file: str | None = None) -> str | None:
+    """Why the existing local `path` is not a model transformers can load, or None."""
+    if path.is_dir():
+        if gguf_file:
+            return None if (path / gguf_file).is_file() else f"no GGUF file {gguf_file!r} in this folder"
+        return None if (path / "config.json").is_file() else "no config.json in this folder, so it is not a transformers model"
+    if path.suffix == ".gguf":
+        with path.open("rb") as fh:
+            magic = fh.read(len(GGUF_MAGIC))
+        return None if magic == GGUF_MAGIC else "not a GGUF file (it does not start with the GGUF magic bytes)"
+    return "a file that is not a model"
+
+
 def resolve_generator(model: str, gguf_file: str | None = None) -> tuple[str, str | None]:
     """(path or hub id, gguf file name or None) for `from_pretrained`. A local `.gguf` file, or one
     shipped in a package, becomes its dequantised safetensors folder."""

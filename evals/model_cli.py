@@ -59,31 +59,24 @@ def endpoint_generator(args: argparse.Namespace, name: str):
     return tokenizer, EndpointGenerator(client, tokenizer, name if args.name else str(client.model))
 
 
-def load_generator(args: argparse.Namespace, name: str, max_length: int, note: Callable[[str], None],
-                   tokenizer: Any = None) -> tuple[Any, Any]:
-    """(tokenizer, generator) of --endpoint, --hf-model (its own tokenizer unless --tokenizer) or
-    --checkpoint (--tokenizer, or the folder's own tokenizer files for a Hugging Face folder);
-    `tokenizer`, when `model_tokenizer` already loaded it, is used as it is.
-    `note` gets a warning when `max_length` exceeds the checkpoint's max_position_embeddings."""
+def _load_generator(args: argparse.Namespace, name: str, max_length: int, note: Callable[[str], None],
+                    tokenizer: Any) -> Any:
+    """The generator of --hf-model or --checkpoint, with `tokenizer` (`model_tokenizer`'s; its
+    eos ids join a --hf-model's own). `note` gets a warning when `max_length` exceeds the
+    checkpoint's max_position_embeddings. `prepare_model` checked the flags and took --endpoint."""
     from evals.generators import FlaxGenerator, HFGenerator
 
-    check_at_least_one("--batch-size", getattr(args, "batch_size", 1))
-    check_at_least_one("--chunk", getattr(args, "chunk", 1))  # 0 would divide the prefill buffer by zero
-    if getattr(args, "endpoint", None):
-        return endpoint_generator(args, name)
-    tokenizer = tokenizer or model_tokenizer(args)
     if args.hf_model:
         generator = HFGenerator(args.hf_model, device=args.device, name=name)
         generator.eos_ids = tuple(dict.fromkeys(generator.eos_ids + tokenizer.eos_ids))
-        return tokenizer, generator
+        return generator
     from training.checkpoint import load_any_params
 
     config, params = load_any_params(args.checkpoint)  # a run or data folder, a missing path: one line
     if max_length > config.max_position_embeddings:
         note(f"lengths up to {max_length} exceed the model's max_position_embeddings ({config.max_position_embeddings})")
-    generator = FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name, q_chunk=args.chunk,
-                              kv_chunk=args.chunk)
-    return tokenizer, generator
+    return FlaxGenerator(config, params, tokenizer.eos_ids, sp=args.sp, name=name, q_chunk=args.chunk,
+                         kv_chunk=args.chunk)
 
 
 def model_tokenizer(args: argparse.Namespace) -> Any:
@@ -112,11 +105,12 @@ def model_tokenizer(args: argparse.Namespace) -> Any:
 
 def prepare_model(args: argparse.Namespace, name: str, max_length: int,
                   note: Callable[[str], None]) -> tuple[Any, str, Callable[[], Any]]:
-    """(tokenizer, model name, load) where `load()` returns the generator: what can be refused
+    """(tokenizer, model name, load) of --endpoint, --hf-model (its own tokenizer unless
+    --tokenizer) or --checkpoint, where `load()` returns the generator: what can be refused
     from the tokenizer (a prompt that cannot fit, a results folder of other settings) is found
     before the weights load. An --endpoint is asked for its model's name now (no weights to load)."""
     check_at_least_one("--batch-size", getattr(args, "batch_size", 1))
-    check_at_least_one("--chunk", getattr(args, "chunk", 1))
+    check_at_least_one("--chunk", getattr(args, "chunk", 1))  # 0 would divide the prefill buffer by zero
     if getattr(args, "out", None):  # a file there stopped the run with a traceback when results were written
         check_out_folder(args.out)
     if getattr(args, "endpoint", None):
@@ -125,7 +119,7 @@ def prepare_model(args: argparse.Namespace, name: str, max_length: int,
     if getattr(args, "hf_model", None):  # torch said a bad one with a traceback from model.to(device)
         check_torch_device(args.device)
     tokenizer = model_tokenizer(args)
-    return tokenizer, name, lambda: load_generator(args, name, max_length, note, tokenizer)[1]
+    return tokenizer, name, lambda: _load_generator(args, name, max_length, note, tokenizer)
 
 
 def check_at_least_one(flag: str, value: int | None) -> None:
@@ -163,20 +157,17 @@ def check_torch_device(device: str, flag: str = "--device") -> None:
 
 
 def check_hf_model_path(model: str, flag: str = "--hf-model") -> None:
-    """Refuse (ValueError, one line) an --hf-model that is plainly a local path (absolute, ./, ../,
-    ~, or one that exists) but not a model: not there, a folder without config.json, or a file
-    that is not a .gguf. A hub id or package: spec is left to the loader."""
-    if model.startswith("package:") or "://" in model:
+    """Refuse (ValueError, one line) an --hf-model that is plainly a local path but not a model:
+    not there, a folder without config.json, a file that is not a GGUF model
+    (curation.hf_models.local_generator_problem, as `qa --backend transformers` judges it). A hub
+    id or package: spec is left to the loader."""
+    from curation.hf_models import is_local_model_path, local_generator_problem
+
+    if model.startswith("package:") or "://" in model or not is_local_model_path(model):
         return
-    path = Path(model)
-    if not path.exists():
-        if model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf") or model.count("/") > 1:
-            raise ValueError(f"{flag} {model}: no such file or folder")
-        return
-    if path.is_dir() and not (path / "config.json").is_file():
-        raise ValueError(f"{flag} {model}: no config.json in this folder, so it is not a transformers model")
-    if path.is_file() and path.suffix != ".gguf":
-        raise ValueError(f"{flag} {model}: a file that is not a model (pass a model folder or a .gguf file)")
+    problem = local_generator_problem(model)
+    if problem:
+        raise ValueError(f"{flag} {model}: {problem} (pass a transformers model folder, a .gguf file or a hub id)")
 
 
 def parse_lengths_flag(spec: str) -> list[int]:

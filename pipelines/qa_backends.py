@@ -9,11 +9,11 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from curation.hf_models import is_local_model_path, local_generator_problem, local_model_problem
 from qa_synth.extractive import extractive_qa
 
 
@@ -130,14 +130,11 @@ def completion_text(inference: Any) -> str:
 # What the transformers backend loads (TransformersHandler.load_model through resolve_generator).
 GENERATOR_KINDS = ("a transformers model folder (config.json + weights), a .gguf file, package:DIST/file.gguf, "
                    "or a Hugging Face hub id")
-GGUF_MAGIC = b"GGUF"
-
-
 def generator_model_problem(model: str, gguf_file: str | None = None) -> str | None:
     """Why `model` cannot be the transformers backend's generator, or None when it may be: found
     before the job starts, since every worker would otherwise fail to load it inside RunInference.
-    Paths are read as resolve_generator and from_pretrained read them (no `~` expansion); a path
-    that is not there and cannot be a hub id (`owner/name`) is not tried on the hub."""
+    A package: spec or a local path is judged on disk (curation.hf_models.local_generator_problem);
+    a hub id (`owner/name`) is asked of the hub."""
     if model.startswith("package:"):
         from curation.tokenize import resolve_package_path
 
@@ -146,25 +143,9 @@ def generator_model_problem(model: str, gguf_file: str | None = None) -> str | N
         except ValueError as err:  # its message is worded for a tokenizer spec: keep only the why
             return str(err).removeprefix(f"tokenizer {model!r}: ")
         return local_model_problem(path, gguf_file)
-    path = Path(model)
-    if path.exists():
-        return local_model_problem(path, gguf_file)
-    if model.startswith(("/", "./", "../", "~")) or model.endswith(".gguf") or model.count("/") > 1:
-        return "no such file or folder"
+    if is_local_model_path(model):
+        return local_generator_problem(model, gguf_file)
     return hub_model_problem(model, gguf_file)
-
-
-def local_model_problem(path: Path, gguf_file: str | None = None) -> str | None:
-    """Why the existing local `path` is not a model transformers can load, or None."""
-    if path.is_dir():
-        if gguf_file:
-            return None if (path / gguf_file).is_file() else f"no GGUF file {gguf_file!r} in this folder"
-        return None if (path / "config.json").is_file() else "no config.json in this folder, so it is not a transformers model"
-    if path.suffix == ".gguf":
-        with path.open("rb") as fh:
-            magic = fh.read(len(GGUF_MAGIC))
-        return None if magic == GGUF_MAGIC else "not a GGUF file (it does not start with the GGUF magic bytes)"
-    return "a file that is not a model"
 
 
 def hub_model_problem(model: str, gguf_file: str | None = None) -> str | None:
