@@ -185,7 +185,7 @@ def load_params(path: str | RunPath, shardings: Any = None) -> tuple[ModelConfig
     """(ModelConfig, params) of a params checkpoint (a local folder or a gs:// URL), placed with
     `shardings` when given."""
     path = run_folder.absolute(run_folder.run_path(path, "checkpoint"))
-    config = ModelConfig.from_dict(json.loads((path / "model.json").read_text()))
+    config = _params_config(path)
     from training.model import init_params
 
     abstract = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
@@ -194,6 +194,20 @@ def load_params(path: str | RunPath, shardings: Any = None) -> tuple[ModelConfig
     with ocp.StandardCheckpointer() as ckptr:
         params = ckptr.restore(path / "params", abstract)
     return config, params
+
+
+def _params_config(path: RunPath) -> ModelConfig:
+    return ModelConfig.from_dict(json.loads((path / "model.json").read_text()))
+
+
+def any_model_config(path: str) -> ModelConfig:
+    """The ModelConfig `load_any_params(path)` returns (a params checkpoint's model.json, a Hugging
+    Face folder's or hub id's config.json), without reading its weights."""
+    if is_params_checkpoint(path):
+        return _params_config(run_folder.absolute(run_folder.run_path(path, "checkpoint")))
+    from training.hf import folder_config, resolve_model
+
+    return folder_config(resolve_model(path))
 
 
 def load_any_params(path: str) -> tuple[ModelConfig, Any]:

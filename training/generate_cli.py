@@ -38,7 +38,7 @@ def add_generate_parser(commands) -> argparse.ArgumentParser:
 def run_generate(args: argparse.Namespace, console: Console, parser: argparse.ArgumentParser) -> int:
     from curation.tokenize import load_tokenizer
     from curation.vision_layout import CODES_PER_FRAME
-    from training.checkpoint import load_any_params
+    from training.checkpoint import any_model_config, load_any_params
     from training.generate import check_decode_fits, generate, generate_frames
 
     from training.hf import check_checkpoint_tokenizer
@@ -73,13 +73,13 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
             if not ids:  # the decoder needs a position to start from
                 raise ValueError(f"--prompt {args.prompt!r} gives no tokens{' and --no-bos adds no BOS' if args.no_bos else ''}: "
                                  "give some prompt text")
-        config = checkpoint_model_config(args.checkpoint)  # a run or data folder, a missing path: one line
+        config = any_model_config(args.checkpoint)  # a run or data folder, a missing path: one line
         if given_ids is not None:
             ids = check_prompt_ids(given_ids, config.vocab_size)
         # A request no device can decode (a KV cache of 10^8 positions) is refused before the
         # weights load. A video or image prompt's length is known once it is encoded: one token for now.
         new_tokens = args.generate_vision * (CODES_PER_FRAME + 1) if args.generate_vision else args.max_new_tokens
-        check_decode_fits(config, 1 if vision else len(ids), new_tokens, what=_request(args, None if vision else len(ids)))
+        check_decode_fits(config, 1 if vision else len(ids), new_tokens, what=_request(args, new_tokens, None if vision else len(ids)))
         config, params = load_any_params(args.checkpoint)
     except ValueError as err:  # training.hf.ModelPathError, TokenizerLoadError, another tokenizer, a prompt, too long
         parser.error(str(err))
@@ -92,7 +92,7 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
         try:
             if args.generate_vision:
                 ids = vision_start_prompt(config, tok, bos, args.prompt)
-                check_decode_fits(config, len(ids), new_tokens, what=_request(args, len(ids)))
+                check_decode_fits(config, len(ids), new_tokens, what=_request(args, new_tokens, len(ids)))
                 frames = generate_frames(config, params, ids, args.generate_vision, args.temperature, args.seed)
                 paths = save_frames(vqgan.decode(frames), args.vision_out)
                 where = paths[0] if len(paths) == 1 else f"{paths[0]} .. {paths[-1].name}"
@@ -101,7 +101,7 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
             codes = load_media_codes(vqgan, args.video, args.image, fps=None if args.frames else (1.0 if args.fps is None else args.fps),
                                      frame_count=args.frames, max_frames=args.max_frames, frame_size=args.frame_size)
             ids, vision_mask = vision_text_prompt(config, tok, bos, codes, args.prompt)
-            check_decode_fits(config, len(ids), new_tokens, what=_request(args, len(ids)))
+            check_decode_fits(config, len(ids), new_tokens, what=_request(args, new_tokens, len(ids)))
         except ValueError as err:
             parser.error(str(err))
         console.print(f"prompt: {len(codes)} frame(s), {len(ids)} tokens ({sum(vision_mask):,} vision)")
@@ -116,29 +116,11 @@ def run_generate(args: argparse.Namespace, console: Console, parser: argparse.Ar
     return 0
 
 
-def _request(args: argparse.Namespace, prompt_tokens: int | None) -> str:
+def _request(args: argparse.Namespace, new_tokens: int, prompt_tokens: int | None) -> str:
     """The decode asked for, as an error names it (`prompt_tokens` None: not known yet)."""
-    from curation.vision_layout import CODES_PER_FRAME
-
-    asked = (f"--generate-vision {args.generate_vision} ({args.generate_vision * (CODES_PER_FRAME + 1):,} new tokens)"
+    asked = (f"--generate-vision {args.generate_vision} ({new_tokens:,} new tokens)"
              if args.generate_vision else f"--max-new-tokens {args.max_new_tokens}")
     return asked + ("" if prompt_tokens is None else f" after a {prompt_tokens:,}-token prompt")
-
-
-def checkpoint_model_config(checkpoint: str):
-    """The ModelConfig of what `training.checkpoint.load_any_params` would load (a params
-    checkpoint's model.json, a Hugging Face folder's or hub id's config.json), without its weights."""
-    import json
-
-    from training import run_folder
-    from training.checkpoint import is_params_checkpoint
-    from training.hf import config_from_hf, resolve_model
-    from training.model import ModelConfig
-
-    if is_params_checkpoint(checkpoint):
-        path = run_folder.absolute(run_folder.run_path(checkpoint, "checkpoint"))
-        return ModelConfig.from_dict(json.loads((path / "model.json").read_text()))
-    return config_from_hf(json.loads((resolve_model(checkpoint) / "config.json").read_text()))
 
 
 def check_temperature(temperature: float) -> None:

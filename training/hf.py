@@ -268,6 +268,11 @@ def _tensor_files(folder: Path) -> dict[str, Path]:
     return out
 
 
+def folder_config(folder: Path, dtype: str = "float32") -> ModelConfig:
+    """The ModelConfig of a resolved Hugging Face LLaMA folder (its config.json), without its weights."""
+    return config_from_hf(json.loads((folder / "config.json").read_text()), dtype)
+
+
 def load_hf_llama(path_or_hub_id: str | Path, dtype: str = "float32", *,
                   revision: str | None = None) -> tuple[ModelConfig, dict[str, Any]]:
     """Read a HF LLaMA checkpoint -> (ModelConfig, params as host numpy arrays of `dtype`).
@@ -276,7 +281,7 @@ def load_hf_llama(path_or_hub_id: str | Path, dtype: str = "float32", *,
     (param_partition_specs) without first filling one device.
     """
     folder = resolve_model(path_or_hub_id, revision)
-    config = config_from_hf(json.loads((folder / "config.json").read_text()), jnp.dtype(dtype).name)
+    config = folder_config(folder, jnp.dtype(dtype).name)
     np_dtype = jnp.dtype(dtype)
     expected = jax.eval_shape(lambda: init_params(config, jax.random.key(0)))
     files = _tensor_files(folder)
