@@ -57,6 +57,25 @@ def resolve_generator(model: str, gguf_file: str | None = None) -> tuple[str, st
     return str(dequantised_copy(path)), None
 
 
+# The files that hold a model's weights, in the formats transformers and our converters read.
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth", ".msgpack", ".h5")
+
+
+def weights_written(model: str) -> str | None:
+    """When the weights of the local model `model` (a folder, or a .gguf file) were last written:
+    the newest modification time of its weight files (ISO 8601 UTC, `curation.units.utc_time_ns`).
+    None for a hub id, an installed package's file (`package:...`, fixed by its version) or a
+    folder without weight files. Evaluations record it, so a rerun into a results folder scored
+    with other weights of the same name is caught (evals/resume.py)."""
+    from curation.units import utc_time_ns
+
+    path = Path(model).expanduser()
+    if model.startswith("package:") or not path.exists():
+        return None
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.suffix in WEIGHT_SUFFIXES and f.is_file()]
+    return utc_time_ns(max(f.stat().st_mtime_ns for f in files)) if files else None
+
+
 def dequantised_copy(gguf: Path) -> Path:
     """A float32 safetensors copy of a GGUF model (and its tokenizer), made once and cached."""
     key = hashlib.sha256(f"{gguf.resolve()}:{gguf.stat().st_size}".encode()).hexdigest()[:16]

@@ -8,6 +8,7 @@ planner's table, inspect's tables and progress lines all read and write numbers 
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from fractions import Fraction
 
 GiB = 1024**3
@@ -80,4 +81,12 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
-__all__ = ["COUNT_FORM", "GiB", "MISSING", "byte_size", "duration", "gib", "number", "parse_count", "percent"]
+def utc_time_ns(ns: int) -> str:
+    """A moment given in nanoseconds since the epoch, as ISO 8601 UTC with every digit kept
+    (`2026-12-01T19:30:01.123456789Z`): two saves of a file a microsecond apart still differ."""
+    seconds, fraction = divmod(int(ns), 1_000_000_000)
+    return f"{datetime.fromtimestamp(seconds, tz=timezone.utc):%Y-%m-%dT%H:%M:%S}.{fraction:09d}Z"
+
+
+__all__ = ["COUNT_FORM", "GiB", "MISSING", "byte_size", "duration", "gib", "number", "parse_count", "percent",
+           "utc_time_ns"]

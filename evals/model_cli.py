@@ -46,6 +46,20 @@ def model_name(args: argparse.Namespace) -> str:
     return path.stem if path.suffix == ".gguf" else path.name
 
 
+def model_weights_saved(args: argparse.Namespace) -> str | None:
+    """When the --checkpoint's or local --hf-model's weights were saved (training.checkpoint.
+    weights_saved), read before they load; None for an --endpoint or a hub id."""
+    if getattr(args, "endpoint", None):
+        return None
+    if args.hf_model:
+        from curation.hf_models import weights_written
+
+        return weights_written(args.hf_model)
+    from training.checkpoint import weights_saved
+
+    return weights_saved(args.checkpoint)
+
+
 def endpoint_generator(args: argparse.Namespace, name: str):
     """The --endpoint model with its tokenizer: (tokenizer, evals/endpoint.py EndpointGenerator)."""
     from evals.generators import load_niah_tokenizer

@@ -349,13 +349,15 @@ def default_max_new_tokens(ask: int) -> int:
 
 
 def niah_settings(model: str, tokenizer: Any, *, fmt: str, needles: int, ask: int, scoring: str,
-                  max_new_tokens: int | None, haystack: str | Path) -> dict[str, Any]:
+                  max_new_tokens: int | None, haystack: str | Path,
+                  weights_saved: str | None = None) -> dict[str, Any]:
     """What a NIAH cell's score depends on besides its coordinates (length, depth, sample, seed):
     a rerun into a folder made with other settings is refused (evals/resume.py). The names of
-    those a record carries are its fields' (model, format, needles, ask, scoring)."""
+    those a record carries are its fields' (model, format, needles, ask, scoring); `weights_saved`
+    as in evals.runner.ruler_settings."""
     from evals.resume import haystack_identity, tokenizer_identity
 
-    return {"model": model, "format": fmt, "needles": needles, "ask": ask, "scoring": scoring,
+    return {"model": model, "weights_saved": weights_saved, "format": fmt, "needles": needles, "ask": ask, "scoring": scoring,
             "max_new_tokens": max_new_tokens or default_max_new_tokens(ask),
             "tokenizer_sha256": tokenizer_identity(tokenizer), "haystack": haystack_identity(haystack)}
 

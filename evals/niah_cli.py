@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from curation.progress import progress_line
-from evals.model_cli import (add_model_arguments, check_at_least_one, model_name, parse_depths_flag, parse_lengths_flag,
-                              prepare_model)
+from evals.model_cli import (add_model_arguments, check_at_least_one, model_name, model_weights_saved, parse_depths_flag,
+                             parse_lengths_flag, prepare_model)
 
 SAMPLE_BOOKS = Path(__file__).resolve().parents[1] / "data" / "sample" / "books.jsonl.gz"
 
@@ -63,7 +63,8 @@ def run_niah(args: argparse.Namespace, console: Console) -> int:
     # A rerun resumes, as `eval ruler` does: the cells already in OUT/results.jsonl are kept, not
     # recomputed; a damaged line or a folder made with other settings is refused before the weights load.
     settings = niah.niah_settings(name, tokenizer, fmt=args.niah_format, needles=args.needles, ask=args.ask,
-                                  scoring=args.scoring, max_new_tokens=args.max_new_tokens, haystack=args.haystack)
+                                  scoring=args.scoring, max_new_tokens=args.max_new_tokens, haystack=args.haystack,
+                                  weights_saved=model_weights_saved(args))
     folder = ResultsFolder(Path(args.out), "niah", settings, niah.record_from_json)
     records = [niah.record_from_json(r) for r in folder.read()]
     done = {niah.cell_key(r) for r in records}

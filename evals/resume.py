@@ -77,7 +77,8 @@ class ResultsFolder:
     def settings_path(self) -> Path:
         return self.out / SETTINGS_FILE
 
-    def _recorded_settings(self) -> tuple[str | None, dict[str, Any] | None]:
+    def recorded_settings(self) -> tuple[str | None, dict[str, Any] | None]:
+        """(eval kind, settings) of OUT/settings.json; (None, None) when there is none."""
         path = self.settings_path
         if not path.exists():
             return None, None
@@ -93,7 +94,7 @@ class ResultsFolder:
     def read(self) -> list[dict[str, Any]]:
         """The records already there, refused (ValueError, one line) when a line is damaged or the
         folder holds results of another kind or made with other settings. Writes nothing."""
-        kind, recorded = self._recorded_settings()
+        kind, recorded = self.recorded_settings()
         written = self.results.exists() and self.results.read_bytes().strip()
         if kind is not None and kind != self.kind and written:
             raise ValueError(f"{self.results} holds `eval {kind}` results, not `eval {self.kind}`: write to another "
@@ -127,6 +128,27 @@ class ResultsFolder:
                 fh.write(json.dumps(record, ensure_ascii=False) + "\n")
                 fh.flush()  # a long run's records reach the disk as they come
                 yield record
+
+
+def set_aside_stale(out: str | Path, key: str, value: Any) -> Path | None:
+    """Move the results folder `out` to OUT_PARENT/set-aside/NAME (NAME-2, ... when taken) when its
+    settings.json records another `key` than `value`, and say where; None when nothing moved (no
+    folder, no settings.json, the same value, or none recorded). A stage's evaluation calls it with
+    its checkpoint's `weights_saved`: a stage retrained into its run folder made the old cells
+    scores of other weights, which a `train-stages` rerun should redo, not refuse after training;
+    nothing is deleted."""
+    out = Path(out)
+    recorded = ResultsFolder(out, "", {}, lambda record: None).recorded_settings()[1]
+    if not recorded or recorded.get(key) is None or recorded[key] == value:
+        return None
+    dest = out.parent / "set-aside" / out.name
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out.parent / "set-aside" / f"{out.name}-{n}"
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    out.rename(dest)
+    return dest
 
 
 def haystack_identity(haystack: str | Path | None) -> str | None:

@@ -19,7 +19,8 @@ from rich.table import Table
 
 from curation.progress import progress_line
 from evals.haystack import SAMPLE_BOOKS
-from evals.model_cli import add_model_arguments, check_at_least_one, model_name, parse_lengths_flag, prepare_model
+from evals.model_cli import (add_model_arguments, check_at_least_one, model_name, model_weights_saved, parse_lengths_flag,
+                             prepare_model)
 from evals.runner import DEFAULT_THRESHOLD
 from evals.tasks import TASK_NAMES
 
@@ -76,7 +77,7 @@ def run_ruler(args: argparse.Namespace, console: Console) -> int:
     # Still before the weights load: a length too short for a task's prompt, a results folder of
     # another model or other settings, a damaged results line.
     check_min_context(tasks, builder, lengths, args.samples, args.seed, args.max_new_tokens)
-    settings = ruler_settings(name, tokenizer, args.max_new_tokens, args.haystack)
+    settings = ruler_settings(name, tokenizer, args.max_new_tokens, args.haystack, model_weights_saved(args))
     ResultsFolder(Path(args.out), "ruler", settings, cell_key).read()
     generator = load_model()
     if getattr(args, "endpoint", None):

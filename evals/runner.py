@@ -96,11 +96,13 @@ def read_results(path: str | Path) -> list[dict[str, Any]]:
 
 
 def ruler_settings(model: str, tokenizer: Any, max_new_tokens: int | None,
-                   haystack: str | Path | None) -> dict[str, Any]:
+                   haystack: str | Path | None, weights_saved: str | None = None) -> dict[str, Any]:
     """What a RULER cell's score depends on besides its coordinates (task, length, sample, seed):
-    a rerun into a folder made with other settings is refused (evals/resume.py)."""
-    return {"model": model, "tokenizer_sha256": tokenizer_identity(tokenizer), "max_new_tokens": max_new_tokens,
-            "haystack": haystack_identity(haystack)}
+    a rerun into a folder made with other settings is refused (evals/resume.py). `weights_saved`
+    (training.checkpoint.weights_saved) tells apart two models of one name, such as a run retrained
+    into the same folder."""
+    return {"model": model, "weights_saved": weights_saved, "tokenizer_sha256": tokenizer_identity(tokenizer),
+            "max_new_tokens": max_new_tokens, "haystack": haystack_identity(haystack)}
 
 
 def run_cells(backend: Backend, builder: PromptBuilder, tasks: Sequence[Task], lengths: Sequence[int], samples: int,

@@ -232,10 +232,10 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
     from evals.common import PromptBuilder
     from evals.generators import FlaxGenerator
     from evals.loss_by_position import loss_by_position, write_outputs
-    from evals.resume import ResultsFolder
+    from evals.resume import ResultsFolder, set_aside_stale
     from evals.runner import GeneratorBackend, ruler_settings, run_suite
     from evals.tasks import build_tasks
-    from training.checkpoint import load_any_params
+    from training.checkpoint import load_any_params, weights_saved
 
     say = log or (lambda message: None)
     checkpoint = checkpoint or f"{str(stage_config.out).rstrip('/')}/checkpoints/final"
@@ -244,6 +244,11 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
     name = Path(str(stage_config.out)).name
 
     tokenizer = niah_folder = None
+    weights = weights_saved(checkpoint)
+    for part, asked in (("ruler", section.ruler), ("niah", section.niah)):
+        moved = set_aside_stale(out / part, "weights_saved", weights) if asked is not None else None
+        if moved is not None:  # the stage was retrained into its folder: those cells scored other weights
+            say(f"stage {name}: {part} results of earlier weights set aside to {moved}")
     if section.ruler is not None or section.niah is not None:
         tokenizer = load_niah_tokenizer(_stage_tokenizer(stage_config.data, section))
     if section.niah is not None:
@@ -254,13 +259,13 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
         niah_folder = ResultsFolder(out / "niah", "niah",
                                     niah.niah_settings(name, tokenizer, fmt=ns.format, needles=ns.needles, ask=ns.ask,
                                                        scoring="contains", max_new_tokens=None,
-                                                       haystack=section.haystack),
+                                                       haystack=section.haystack, weights_saved=weights),
                                     niah.record_from_json)
         niah_records = [niah.record_from_json(r) for r in niah_folder.read()]
 
     config, params = load_any_params(checkpoint)
-    summary: dict[str, Any] = {"stage": name, "checkpoint": checkpoint, "seq_len": stage_config.seq_len,
-                               "lengths": lengths}
+    summary: dict[str, Any] = {"stage": name, "checkpoint": checkpoint, "weights_saved": weights,
+                               "seq_len": stage_config.seq_len, "lengths": lengths}
 
     if section.loss_by_position is not None:
         from training.data import StageData
@@ -288,7 +293,7 @@ def evaluate_stage(stage_config: Any, section: EvalSection, checkpoint: str | No
             ruler = run_suite(GeneratorBackend(generator, tokenizer, name), builder, tasks, lengths, rs.samples,
                               out / "ruler", seed=section.seed, threshold=rs.threshold, max_new_tokens=rs.max_new_tokens,
                               batch_size=section.batch_size,
-                              settings=ruler_settings(name, tokenizer, rs.max_new_tokens, section.haystack))
+                              settings=ruler_settings(name, tokenizer, rs.max_new_tokens, section.haystack, weights))
             from evals.plots import write_ruler_plots
 
             write_ruler_plots(ruler, out / "ruler")  # as `eval ruler` does: scores by length, heatmap

@@ -210,6 +210,32 @@ def any_model_config(path: str) -> ModelConfig:
     return folder_config(resolve_model(path))
 
 
+def weights_saved(path: str) -> str | None:
+    """When the weights `load_any_params(path)` reads were saved (ISO 8601 UTC), read without
+    loading them: a params checkpoint's Orbax commit time (the newest of its files' modification
+    times where Orbax's record of it is missing or damaged), a local Hugging Face folder's newest
+    weight file (`curation.hf_models.weights_written`). None for a hub id. Retraining into the same
+    run folder changes it, so evaluations that record it tell the two models apart."""
+    from curation.units import utc_time_ns
+
+    if is_params_checkpoint(path):
+        folder = run_folder.absolute(run_folder.run_path(path, "checkpoint")) / "params"
+        try:
+            with ocp.StandardCheckpointer() as ckptr:
+                committed = ckptr.metadata(folder).commit_timestamp_nsecs
+        except Exception:  # noqa: BLE001 - Orbax restores without its metadata file; so does this
+            committed = None
+        if committed:
+            return utc_time_ns(committed)
+        if run_folder.is_remote(folder):
+            return None
+        times = [f.stat().st_mtime_ns for f in folder.rglob("*") if f.is_file()]
+        return utc_time_ns(max(times)) if times else None
+    from curation.hf_models import weights_written
+
+    return weights_written(path)
+
+
 def load_any_params(path: str) -> tuple[ModelConfig, Any]:
     """(ModelConfig, params) of a longctx params checkpoint or a Hugging Face LLaMA folder / hub id."""
     if is_params_checkpoint(path):
