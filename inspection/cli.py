@@ -336,6 +336,19 @@ def _check_flags_apply(args: argparse.Namespace, summary: OutputSummary) -> None
             raise InspectUsageError(f"--tokenizer {args.tokenizer} needs --row N or --vqgan PATH: it decodes the text of "
                                     "the row --row prints or of the frame grid --vqgan draws")
         raise InspectUsageError(f"--tokenizer {args.tokenizer} needs --row N: it decodes the text of the row --row prints")
+    if args.stage is not None and args.row is None and not (summary.has_vision and args.vqgan):
+        raise InspectUsageError(f"--stage {args.stage} needs --row N"
+                                + (" or --vqgan PATH: it picks the stage of the row --row prints or of the frame grid --vqgan "
+                                   "draws" if summary.has_vision else ": it picks the stage of the row --row prints")
+                                + "; the tables and plots cover every stage")
+
+
+def _check_plot_flags(args: argparse.Namespace) -> None:
+    """Refuse --plots DIR or --overwrite with --no-plots: both are about PNGs that would not be written."""
+    given = [flag for flag, value in (("--plots", args.plots), ("--overwrite", args.overwrite or None)) if value is not None]
+    if given and args.no_plots:
+        raise InspectUsageError(f"{' and '.join(given)} with --no-plots: {'they say' if len(given) > 1 else 'it says'} "
+                                "where and how to write the PNGs, and --no-plots writes none")
 
 
 def run_inspect(args: argparse.Namespace, console: Console) -> int:
@@ -363,6 +376,7 @@ def _check_folder(path: str) -> None:
 
 
 def _run_inspect(args: argparse.Namespace, console: Console) -> int:
+    _check_plot_flags(args)
     fs, manifest_path = fsspec.core.url_to_fs(join_url(args.dir, "manifest.json"))
     if not fs.exists(manifest_path):
         _check_folder(args.dir)

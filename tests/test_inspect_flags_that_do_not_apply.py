@@ -167,3 +167,39 @@ def test_tokenizer_with_vqgan_on_a_vision_output_is_not_refused(video, tmp_path,
     assert "frame grid skipped: no row of stage v64 holds vision tokens" in _flat(capsys.readouterr().out)
     assert sorted(p.name for p in plots.glob("*.png")) == sorted(
         ["document_lengths.png", "tokens_per_stage.png", "docs_per_row.png", "loss_share.png"])
+
+
+# ----------------------------------------------------------------------------------------------
+# --plots DIR / --overwrite with --no-plots, and --stage with nothing that reads one stage
+# (found by the twelfth session's probe: each exited 0 with the flag unused)
+# ----------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("flags, named", [(["--plots", "PLOTS"], "--plots with --no-plots: it says"),
+                                          (["--overwrite"], "--overwrite with --no-plots: it says"),
+                                          (["--plots", "PLOTS", "--overwrite"], "--plots and --overwrite with --no-plots: they say")])
+def test_plot_flags_with_no_plots_are_refused(books, tmp_path, capsys, flags, named):
+    argv = [str(tmp_path / "plots") if flag == "PLOTS" else flag for flag in flags]
+    message = _error(["inspect", str(books), "--no-plots", *argv], capsys)
+    assert message == f"{named} where and how to write the PNGs, and --no-plots writes none"
+    assert capsys.readouterr().out == "" and not (tmp_path / "plots").exists()
+
+
+def test_plot_flags_with_no_plots_are_refused_on_a_training_run_too(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("seq_len: 64\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+    assert main(["inspect", str(run), "--no-plots"]) == 0  # a training run it reads
+    capsys.readouterr()
+    assert _error(["inspect", str(run), "--no-plots", "--overwrite"], capsys).startswith("--overwrite with --no-plots")
+
+
+def test_stage_without_row_is_refused(books, video, capsys):
+    assert _error(["inspect", str(books), "--no-plots", "--stage", "s1k"], capsys) == (
+        "--stage s1k needs --row N: it picks the stage of the row --row prints; the tables and plots cover every stage")
+    assert _error(["inspect", str(video), "--no-plots", "--stage", "v64"], capsys) == (
+        "--stage v64 needs --row N or --vqgan PATH: it picks the stage of the row --row prints or of the frame grid "
+        "--vqgan draws; the tables and plots cover every stage")
+    # With --row it picks the row's stage, as before.
+    assert main(["inspect", str(books), "--no-plots", "--stage", "s1k", "--row", "0", "--tokenizer", DEMO_TOKENIZER]) == 0
+    assert "row 0" in _flat(capsys.readouterr().out)
