@@ -44,6 +44,8 @@ from curation.text import Rejected, decode_utf8
 
 COMPRESSIONS = {".gz": "gzip", ".zst": "zstd", ".zstd": "zstd", ".bz2": "bz2", ".xz": "xz"}
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text"}
+# The extensions above, as help texts and messages name them.
+BOOK_FILES = f"{', '.join(FORMATS)} (optionally {', '.join(COMPRESSIONS)})"
 
 
 @dataclass(frozen=True)

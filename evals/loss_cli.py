@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from curation.sources import BOOK_FILES
 from curation.units import parse_count
 from evals.model_cli import check_at_least_one, check_hf_model_path, check_out_folder, check_torch_device, model_name
 
@@ -22,8 +23,8 @@ def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
     model.add_argument("--hf-model", help="any local transformers causal LM folder (GPT-2, Qwen, Mistral, ...) or "
                                           "package:DIST/model.gguf, run with torch; remote code is never run")
     parser.add_argument("--data", required=True,
-                        help="a stage folder of shards (e.g. out/books/32k), or raw books: a .jsonl/.jsonl.gz/.parquet/"
-                             ".txt file or a folder of them (held-out books, cut into rows of --length tokens)")
+                        help=f"a stage folder of shards (e.g. out/books/32k), or raw books: a {BOOK_FILES} file or a "
+                             "folder of them (held-out books, cut into rows of --length tokens)")
     parser.add_argument("--length", help="raw books only: tokens per row (4096, 4k); each book is cut into "
                                          "consecutive rows of exactly this length, the shorter tail left out")
     parser.add_argument("--tokenizer", help="raw books only: tokenizer spec (default: the model's own; for a "
@@ -93,6 +94,28 @@ def check_hf_data_tokenizer(model_folder: str, data: str, shard_record: dict[str
     return ""
 
 
+def check_vision_fits(data_spec: str, shard: Any, model: Any | None, model_flag: str) -> None:
+    """Refuse (ValueError, one line) vision shards the model cannot read: a text-only model (a
+    transformers --hf-model, `model` None; or a checkpoint without vision_layout) would take the
+    VQGAN codes for text ids and score the captions after them as if those were text; a vision
+    checkpoint of another layout would read other ids. `shard`: the stage's ShardMetadata. Text
+    shards always pass."""
+    if shard.vision is None:
+        return
+    layout = shard.vision.get("layout")
+    if model is None or model.vision_layout == "none":
+        reader = "a transformers model" if model is None else "the checkpoint's model"
+        raise ValueError(f"--data {data_spec} holds vision rows ({layout!r} VQGAN codes beside the text); {reader} "
+                         f"reads text only ({model_flag}), so it would read the codes as text ids: score a "
+                         "vision-language checkpoint (--checkpoint, a run with vision_layout), or a text stage")
+    from training.vision import expected_vision_metadata, vision_problems
+
+    problems = vision_problems(shard, expected_vision_metadata(model))
+    if problems:
+        raise ValueError(f"--data {data_spec} holds vision rows of another layout than the checkpoint's model reads "
+                         f"({'; '.join(problems)})")
+
+
 def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     from evals.loss_by_position import loss_by_position, parse_buckets, summarize_table, write_outputs
     from evals.loss_sources import check_data_file, is_book_source, read_book_rows
@@ -133,6 +156,8 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
         from curation.hf_models import resolve_generator
         from evals.hf_loss import HFScorer
 
+        if data is not None:
+            check_vision_fits(args.data, data.info, None, f"--hf-model {args.hf_model}")
         try:
             if data is not None:  # shards of another vocabulary than the model's tokenizer: other text for the same ids
                 note = check_hf_data_tokenizer(resolve_generator(args.hf_model)[0], args.data, data.info.tokenizer)
@@ -142,10 +167,12 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
         except OSError as err:  # transformers' word for a folder or hub id it cannot load
             raise ValueError(f"--hf-model {args.hf_model} cannot be loaded: {' '.join(str(err).split())[:400]}") from None
     else:
-        from training.checkpoint import load_any_params
+        from training.checkpoint import any_model_config, load_any_params
         from training.hf import check_data_tokenizer
 
         if data is not None:  # shards of another tokenizer than the checkpoint's data: other text for the same ids
+            check_vision_fits(args.data, data.info, any_model_config(args.checkpoint),
+                              f"--checkpoint {args.checkpoint}")
             check_data_tokenizer(args.checkpoint, args.data, data.info.tokenizer)
         config, params = load_any_params(args.checkpoint)
     extra: dict[str, Any] = {}

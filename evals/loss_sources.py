@@ -22,13 +22,11 @@ import fsspec
 import numpy as np
 
 from curation.accounting import Reason, Reject
-from curation.sources import (COMPRESSIONS, FORMATS, SourceConfig, expand_pattern, iter_file_records, portable_url,
+from curation.sources import (BOOK_FILES, SourceConfig, expand_pattern, iter_file_records, portable_url,
                               split_extension)
 from curation.text import CleanConfig, Rejected, clean_text
 from curation.tokenize import encode_long
 
-# The extensions the books reader (curation.sources) takes, from its own tables.
-BOOK_FILES = f"{', '.join(FORMATS)} (optionally {', '.join(COMPRESSIONS)})"
 DATA_KINDS = (f"a stage folder (the folder holding a stage's .arrow shards, e.g. out/books/32k) or raw books "
               f"(a {BOOK_FILES} file, or a folder of them)")
 

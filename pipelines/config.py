@@ -18,6 +18,7 @@ from curation.config_errors import read_config_yaml, top_level_keys, validation_
 from curation.manifest import config_hash
 from curation.packing import PositionMode
 from curation.quality import Languages, QualityRules
+from curation.sources import BOOK_FILES
 from curation.stages import KNOWN_STAGES, Stage, StagePolicy, parse_stage_list
 
 
@@ -70,7 +71,7 @@ class JobConfig(BaseModel):
     add_eos: bool = Field(True, description="append the tokenizer's EOS to each document")
     text_field: str = Field("text", description="JSONL field / Parquet column holding the text")
     id_field: str = Field("id", description="JSONL field / Parquet column holding the record id (default: file:line)")
-    input_format: Literal["auto", "jsonl", "parquet", "text"] = Field("auto", description="input format; auto infers it from the file extension")
+    input_format: Literal["auto", "jsonl", "parquet", "text"] = Field("auto", description=f"input format; auto infers it from the file extension: {BOOK_FILES}")
     read_split_bytes: int = Field(64 << 20, gt=0, description="an uncompressed JSONL or Parquet input larger than this is read "
                                   "in pieces of about this size by several workers (compressed files and text are read whole)")
     reject_files: int = Field(8, gt=0, description="rejects are written to up to this many JSONL files, by a stable hash of source and id")
