@@ -72,6 +72,15 @@ def video(tmp_path_factory):
     return _write_output(tmp_path_factory.mktemp("flags-video") / "out", "video", "v64", 64, vision=True)
 
 
+def _training_run(tmp_path):
+    """A training run folder inspect reads: its config.yaml and one metrics line."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("steps: 3\n")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.5}) + "\n")
+    return run
+
+
 def _flat(text: str) -> str:
     return re.sub(r"[\s│┃|]+", " ", text)
 
@@ -129,10 +138,7 @@ def test_tokenizer_without_row_or_vqgan_is_refused_on_a_vision_output(video, tmp
 
 
 def test_row_flags_on_a_training_run_are_refused(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("steps: 3\n")
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 2.5}) + "\n")
+    run = _training_run(tmp_path)
     assert _error(["inspect", str(run), "--no-plots", "--tokenizer", DEMO_TOKENIZER, "--full"], capsys) == (
         f"--tokenizer and --full: {run} is a training run; --row, --stage, --vqgan, --tokenizer and --full read a "
         "data job's shards")
@@ -185,10 +191,7 @@ def test_plot_flags_with_no_plots_are_refused(books, tmp_path, capsys, flags, na
 
 
 def test_plot_flags_with_no_plots_are_refused_on_a_training_run_too(tmp_path, capsys):
-    run = tmp_path / "run"
-    run.mkdir()
-    (run / "config.yaml").write_text("seq_len: 64\n")
-    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+    run = _training_run(tmp_path)
     assert main(["inspect", str(run), "--no-plots"]) == 0  # a training run it reads
     capsys.readouterr()
     assert _error(["inspect", str(run), "--no-plots", "--overwrite"], capsys).startswith("--overwrite with --no-plots")
