@@ -100,3 +100,13 @@ def image_example(
     vision = np.concatenate([np.zeros(nb, np.int32), vision, np.zeros(ne, np.int32)])
     loss = np.concatenate([np.zeros(nb, np.float32), loss, np.full(ne, float(not caption_first), np.float32)])
     return tokens, vision, loss
+
+
+def blank_text_reject(text: str, what: str) -> str | None:
+    """The reject detail of a vision record whose text (`what`: "caption", "text") is empty or only
+    whitespace, or None when it has text. A vision-text pair without its text teaches nothing
+    about the pair, and in the text-after direction its only text target is the EOS right after
+    the vision block; the jobs reject it as `empty` unless `allow_empty_text`."""
+    if text.strip():
+        return None
+    return f"{'no' if not text else 'a blank'} {what}: a vision-text pair needs its text (allow_empty_text keeps it vision-only)"

@@ -184,6 +184,7 @@ class VideoConfig(JobConfig):
     encode_batch: int = Field(8, ge=1, description="frames decoded and encoded per batch (fixed jitted shape)")
     vision_layout: VisionLayout = vision_layout_field()
     text_position: Literal["auto", "before", "after"] = Field("auto", description="text before or after the vision block; auto picks per example, deterministically")
+    allow_empty_text: bool = Field(False, description="keep a video whose text is empty or blank as a video-only example; by default it is rejected as empty (a video-text pair needs its text), before its frames are decoded")
 
     @staticmethod
     def check_given(given: dict[str, Any], where: Callable[[str], str]) -> None:
@@ -206,6 +207,7 @@ class ImagesConfig(JobConfig):
     encode_batch: int = Field(8, ge=1, description="images encoded per VQGAN batch (fixed jitted shape)")
     vision_layout: VisionLayout = vision_layout_field()
     caption_position: Literal["auto", "before", "after"] = Field("auto", description="caption before the image (generation, loss on the image) or after it (captioning, loss on the caption); auto picks per pair")
+    allow_empty_text: bool = Field(False, description="keep a pair whose caption is empty or blank as an image-only example; by default it is rejected as empty (captioning it would teach the model to end right after an image), before the image is decoded")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from curation.progress import Progress
 from curation.sources import SourceConfig
 from curation.video import stable_message
 from curation.vision_encode import decode_image
-from curation.vision_examples import image_example, text_first
+from curation.vision_examples import blank_text_reject, image_example, text_first
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.config import ImagesConfig
 from pipelines.io import ReadInputs
@@ -41,6 +41,10 @@ class DecodeImages(beam.DoFn):
         self.config = config
 
     def process(self, doc: Document):
+        blank = None if self.config.allow_empty_text else blank_text_reject(doc.text, "caption")
+        if blank:
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.EMPTY, blank))
+            return
         try:
             frame = decode_image(image_bytes(doc, self.config.image_field), self.config.frame_size)
         except Exception as err:  # missing file, not an image, truncated data, ...

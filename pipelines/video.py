@@ -35,7 +35,8 @@ from curation.progress import progress_line
 from curation.sources import SourceConfig
 from curation.video import VideoError
 from curation.vision_encode import video_codes
-from curation.vision_examples import frame_runs, frames_per_example, text_first, video_example, video_tokens_in
+from curation.vision_examples import (blank_text_reject, frame_runs, frames_per_example, text_first, video_example,
+                                      video_tokens_in)
 from curation.vision_layout import CODES_PER_FRAME
 from pipelines.accounting import KEPT_EVENTS, NAMESPACE, REJECTS, ShardJob
 from pipelines.io import ReadInputs
@@ -81,6 +82,10 @@ class EncodeVideos(VisionTextDoFn):
         if isinstance(doc.meta[c.video_field], bytes):  # a binary Parquet column: frames are streamed from a file
             yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.WRONG_TYPE,
                                                            f"{c.video_field!r} holds bytes; a video is read from a path or URL"))
+            return
+        blank = None if c.allow_empty_text else blank_text_reject(doc.text, "text")
+        if blank:  # before the frames are decoded: nothing of the video would be kept
+            yield beam.pvalue.TaggedOutput(REJECTS, Reject(doc.source, doc.id, Reason.EMPTY, blank))
             return
         url = media_url(doc, c.video_field)
         try:
