@@ -13,7 +13,7 @@ from rich.table import Table
 
 from curation.sources import BOOK_FILES
 from curation.units import parse_count
-from evals.model_cli import check_at_least_one, check_hf_model_path, check_out_folder, check_torch_device, model_name
+from evals.model_cli import check_at_least_one, check_hf_model_path, check_results_folder, check_torch_device, model_name
 
 
 def add_loss_arguments(parser: argparse.ArgumentParser) -> None:
@@ -127,7 +127,7 @@ def run_loss_by_position(args: argparse.Namespace, console: Console) -> int:
     # --sp 0 divided the length by zero; -1 (training.mesh's "every device") made a negative ring chunk.
     for flag, value in (("--chunk", args.chunk), ("--sp", args.sp), ("--rows", args.rows), ("--batch-rows", args.batch_rows)):
         check_at_least_one(flag, value)
-    check_out_folder(args.out)
+    check_results_folder(args.out)
     if args.hf_model:
         check_hf_model_path(args.hf_model)
         check_torch_device(args.device)

@@ -126,7 +126,7 @@ def prepare_model(args: argparse.Namespace, name: str, max_length: int,
     check_at_least_one("--batch-size", getattr(args, "batch_size", 1))
     check_at_least_one("--chunk", getattr(args, "chunk", 1))  # 0 would divide the prefill buffer by zero
     if getattr(args, "out", None):  # a file there stopped the run with a traceback when results were written
-        check_out_folder(args.out)
+        check_results_folder(args.out)
     if getattr(args, "endpoint", None):
         tokenizer, generator = endpoint_generator(args, name)
         return tokenizer, generator.name, lambda: generator
@@ -142,7 +142,7 @@ def check_at_least_one(flag: str, value: int | None) -> None:
         raise ValueError(f"{flag} must be at least 1, got {value}")
 
 
-def check_out_folder(out: str, flag: str = "--out") -> None:
+def check_results_folder(out: str, flag: str = "--out") -> None:
     """Refuse (ValueError, one line) an output folder that is a file, or lies under one: found
     before the model loads, not when the results are written. Nothing is created."""
     path = Path(out).expanduser()

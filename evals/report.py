@@ -192,9 +192,9 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace, console: Console) -> int:
-    from evals.model_cli import check_out_folder
+    from evals.model_cli import check_results_folder
 
-    check_out_folder(args.out)  # a file there would stop it after the folders are read
+    check_results_folder(args.out)  # a file there would stop it after the folders are read
     runs = load_runs(args.folders)
     console.print(report_table(runs))
     written = write_report(runs, args.out)
