@@ -57,10 +57,13 @@ class _PlanHelpFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
-    """Every (sub)command parser shows defaults in --help (subparsers inherit the parser class)."""
+    """Every (sub)command parser shows defaults in --help and takes flags only as spelt out
+    (subparsers inherit the parser class): an abbreviation such as `--glob 4` for --global-batch
+    is an unknown flag, as it is for Beam's options, so a mistyped flag never lands on another."""
 
     def __init__(self, *args, **kwargs) -> None:
         kwargs.setdefault("formatter_class", _HelpFormatter)
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
 
 
