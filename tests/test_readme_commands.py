@@ -155,6 +155,13 @@ def validate_argv(args: list[str], cwd: Path) -> list[str]:
             job.config_from(job_pipeline_options(flags))
         elif extra:
             return [f"unrecognized arguments: {extra}"]
+        elif parsed.command == "train":  # the config train() gets, and the two settings it cannot do without
+            from pipelines.config import config_from_args
+            from training.config import TrainConfig
+
+            config = config_from_args(TrainConfig, parsed)
+            if not (config.data and config.out):
+                return [f"{' '.join(args)}: a training run needs data and out"]
     except (SystemExit, ValueError) as err:
         return [f"{' '.join(args)}: {type(err).__name__}: {err}"]
     finally:
@@ -236,6 +243,33 @@ def test_every_readme_command_is_classified():
     # Every override, known-broken and check-only entry still matches a README command that is run.
     for prefix in list(CI_OVERRIDES) + list(KNOWN_BROKEN) + list(VALIDATE_IN_CI):
         assert any(c.text.startswith(prefix) for c in to_run), f"no README command to run starts with {prefix!r}"
+
+
+# What a cluster's environment fills in for the README's $VARIABLES, to check those commands here.
+CLUSTER_ENV = {"JOBSET_NAME": "longctx", "NUM_PROCESSES": "2", "JOB_COMPLETION_INDEX": "0"}
+
+
+def cluster_longctx_argv(cmd: Command) -> list[str]:
+    """The `longctx ...` a cluster command runs on each host: gcloud's --command string or srun's
+    program, with the cluster's $VARIABLES filled in (CLUSTER_ENV; an unknown one fails)."""
+    args = list(cmd.argv)
+    if args[0] == "gcloud":
+        args = shlex.split(args[args.index("--command") + 1])
+    start = next(i for i, a in enumerate(args) if a.endswith("bin/longctx") or (a == "longctx" and i == 0))
+
+    def fill(word: str) -> str:
+        return re.sub(r"\$\{?([A-Z_]+)\}?", lambda m: CLUSTER_ENV[m.group(1)], word)
+
+    return ["longctx", *map(fill, args[start + 1 :])]
+
+
+def test_cluster_commands_parse_and_build_their_config():
+    """The TPU pod, SLURM and GKE commands cannot run here, but each host's `longctx ...` must be a
+    command that parses and builds its config (the GKE one lacked --data and --out)."""
+    commands = [c for c in readme_commands(README.read_text()) if skip_reason(c) == CLUSTER]
+    assert len(commands) == EXPECTED_SKIPS[CLUSTER]
+    failures = [f"{cmd.where}: {problem}" for cmd in commands for problem in validate_argv(cluster_longctx_argv(cmd), ROOT)]
+    assert not failures, "\n".join(failures)
 
 
 def test_longctx_help_lists_every_readme_subcommand(tmp_path):
