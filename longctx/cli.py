@@ -56,6 +56,9 @@ class _PlanHelpFormatter(argparse.RawDescriptionHelpFormatter, _HelpFormatter):
     """Keeps the plan schema's layout in `train-stages --help`."""
 
 
+USAGE_LINES = 8  # an error's usage block longer than this is cut to a pointer to --help
+
+
 class _Parser(argparse.ArgumentParser):
     """Every (sub)command parser shows defaults in --help and takes flags only as spelt out
     (subparsers inherit the parser class): an abbreviation such as `--glob 4` for --global-batch
@@ -65,6 +68,15 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", _HelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
+
+    def format_usage(self) -> str:
+        """The usage an error prints above its line: a data job's flags fill some 30 lines, which
+        bury the one line that says what is wrong, so a long usage is cut to a pointer to --help
+        (which still shows it whole)."""
+        usage = super().format_usage()
+        if usage.count("\n") <= USAGE_LINES:
+            return usage
+        return f"usage: {self.prog} [flags ...]  (every flag: {self.prog} --help)\n"
 
 
 def _parser() -> argparse.ArgumentParser:
