@@ -19,13 +19,39 @@ from pydantic import ValidationError
 Location = tuple[Any, ...]
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a mapping naming a key twice is an error (safe_load
+    keeps the last value without a word: `seq_len: 128` then `seq_len: 256` trained at 256)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: keys given beside it override its keys
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeLoader's own error says it
+                    continue
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice, first on line {first.line + 1}", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load(stream: Any) -> Any:
+    """yaml.safe_load, refusing duplicate keys."""
+    return yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def read_config_yaml(path: str | Path, what: str = "the config") -> Any:
     """The parsed YAML of a user's config file (safe_load), or a one-line ValueError: `PATH: cannot
     read the config (No such file or directory)`, `PATH:4:4: not valid YAML (mapping values are not
     allowed here)`. Whether it is the mapping it should be is the caller's check."""
     try:
         with open(path) as fh:
-            return yaml.safe_load(fh)
+            return _load(fh)
     except OSError as err:
         raise ValueError(f"{path}: cannot read {what} ({err.strerror or err})") from None
     except yaml.YAMLError as err:
@@ -38,7 +64,7 @@ def read_inline_yaml(text: str, what: str = "") -> Any:
     """A flag's value parsed as inline YAML (safe_load), or a one-line ValueError, after `what: `
     when given: `not valid YAML (expected ',' or '}', but got '<stream end>')`."""
     try:
-        return yaml.safe_load(text)
+        return _load(text)
     except yaml.YAMLError as err:
         problem = getattr(err, "problem", None) or type(err).__name__
         raise ValueError(f"{what + ': ' if what else ''}not valid YAML ({problem})") from None
@@ -76,7 +102,7 @@ def validation_line(err: ValidationError, origin: Callable[[Location], Location]
         text = f"unknown key {key!r}" + did_you_mean(key, known_keys(place) if known_keys else [])
     elif first["type"] == "missing":
         place, text = loc[:-1], f"missing key {loc[-1]!r}"
-    elif not loc:  # a check across keys (a model validator): its message names them; the input is the whole config
+    elif not first["loc"]:  # a check across keys (a model validator): its message names them; the input is the whole config
         place, text = loc, first["msg"].removeprefix("Value error, ")
     else:
         place = loc

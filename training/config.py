@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from curation.config_errors import did_you_mean, validation_line
+from curation.config_errors import did_you_mean, validation_line, where
 
 
 class TrainConfig(BaseModel):
@@ -89,6 +89,66 @@ class TrainConfig(BaseModel):
         _check_model(self.model, self.model_overrides, check_values=self.init_from is None)
         return self
 
+    @model_validator(mode="after")
+    def distributed_off_is_one_process(self) -> TrainConfig:
+        """`distributed: off` never joins a job: the process trains alone whatever coordinator,
+        process count or index it is given, so two such processes would write one run folder at
+        once. Those keys are refused with it (auto and on use them)."""
+        from training.distributed import check_off
+
+        if self.distributed == "off":
+            check_off(self.coordinator_address, self.num_processes, self.process_id)
+        return self
+
+    @model_validator(mode="after")
+    def vision_settings_apply(self, info: ValidationInfo) -> TrainConfig:
+        """text_loss_weight, vision_loss_weight and vision_init act on a model with a vision
+        vocabulary only. Refused here when the model is surely text-only: no vision_layout and no
+        init_from (whose checkpoint may bring one: see `check_vision_settings`). A stage plan
+        checks its stages itself, knowing what each inherits (context {"plan": True})."""
+        if (info.context or {}).get("plan") or self.init_from is not None or self.vision_layout is not None:
+            return self
+        if _preset_layout(self.model, self.model_overrides) == "none":
+            check_vision_settings(self, "none")  # the default message: no vision_layout, no init_from
+        return self
+
+
+# Keys that act on a vision vocabulary only, with their no-op values.
+VISION_ONLY_DEFAULTS: dict[str, Any] = {"text_loss_weight": None, "vision_loss_weight": None, "vision_init": "normal"}
+
+
+def vision_only_keys(values: dict[str, Any]) -> list[str]:
+    """The vision-only keys `values` sets to something other than their no-op default."""
+    return [key for key, default in VISION_ONLY_DEFAULTS.items() if key in values and values[key] != default]
+
+
+def check_vision_settings(config: TrainConfig, vision_layout: str, model: str = "the model (no vision_layout, no init_from)") -> None:
+    """ValueError (one line) when the model (`vision_layout`: the effective model's, "none" for a
+    text-only one) has no vision vocabulary but `config` sets keys that act only on one. With
+    init_from the checkpoint decides, so the trainer calls it once the model is known, e.g.
+    `check_vision_settings(config, model_cfg.vision_layout, f"the model of init_from {config.init_from}")`."""
+    if vision_layout != "none":
+        return
+    keys = vision_only_keys(config.model_dump(include=set(VISION_ONLY_DEFAULTS)))
+    if keys:
+        flags = ", ".join("--" + k.replace("_", "-") for k in keys)
+        raise ValueError(_vision_keys_message(keys, model, f" ({flags})", " (--vision-layout separate|unified)"))
+
+
+def _vision_keys_message(places: list[str], model: str, flags: str = "", layout_flag: str = "") -> str:
+    return (f"{', '.join(places)} {'acts' if len(places) == 1 else 'act'} on a vision vocabulary only, but {model} is "
+            f"text-only: remove {'it' if len(places) == 1 else 'them'}{flags}, or set vision_layout{layout_flag}")
+
+
+def _preset_layout(name: str, overrides: dict[str, Any]) -> str:
+    """The vision layout of preset `name` with `overrides` (model_overrides may give one)."""
+    from training.model import ModelConfig
+
+    try:
+        return ModelConfig.preset(name).with_(**overrides).vision_layout
+    except (ValueError, TypeError, NotImplementedError):  # model_is_buildable says what is wrong
+        return str(overrides.get("vision_layout", "none"))
+
 
 def _check_model(name: str, overrides: dict[str, Any], check_values: bool = True) -> None:
     """ValueError (one line) unless preset `name` with `overrides` is a ModelConfig. training.model
@@ -157,18 +217,51 @@ class StagePlan(BaseModel):
         return plan
 
     def stage_configs(self) -> list[tuple[str, TrainConfig]]:
+        self._check_plan_keys()
         configs = []
         previous = self.init_from
         for index, entry in enumerate(self.stages):
             data = {**self.base, **entry.overrides, "data": entry.data, "out": f"{self.out.rstrip('/')}/{entry.name}"}
             data["init_from"] = previous
-            try:
-                config = TrainConfig.model_validate(data)
+            try:  # the plan checks the vision-only keys itself (_check_vision_keys): it knows what each stage inherits
+                config = TrainConfig.model_validate(data, context={"plan": True})
             except ValidationError as err:
                 raise ValueError(validation_line(err, lambda loc: self._origin(index, loc), _known_keys)) from None
             configs.append((entry.name, config))
             previous = f"{config.out}/checkpoints/final"
+        self._check_vision_keys(configs)
         return configs
+
+    def _check_plan_keys(self) -> None:
+        """out, data and init_from are the plan's own (each stage's are made from its out, the
+        stage entry's data and the previous stage): given in base or a stage's overrides they
+        were dropped without a word. Refused, naming where each belongs."""
+        sections = [(("base",), self.base)] + [(("stages", i, "overrides"), e.overrides) for i, e in enumerate(self.stages)]
+        for place, keys in sections:
+            for key in ("out", "data", "init_from"):
+                if key in keys:
+                    raise ValueError(f"{where((*place, key))}: {_PLAN_KEY_HOME[key]}")
+
+    def _check_vision_keys(self, configs: list[tuple[str, TrainConfig]]) -> None:
+        """text_loss_weight, vision_loss_weight and vision_init given where they cannot act: in a
+        stage's overrides when that stage is surely text-only, in base when every stage is. A
+        stage's vision layout is its own vision_layout, else the previous stage's (it starts from
+        its params), else the plan's init_from's (unknown: then nothing is refused) or none."""
+        layout: str | None = None if self.init_from else "none"
+        text_only = []
+        for index, (_, config) in enumerate(configs):
+            if config.vision_layout is not None:
+                layout = config.vision_layout
+            elif index == 0 and layout == "none":
+                layout = _preset_layout(config.model, config.model_overrides)
+            text_only.append(layout == "none")
+            keys = vision_only_keys(self.stages[index].overrides)
+            if layout == "none" and keys:
+                raise ValueError(_vision_keys_message([where(("stages", index, "overrides", k)) for k in keys],
+                                                      f"stage {self.stages[index].name}'s model ({_TEXT_ONLY_STAGE})"))
+        keys = vision_only_keys(self.base)
+        if keys and text_only and all(text_only):
+            raise ValueError(_vision_keys_message([where(("base", k)) for k in keys], f"every stage's model ({_TEXT_ONLY_STAGE})"))
 
     def _origin(self, index: int, loc: tuple[Any, ...]) -> tuple[Any, ...]:
         """Where in the plan a stage's merged TrainConfig got the key at `loc` from: the stage's
@@ -176,6 +269,17 @@ class StagePlan(BaseModel):
         if loc and loc[0] in self.stages[index].overrides:
             return ("stages", index, "overrides", *loc)
         return ("base", *loc) if loc and loc[0] in self.base else ("stages", index, *loc)
+
+
+_TEXT_ONLY_STAGE = "no vision_layout in it or an earlier stage, no plan init_from"
+
+_PLAN_KEY_HOME = {
+    "out": "a plan's run folder is its top-level out: (stage NAME trains into OUT/NAME; --out overrides it); "
+           "here it would be ignored: move it there",
+    "data": "a stage's shards are its stage entry's data: (stages[N].data); here it would be ignored: move it there",
+    "init_from": "the first stage starts from the plan's top-level init_from:, each later stage from the previous "
+                 "stage's checkpoints/final; here it would be ignored: move it to the top-level init_from",
+}
 
 
 def _known_keys(loc: tuple[Any, ...]) -> list[str]:

@@ -73,6 +73,19 @@ def wants_distributed(mode: Literal["auto", "on", "off"], coordinator_address: s
     return detected_cluster(env) is not None
 
 
+def check_off(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> None:
+    """`distributed: off` trains as one process whatever it is told: a coordinator, process count
+    or index given with it (two processes would write one run folder at once) is refused, named."""
+    given = {"coordinator_address": coordinator_address, "num_processes": num_processes, "process_id": process_id}
+    named = [key for key, value in given.items() if value is not None]
+    if named:
+        flags = ", ".join(f"--{key.replace('_', '-')} {given[key]}" for key in named)
+        raise DistributedConfigError(
+            f"--distributed off (distributed: off) trains as one process and never joins a job, but {flags} "
+            f"({', '.join(named)}) describe{'s' if len(named) == 1 else ''} a multi-process one: remove "
+            f"{'it' if len(named) == 1 else 'them'}, or use --distributed auto (the default) or on")
+
+
 def check_settings(coordinator_address: str | None, num_processes: int | None, process_id: int | None,
                    timeout_s: int) -> None:
     """Refuse settings that cannot name a process of a job, before any connection is tried."""
@@ -100,6 +113,8 @@ def initialize(mode: Literal["auto", "on", "off"] = "auto", coordinator_address:
     """Connect this process to its job when the job is multi-process (see `wants_distributed`).
     True when JAX's distributed runtime is up (now or from an earlier call: a plan's stages share it).
     On CPU the cross-process collectives go through gloo, which must be chosen before the backend starts."""
+    if mode == "off":
+        check_off(coordinator_address, num_processes, process_id)
     if jax.distributed.is_initialized():
         return True
     if not wants_distributed(mode, coordinator_address, num_processes, process_id):

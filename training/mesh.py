@@ -104,6 +104,39 @@ def make_mesh(spec: str | dict[str, int] | None = None, devices: list | None = N
     return Mesh(grid, AXES)
 
 
+def mesh_text(sizes: dict[str, int]) -> str:
+    """{axis: size} -> `dp=1,fsdp=2,tp=1,sp=4`."""
+    return ",".join(f"{axis}={sizes[axis]}" for axis in AXES)
+
+
+def check_uses_all_devices(spec: str | dict[str, int] | None, num_devices: int) -> dict[str, int]:
+    """The axis sizes of a training mesh on `num_devices` devices, or a one-line MeshError when
+    they multiply to fewer: the other devices would sit idle without a word (`longctx plan`
+    refuses the same against its target). A one-device mesh (every axis 1) is the one subset
+    allowed: a deliberate single-device run (e.g. a debugging run or a test)."""
+    sizes = mesh_sizes(spec, num_devices)
+    total = math.prod(sizes.values())
+    if 1 < total < num_devices:
+        given = mesh_text(parse_mesh(spec))
+        hint = ""
+        for axis in (FSDP, DP, SP, TP):  # the first axis that can take the rest, the batch's axes first
+            others = math.prod(n for a, n in sizes.items() if a != axis)
+            if num_devices % others == 0:
+                hint = f", e.g. --mesh {mesh_text({**sizes, axis: -1})} ({axis}={num_devices // others})"
+                break
+        raise MeshError(f"mesh {given} uses {total} of the {num_devices} devices, leaving {num_devices - total} idle: "
+                        f"make the axes multiply to {num_devices}, or give one axis -1 to take the devices the others "
+                        f"leave{hint}")
+    return sizes
+
+
+def make_train_mesh(spec: str | dict[str, int] | None = None, devices: list | None = None) -> Mesh:
+    """`make_mesh` for a training run: the mesh must use every device (`check_uses_all_devices`)."""
+    devices = list(devices if devices is not None else jax.devices())
+    check_uses_all_devices(spec, len(devices))
+    return make_mesh(spec, devices)
+
+
 def batch_spec() -> PartitionSpec:
     """[batch, seq] arrays: batch over dp x fsdp, sequence over sp."""
     return PartitionSpec(BATCH_AXES, SEQ_AXIS)
