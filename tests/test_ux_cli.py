@@ -52,7 +52,8 @@ def test_help_shows_defaults_of_config_flags_and_plain_flags():
     train = _help("train")
     assert "[config key: seq_len] (default: 4096)" in train and "[config key: lr] (default: 0.0003)" in train
     generate = _help("generate")
-    assert "tokens to generate (default: 32)" in generate and "0 = greedy (default: 0.0)" in generate
+    # Flags a mode may refuse when given default to None, and say their effective default in words.
+    assert "tokens to generate (default 32; not with --generate-vision)" in generate and "0 = greedy (default: 0.0)" in generate
     assert "(default: None)" not in generate
     niah = _help("eval", "niah")
     assert "ring attention query/key chunk (--checkpoint) (default: 512)" in niah

@@ -295,8 +295,10 @@ def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path,
     from longctx.cli import main
     from tests.conftest import DEMO_TOKENIZER, REPO
 
-    common = ["generate", "--checkpoint", result["final"], "--tokenizer", DEMO_TOKENIZER, "--vqgan",
-              str(clip_shards.parent / "vqgan"), "--frame-size", str(SIZE), "--prompt", ""]
+    # --frame-size is read from the media (--video, --image); --generate-vision draws at the VQGAN's own size.
+    generating = ["generate", "--checkpoint", result["final"], "--tokenizer", DEMO_TOKENIZER, "--vqgan",
+                  str(clip_shards.parent / "vqgan"), "--prompt", ""]
+    common = [*generating, "--frame-size", str(SIZE)]
     for clip in ("bikes", "bigbuckbunny"):
         capsys.readouterr()
         assert main([*common, "--video", str(REPO / "data" / "sample" / "videos" / f"{clip}.mp4"), "--frames", "1"]) == 0
@@ -319,7 +321,7 @@ def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path,
 
     # Two generated frames: one PNG each (the model may well draw the same frame twice) ...
     capsys.readouterr()
-    assert main([*common, "--generate-vision", "2", "--vision-out", str(tmp_path / "frame.png")]) == 0
+    assert main([*generating, "--generate-vision", "2", "--vision-out", str(tmp_path / "frame.png")]) == 0
     assert "wrote 2 generated frame(s)" in capsys.readouterr().out
     for i in range(2):
         with Image.open(tmp_path / f"frame-{i:03d}.png") as img:
@@ -327,7 +329,7 @@ def test_toy_vision_language_model_learns_from_real_clips(clip_shards, tmp_path,
     assert not (tmp_path / "frame.png").exists()
     # ... and a GIF that shows both for 250 ms each (identical frames fold into one 500 ms frame).
     gif = tmp_path / "frames.gif"
-    assert main([*common, "--generate-vision", "2", "--vision-out", str(gif)]) == 0
+    assert main([*generating, "--generate-vision", "2", "--vision-out", str(gif)]) == 0
     with Image.open(gif) as img:
         durations = []
         for i in range(img.n_frames):

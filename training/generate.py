@@ -60,8 +60,11 @@ def buffer_length(total: int, sp: int | None = None, chunk: int = 512) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def decoding_programs(config: ModelConfig, mesh: Mesh | None, q_chunk: int, kv_chunk: int):
+def decoding_programs(config: ModelConfig, mesh: Mesh | None, q_chunk: int, kv_chunk: int,
+                      codebook_size: int | None = None):
     """(prefill, step), jitted once per model/mesh; jax.jit recompiles per batch and buffer size by itself.
+    `codebook_size`: vision picks are codes below it (a VQGAN whose codebook is smaller than the
+    model's can decode them); None: every code of the model's vision vocabulary.
 
     prefill(params, buffer [B, L], vision_buffer [B, L], last [B], key, temperature) -> ((text [B], vision [B]) picks, cache);
     step(params, cache, tokens [B], tokens_are_vision [B], positions [B], key, temperature) -> ((text, vision) picks, cache).
@@ -93,7 +96,8 @@ def decoding_programs(config: ModelConfig, mesh: Mesh | None, q_chunk: int, kv_c
         head = vision_output_kernel(config, params)
         vision_logits = text_logits if head is None else h @ head.astype(jnp.float32)
         ids = jnp.arange(vision_logits.shape[-1])
-        is_code = (ids >= vocab.offset) & (ids < vocab.offset + vocab.codebook_size)
+        codes = vocab.codebook_size if codebook_size is None else min(codebook_size, vocab.codebook_size)
+        is_code = (ids >= vocab.offset) & (ids < vocab.offset + codes)
         return text, _pick(jnp.where(is_code, vision_logits, -jnp.inf), key, temperature)
 
     def prefill(params, buffer, vision_buffer, last, key, temperature):
@@ -192,7 +196,7 @@ class _Decoder:
 
     def __init__(self, config: ModelConfig, params: Any, prompts: Sequence[Sequence[int]],
                  vision_masks: Sequence[Sequence[int] | None] | None, new_tokens: int, temperature: float, seed: int,
-                 mesh: Mesh | None, q_chunk: int, kv_chunk: int):
+                 mesh: Mesh | None, q_chunk: int, kv_chunk: int, codebook_size: int | None = None):
         if not prompts:
             raise ValueError("generation needs at least one prompt")
         if any(len(p) == 0 for p in prompts):
@@ -217,7 +221,7 @@ class _Decoder:
             buffer[row, : lengths[row]] = prompts[source]
             if masks[source] is not None:
                 vision[row, : lengths[row]] = masks[source]
-        prefill, self._step = decoding_programs(config, mesh, q_chunk, kv_chunk)
+        prefill, self._step = decoding_programs(config, mesh, q_chunk, kv_chunk, codebook_size)
         self.temperature = jnp.float32(temperature)
         buffer, vision = jnp.asarray(buffer), jnp.asarray(vision)
         if mesh is not None:
@@ -302,18 +306,20 @@ def generate(config: ModelConfig, params: Any, prompt_ids: Sequence[int], max_ne
 
 def generate_frames(config: ModelConfig, params: Any, prompt_ids: Sequence[int], num_frames: int,
                     temperature: float = 0.0, seed: int = 0, *, prompt_vision_mask: Sequence[int] | None = None,
-                    mesh: Mesh | None = None, q_chunk: int = 512, kv_chunk: int = 512) -> np.ndarray:
+                    mesh: Mesh | None = None, q_chunk: int = 512, kv_chunk: int = 512,
+                    codebook_size: int | None = None) -> np.ndarray:
     """Sample `num_frames` frames of VQGAN codes after a prompt that ends where a vision block
     starts (its `<vision>` marker): 256 codes from the vision head, then `<eof>` forced (`<eov>`
     after the last frame) and fed back as the layout has it, so every 257th token is a frame end.
-    Returns codes [num_frames, 16, 16] in [0, codebook_size), for the VQGAN decoder."""
+    Returns codes [num_frames, 16, 16] in [0, codebook_size), for the VQGAN decoder: the model's
+    codebook, or `codebook_size` (the decoding VQGAN's) when that is smaller."""
     vocab = model_vision_vocab(config)
     if vocab is None:
         raise ValueError("a text-only model cannot generate vision tokens (its config has no vision_layout)")
     if num_frames < 1:
         raise ValueError("num_frames must be at least 1")
     decoder = _Decoder(config, params, [prompt_ids], [prompt_vision_mask], num_frames * (CODES_PER_FRAME + 1),
-                       temperature, seed, mesh, q_chunk, kv_chunk)
+                       temperature, seed, mesh, q_chunk, kv_chunk, codebook_size)
     frames = np.zeros((num_frames, CODES_PER_FRAME), np.int32)
     for f in range(num_frames):
         for i in range(CODES_PER_FRAME):

@@ -23,8 +23,12 @@ from training.plan_targets import PlanError
 
 
 def load_stages(config_path: str | None = None, plan_path: str | None = None,
-                overrides: dict[str, Any] | None = None) -> list[tuple[str, TrainConfig]]:
-    """(name, config) of one train config YAML or of every stage of a stage plan YAML."""
+                overrides: dict[str, Any] | None = None,
+                flags: dict[str, str] | None = None) -> list[tuple[str, TrainConfig]]:
+    """(name, config) of one train config YAML or of every stage of a stage plan YAML.
+
+    `flags` names each override as the user gave it (`{"global_batch": "--set global_batch=abc"}`):
+    a train config that fails validation at an overridden key blames that flag, not the file."""
     if bool(config_path) == bool(plan_path):
         raise PlanError("give a train config (--config) or a stage plan (--plan), one of them")
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
@@ -43,9 +47,26 @@ def load_stages(config_path: str | None = None, plan_path: str | None = None,
         plan = StagePlan.from_data(data)  # a mistake anywhere in the plan is one line
         return [(name, config.model_copy(update=overrides)) for name, config in plan.stage_configs()]
     except ValidationError as err:  # a train config's mistake, in one line too
-        raise PlanError(f"{path}: {validation_line(err, known_keys=top_level_keys(TrainConfig))}") from None
+        raise PlanError(f"{_blamed(err, path, overrides, flags)}: "
+                        f"{validation_line(err, known_keys=top_level_keys(TrainConfig))}") from None
     except ValueError as err:
         raise PlanError(f"{path}: {err}") from None
+
+
+def _blamed(err: ValidationError, path: Path, overrides: dict[str, Any], flags: dict[str, str] | None) -> str:
+    """What the first error (as `validation_line` orders them: an unknown key first) is about: the
+    --set flag that gave its top-level key, else the file."""
+    errors = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")
+    if not errors:
+        return str(path)
+    loc = tuple(errors[0]["loc"])
+    key = loc[0] if loc else None
+    if not loc:  # a check across keys (a model validator) whose message starts with the key it is about: "model: ..."
+        said = errors[0]["msg"].removeprefix("Value error, ")
+        key = next((k for k in overrides if said.startswith(f"{k}:")), None)
+    if key in overrides:
+        return (flags or {}).get(key) or f"--set {key}={overrides[key]}"
+    return str(path)
 
 
 def mesh_sizes(spec: str, num_devices: int) -> dict[str, int]:

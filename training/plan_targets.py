@@ -106,12 +106,35 @@ def resolve_target(spec: str, hbm_bytes: int | None = None) -> Target:
         if generation not in TPU_CHIPS:
             raise PlanError(f"unknown target {spec!r}: use local, gpu:h100x64, or a TPU topology such as "
                             f"v5p:4x4x8 (generations {sorted(TPU_CHIPS)})")
-        devices = tpu_topology_devices(topology)
+        problem = topology_problem(topology)  # before libtpu, whose refusal would read as a missing libtpu
+        if problem:
+            raise PlanError(f"TPU topology {spec!r}: {problem}; give GENERATION:AxBxC such as v5p:4x4x8 or v4:2x2x1, "
+                            f"or GENERATION:AxB such as v5e:2x4 or v6e:4x4, the first two sizes even (a TPU host "
+                            f"holds 2x2 chips)")
+        # libtpu knows v5 lite pods as v5e only.
+        devices = tpu_topology_devices("v5e" + topology.removeprefix(generation) if generation == "v5litepod" else topology)
         target = Target(spec, "tpu", len(devices), TPU_CHIPS[generation], devices)
     if hbm_bytes is not None:
         base = target.chip or Chip(target.spec, 0, 0.0)
         target.chip = dataclasses.replace(base, hbm_bytes=int(hbm_bytes))
     return target
+
+
+def topology_problem(topology: str) -> str | None:
+    """What is wrong with the form of a TPU topology `GENERATION:AxB[xC]` (a chip grid of 2 or 3
+    positive sizes, the first two even: libtpu splits a slice into hosts of 2x2 chips), or None."""
+    generation, sep, grid = topology.partition(":")
+    if not sep or not grid:
+        return f"{generation!r} names a TPU generation but no chip grid"
+    if "-" in generation:
+        return f"{generation!r} is a TPU type name (cores or chips in it), not a generation such as v5p"
+    sizes = grid.split("x")
+    if not all(size.isdigit() and int(size) >= 1 for size in sizes) or len(sizes) not in (2, 3):
+        return f"chip grid {grid!r} is not 2 or 3 positive whole numbers joined by x"
+    odd = [int(size) for size in sizes[:2] if int(size) % 2]
+    if odd:
+        return f"chip grid {grid} has an odd size ({odd[0]}) in its first two dimensions"
+    return None
 
 
 def tpu_topology_devices(topology: str) -> list:
@@ -125,6 +148,9 @@ def tpu_topology_devices(topology: str) -> list:
         return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except (ImportError, RuntimeError, ValueError) as err:  # JaxRuntimeError is a RuntimeError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if libtpu_available() and "INVALID_ARGUMENT" in first:  # libtpu is there: the topology is what it refused
+            raise PlanError(f"TPU topology {topology!r}: libtpu refuses it ({first}); give GENERATION:AxBxC such as "
+                            "v5p:4x4x8, or GENERATION:AxB such as v5e:2x4") from None
         raise PlanError(f"cannot describe TPU topology {topology!r} ({first}); compiling for TPU needs libtpu "
                         "(pip install 'longctx[dev]' or libtpu matching jax)") from None
 
@@ -136,4 +162,4 @@ def libtpu_available() -> bool:
 
 
 __all__ = ["GPUS", "TPU_CHIPS", "Chip", "GiB", "PlanError", "Target", "libtpu_available", "resolve_target",
-           "tpu_topology_devices"]
+           "topology_problem", "tpu_topology_devices"]

@@ -49,6 +49,59 @@ def vision_start_prompt(config: ModelConfig, tokenizer, bos_id: int | None, text
     return ([] if bos_id is None else [bos_id]) + ids + start
 
 
+def check_vqgan_path(path: str) -> None:
+    """Refuse (ValueError, one line naming --vqgan) a VQGAN that plainly cannot load, before any
+    model loads: a local path (absolute, ./, ../, ~, or one that exists) that is not there or holds
+    no config.json, or a folder whose weights are missing or cut short
+    (`curation.vqgan.vqgan_weights_problem`). The rules of the vision jobs' own check
+    (pipelines.launch.check_vqgan_path, which training may not import); a hub id or URL is left to
+    the loader."""
+    from curation.vqgan import CONFIG_FILE, vqgan_weights_problem
+
+    local = Path(path).expanduser()
+    if "://" not in path and (local / CONFIG_FILE).is_file():
+        problem = vqgan_weights_problem(local)
+        if problem:
+            raise ValueError(f"--vqgan {path!r}: {problem}")
+        return
+    plainly_local = path.startswith(("/", "./", "../", "~")) or local.exists() or len(path.strip("/").split("/")) < 2
+    if "://" in path or not plainly_local:
+        return
+    problem = "no such folder" if not local.exists() else f"no {CONFIG_FILE} in {'it' if local.is_dir() else 'a file'}"
+    raise ValueError(f"--vqgan {path!r}: {problem} (expected a diffusers VQModel folder, our saved params, "
+                     "or a hub id like 'owner/repo[/subfolder]')")
+
+
+def load_checked_vqgan(path: str):
+    """`curation.vqgan.load_vqgan(path)`, its failures (a hub id that cannot be fetched, a config
+    it cannot build) as a one-line ValueError naming --vqgan."""
+    from curation.vqgan import load_vqgan
+
+    try:
+        return load_vqgan(path)
+    except (OSError, ValueError, KeyError) as err:  # FileNotFoundError is an OSError
+        text = " ".join(str(err).split()) or type(err).__name__
+        raise ValueError(text if text.startswith("--vqgan") else f"--vqgan {path!r}: {text}") from None
+
+
+def check_vqgan_codebook(config: ModelConfig, codebook_size: int, path: str, generates: bool) -> str | None:
+    """The VQGAN's codebook against the model's vision vocabulary, before generating. A video or
+    image encoded into codes the model has no ids for is refused (ValueError, one line). Frames the
+    model writes (`generates`) are drawn from the codes both have (`generate_frames`'
+    `codebook_size`): a note says so when the VQGAN's codebook is the smaller; else None."""
+    vocab = _vocab(config)
+    if codebook_size == vocab.codebook_size:
+        return None
+    if generates and codebook_size < vocab.codebook_size:
+        return (f"note: the VQGAN's codebook ({path}) has {codebook_size:,} codes, the model's vision vocabulary "
+                f"{vocab.codebook_size:,}: generated frames use only codes 0..{codebook_size - 1}")
+    if generates:
+        return None  # every code the model writes is one the VQGAN decodes
+    raise ValueError(f"--vqgan {path!r}: its codebook has {codebook_size:,} codes, but the model's vision vocabulary "
+                     f"holds {vocab.codebook_size:,}: the frames would encode to codes the model has no ids for; "
+                     "give the VQGAN the vision stage's data was encoded with")
+
+
 def save_frames(frames: np.ndarray, path: str | Path, fps: float = 4.0) -> list[Path]:
     """uint8 frames [n, h, w, 3] -> image files; returns the files written.
 
