@@ -41,7 +41,7 @@ def test_toy_model_learns_from_book_shards(shards, tmp_path):
 def test_ring_attention_step_equals_dense_step(shards, tmp_path):
     dense = train(_config(shards, tmp_path / "d", steps=2, checkpoint_every=100))
     ring = train(_config(shards, tmp_path / "r", steps=2, checkpoint_every=100, attention="ring",
-                         mesh="dp=1,fsdp=1,tp=1,sp=4", q_chunk=8, kv_chunk=16))
+                         mesh="dp=1,fsdp=1,tp=2,sp=4", q_chunk=8, kv_chunk=16))
     for a, b in zip(dense["history"], ring["history"]):
         assert a["loss"] == pytest.approx(b["loss"], rel=2e-5)
     _, p_dense = ckpt.load_params(dense["final"])
@@ -90,8 +90,9 @@ def test_mismatched_shards_and_configs_are_refused(shards, tmp_path):
         train(_config(shards, tmp_path / "y", tokenizer_sha256="0" * 64))
     with pytest.raises(DataMismatchError, match="vocab size 32000 > model vocab size 1000"):
         train(_config(shards, tmp_path / "z", model_overrides={"vocab_size": 1000}))
-    with pytest.raises(ConfigMismatch, match="not divisible by sp=3"):
+    with pytest.raises(ValueError, match=r"mesh dp=1,fsdp=1,tp=1,sp=3 uses 3 of the 8 devices"):
         train(_config(shards, tmp_path / "w", attention="ring", mesh="dp=1,fsdp=1,tp=1,sp=3"))
+    assert not (tmp_path / "w").exists()  # refused before the run folder is made
 
 
 def test_batches_are_deterministic_resumable_and_split_over_hosts(shards):

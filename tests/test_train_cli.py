@@ -16,7 +16,7 @@ from training import checkpoint as ckpt
 def test_train_convert_generate_round_trip(book_shards, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(["train", "--data", str(book_shards / "s128"), "--out", str(run), "--seq-len", "128",
-                 "--global-batch", "2", "--steps", "3", "--mesh", "dp=1,fsdp=1,tp=1,sp=2", "--q-chunk", "32",
+                 "--global-batch", "2", "--steps", "3", "--mesh", "dp=1,fsdp=1,tp=2,sp=4", "--q-chunk", "32",
                  "--kv-chunk", "32", "--no-progress", "--rope-theta", "1e6"])
     assert code == 0
     assert "longctx train" in capsys.readouterr().out

@@ -38,7 +38,6 @@ def test_meshes_on_every_device_and_the_one_device_mesh_are_made():
     assert make_train_mesh("dp=1,fsdp=1,tp=1,sp=2", jax.devices()[:2]).size == 2  # given devices: all of them used
 
 
-@pytest.mark.xfail(strict=True, reason="needs training/train.py to build its mesh with training.mesh.make_train_mesh")
 def test_train_refuses_the_probe_mesh_before_making_a_run_folder(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # relative paths: the line holds no temporary path
     write_toy_stage(tmp_path / "data", "s64", length=64)

@@ -87,6 +87,32 @@ def restore_state(manager: ocp.CheckpointManager, step: int, abstract_state: Any
     return restored.state
 
 
+def tree_shapes(tree: Any) -> dict[str, tuple[tuple[int, ...], str]]:
+    """`params/layers_0/...` -> (shape, dtype) of every array of a state tree (arrays, ShapeDtypeStructs
+    or Orbax's array metadata), with the same path spelling for all three."""
+    def name(key: Any) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    return {"/".join(name(k) for k in path): (tuple(leaf.shape), str(leaf.dtype))
+            for path, leaf in jax.tree_util.tree_leaves_with_path(tree) if hasattr(leaf, "shape")}
+
+
+def saved_state_shapes(manager: ocp.CheckpointManager, step: int) -> dict[str, tuple[tuple[int, ...], str]] | None:
+    """tree_shapes of a step checkpoint's train state, from its metadata only (no array is read),
+    or None when that metadata cannot be read (restore_state then names what is damaged)."""
+    try:
+        with ocp.PyTreeCheckpointer() as reader:
+            meta = reader.metadata(step_path(manager, step) / "state")
+    except Exception:  # noqa: BLE001 - unreadable metadata is restore_state's to report
+        return None
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    return tree_shapes(tree) if tree is not None else None
+
+
 def restore_step(manager: ocp.CheckpointManager, abstract_state: Any) -> tuple[int, Any, dict] | None:
     """The latest step checkpoint restored into `abstract_state`'s shapes and shardings, or None."""
     step = manager.latest_step()

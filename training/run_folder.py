@@ -95,11 +95,21 @@ def check_out_folder(path: RunPath, what: str = "out") -> None:
     """Refuse (RunFolderError, one line) a run location that is not a training run's folder: a
     file, a data job's output (manifest.json, stage folders of shards), a stage folder of shards,
     or a `train-stages` folder (its stages' runs in sub-folders). A missing or empty folder, or a
-    run of `longctx train` (resumed), is fine. Reads listings only, before anything is written."""
+    run of `longctx train` (resumed), is fine. Reads listings only, before anything is written.
+    A params checkpoint (model.json + params/) is refused too: it is what --init-from takes. So is
+    a new folder below a file (`runs/afile/sub`), which could not be made."""
     if not path.exists():
+        if not is_remote(path):
+            parent = next((p for p in path.parents if p.exists()), None)
+            if parent is not None and not parent.is_dir():
+                raise RunFolderError(f"{what} {path} cannot be made: {parent} is a file, not a folder; "
+                                     "pass a run folder whose parent folders are folders")
         return
     if not path.is_dir():
         raise RunFolderError(f"{what} {path} is a file, not a run folder; pass a new or existing run folder")
+    if (path / "model.json").is_file() and (path / "params").is_dir():
+        raise RunFolderError(f"{what} {path} is a params checkpoint (model.json, params/), not a run folder; to start "
+                             "from it pass it as --init-from (config key init_from) and train into a new (or empty) --out")
     if is_run_folder(path):
         return
     found = data_or_stages(path)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import os
 import resource
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,9 +22,9 @@ from jax.sharding import NamedSharding, PartitionSpec
 from curation.config_errors import read_config_yaml
 from training import checkpoint as ckpt
 from training import distributed, run_folder
-from training.config import StagePlan, TrainConfig
+from training.config import StagePlan, TrainConfig, check_vision_settings
 from training.data import check_data_folders, check_plan_data, global_arrays, open_batches
-from training.mesh import make_mesh
+from training.mesh import make_train_mesh
 from training.model import ModelConfig, count_params, flops_per_token, init_params
 from training.step import build_optimizer, init_opt_state, jit_train_step, micro_batch, param_shardings
 from training.vision import expected_vision_metadata, grow_vision_params, with_vision
@@ -58,11 +63,28 @@ def check_config(config: TrainConfig) -> None:
                              f"{config.grad_accum} equal micro-batches; make it a multiple of {config.grad_accum}")
 
 
-def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh) -> None:
-    check_config(config)
-    sp, dp = mesh.shape["sp"], mesh.shape["dp"] * mesh.shape["fsdp"]
+def check_layout(config: TrainConfig, mesh: jax.sharding.Mesh) -> None:
+    """What the sequence layout needs of the mesh (no model needed): checked before the run folder
+    is made, so a refused layout leaves nothing behind. The same rules as `longctx plan`'s."""
+    sp = mesh.shape["sp"]
     if config.seq_len % sp:
         raise ConfigMismatch(f"seq_len {config.seq_len} is not divisible by sp={sp}")
+    if config.attention == "dense" and sp > 1:
+        raise ConfigMismatch(f"dense attention needs sp=1 (ring attention splits the sequence); the mesh has sp={sp}: "
+                             "use --attention ring, or a mesh with sp=1")
+    if config.attention == "ring" and sp > 1:
+        if config.load_balance == "zigzag" and config.seq_len % (2 * sp):
+            raise ConfigMismatch(f"zigzag load balancing needs seq_len ({config.seq_len}) divisible by 2 x sp = {2 * sp}; "
+                                 "change seq_len or sp, or use --load-balance none")
+        if config.load_balance == "striped" and config.seq_len % (sp * sp):
+            raise ConfigMismatch(f"striped load balancing needs seq_len ({config.seq_len}) divisible by sp x sp = {sp * sp}; "
+                                 "change seq_len or sp, or use --load-balance none")
+
+
+def check_fits(config: TrainConfig, model: ModelConfig, mesh: jax.sharding.Mesh) -> None:
+    check_config(config)
+    check_layout(config, mesh)
+    sp, dp = mesh.shape["sp"], mesh.shape["dp"] * mesh.shape["fsdp"]
     if config.attention == "ring":
         local = config.seq_len // sp
         for name in ("q_chunk", "kv_chunk"):
@@ -137,8 +159,10 @@ def check_preset_is_init_from(config: TrainConfig, base: ModelConfig) -> None:
                              "init_from brings its own; leave model unset, or name the preset it was trained as")
 
 
+# init_from is not free: config.yaml would record a starting point the checkpoint's params did not
+# come from (and another network cannot be restored at all: check_same_network).
 RESUME_FREE_KEYS = frozenset({
-    "out", "init_from", "mesh", "state_axes", "attention", "q_chunk", "kv_chunk", "load_balance", "loss_chunk", "tokenizer_sha256",
+    "out", "mesh", "state_axes", "attention", "q_chunk", "kv_chunk", "load_balance", "loss_chunk", "tokenizer_sha256",
     "checkpoint_every", "keep_checkpoints", "stop_after", "log_every", "peak_flops_per_device", "progress",
     "allow_unfinished_data", "allow_config_change", "resume_step",
     "distributed", "coordinator_address", "num_processes", "process_id", "initialization_timeout",
@@ -149,7 +173,96 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """`key old -> new` for each setting that differs between a checkpoint's config and this run's,
     except RESUME_FREE_KEYS. Keys only one side knows (a config from an older version) are skipped."""
     keys = [k for k in current if k in saved and k not in RESUME_FREE_KEYS]
-    return [f"{k} {saved[k]!r} -> {current[k]!r}" for k in keys if saved[k] != current[k]]
+    same = lambda k: _location(saved[k]) == _location(current[k]) if k == "init_from" else saved[k] == current[k]  # noqa: E731
+    return [f"{k} {saved[k]!r} -> {current[k]!r}" for k in keys if not same(k)]
+
+
+def _location(value: Any) -> Any:
+    """A path spelled either way (`a/b/`, `./a/b`) is the same init_from."""
+    if not isinstance(value, str) or not value:
+        return value
+    return value.rstrip("/") if run_folder.is_url(value) else os.path.normpath(value)
+
+
+# ModelConfig fields that shape the params (the rest, e.g. rope_theta or the compute dtype, do not).
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "tie_embeddings", "param_dtype", "vision_layout", "vision_vocab_size")
+
+
+def _network(config: TrainConfig) -> ModelConfig | None:
+    """The network a config trains: init_from's (its model.json or config.json, read without the
+    weights) or the preset's, with model_overrides, rope_theta and vision_layout applied; None when
+    init_from cannot be read now (moved, offline): the restore then compares the arrays' shapes."""
+    try:
+        base = ckpt.any_model_config(config.init_from) if config.init_from else None
+        return model_config_for(config, base)
+    except Exception:  # noqa: BLE001 - whatever stops reading it, the shapes check stays
+        return None
+
+
+def _saved_config(saved: dict[str, Any]) -> TrainConfig | None:
+    try:
+        return TrainConfig.model_validate({k: v for k, v in saved.items() if k in TrainConfig.model_fields})
+    except ValueError:
+        return None
+
+
+def _origin(config: TrainConfig) -> str:
+    return f"init_from {config.init_from}" if config.init_from else f"model {config.model} (random init)"
+
+
+def check_same_network(config: TrainConfig, run: run_folder.RunPath, step: int, saved: dict[str, Any] | None) -> None:
+    """Refuse (ConfigMismatch, one line) a resume whose network (init_from's model, the preset,
+    model_overrides, vision_layout) is not the one the run's step checkpoint `step` was trained as:
+    its arrays could not be restored into it. Named with the difference and the fix; whatever
+    allow_config_change says (no setting makes another network restorable)."""
+    theirs_config = _saved_config(saved) if saved else None
+    if theirs_config is None:
+        return
+    theirs, ours = _network(theirs_config), _network(config)
+    if theirs is None or ours is None or theirs == ours:
+        return
+    shapes = lambda m: ckpt.tree_shapes(jax.eval_shape(lambda: init_params(m, jax.random.key(0))))  # noqa: E731
+    if shapes(theirs) == shapes(ours):
+        return
+    fields = [f.name for f in dataclasses.fields(ModelConfig)]
+    differ = [k for k in SHAPE_FIELDS if getattr(theirs, k) != getattr(ours, k)] or \
+        [k for k in fields if getattr(theirs, k) != getattr(ours, k)]
+    what = ", ".join(f"{k} {getattr(theirs, k)} in the run, {getattr(ours, k)} here" for k in differ)
+    fixes = []
+    if _location(theirs_config.init_from) != _location(config.init_from):
+        fixes.append(f"pass the run's own --init-from {theirs_config.init_from} again" if theirs_config.init_from
+                     else "leave --init-from out (the run started from a random init)")
+    if (theirs_config.model, theirs_config.model_overrides) != (config.model, config.model_overrides):
+        fixes.append(f"use its model {theirs_config.model} with model_overrides {theirs_config.model_overrides}")
+    if theirs_config.vision_layout != config.vision_layout:
+        fixes.append(f"use its vision_layout {theirs_config.vision_layout}")
+    fix = " and ".join(fixes) if fixes else "resume with the run's own settings (its config.yaml)"
+    raise ConfigMismatch(f"{run} was trained to step {step} as another network ({what}; the run's is from "
+                         f"{_origin(theirs_config)}, this one's from {_origin(config)}): to resume it, {fix}; "
+                         "or train into a new --out")
+
+
+def _check_restorable(run: run_folder.RunPath, manager, step: int, abstract_state) -> None:
+    """Refuse (ConfigMismatch) restoring a readable step checkpoint whose arrays are another tree
+    than the state this run built (what check_same_network could not tell from the configs, e.g.
+    an init_from that has moved): a checkpoint of another network is not a damaged one."""
+    saved = ckpt.saved_state_shapes(manager, step)
+    if saved is None:
+        return
+    built = ckpt.tree_shapes(abstract_state)
+    if saved == built:
+        return
+    differ = sorted(k for k in saved.keys() & built.keys() if saved[k][0] != built[k][0])
+    only_saved, only_built = sorted(saved.keys() - built.keys()), sorted(built.keys() - saved.keys())
+    details = [f"{k} {saved[k][0]} in the checkpoint, {built[k][0]} here" for k in differ[:2]]
+    details += [f"{len(only_saved)} arrays only in the checkpoint (e.g. {only_saved[0]})"] if only_saved else []
+    details += [f"{len(only_built)} arrays only here (e.g. {only_built[0]})"] if only_built else []
+    dtypes = [k for k in sorted(saved) if saved[k] != built.get(k, saved[k])]
+    details = details or [f"{k} {saved[k][1]} in the checkpoint, {built[k][1]} here" for k in dtypes[:2]]
+    raise ConfigMismatch(f"{run}: step checkpoint {step} holds another network than this run builds ({'; '.join(details)}); "
+                         "resume with the run's own init_from, model and model_overrides (its config.yaml), "
+                         "or train into a new --out")
 
 
 def truncate_metrics(path: run_folder.RunPath, step: int) -> int:
@@ -204,13 +317,13 @@ def _plan_resume(config: TrainConfig, run: run_folder.RunPath, manager) -> tuple
             log.info("resume_step %d was applied by the run that saved step %d: resuming at %d", want, target, target)
             deferred = want
         else:
-            manager, target = _roll_back(manager, want)
+            manager, target = _roll_back(config, run, manager, want)
     try:
         return manager, target, _checked_data(config, run, manager, target), deferred
     except ckpt.CheckpointError:
         if deferred is None:
             raise
-        manager, target = _roll_back(manager, deferred)
+        manager, target = _roll_back(config, run, manager, deferred)
         return manager, target, _checked_data(config, run, manager, target), None
 
 
@@ -221,7 +334,11 @@ def _saved_resume_step(manager, step: int) -> int | None:
         return None
 
 
-def _roll_back(manager, step: int) -> tuple[Any, int]:
+def _roll_back(config: TrainConfig, run: run_folder.RunPath, manager, step: int) -> tuple[Any, int]:
+    try:  # nothing is moved for a resume that could not restore step `step` anyway
+        check_same_network(config, run, step, ckpt.read_step_data(manager, step)[1])
+    except ckpt.CheckpointError:
+        pass  # _checked_data names it after the move, with the other steps
     if jax.process_index() == 0:  # one process moves the shared folders; the others wait for it
         dest, moved = ckpt.set_aside_steps_after(manager, step)
         log.warning("resume_step %d: moved step checkpoints %s (and any final params) to %s", step, moved, dest)
@@ -242,6 +359,7 @@ def _checked_data(config: TrainConfig, run: run_folder.RunPath, manager, step: i
         raise ckpt.CheckpointError(f"{err}; {_resume_hint(ckpt.available_steps(manager), step)}") from None
     if saved is None and (run / "config.yaml").exists():  # a checkpoint from before configs were saved in it
         saved = yaml.safe_load((run / "config.yaml").read_text())
+    check_same_network(config, run, step, saved)  # before the settings: no setting makes it restorable
     changes = config_changes(saved or {}, config.model_dump(mode="json"))
     if changes and not config.allow_config_change:
         raise ConfigMismatch(f"{run} was trained to step {step} with other settings: {'; '.join(changes)}; resume with "
@@ -255,25 +373,112 @@ def _restored_state(config: TrainConfig, run: run_folder.RunPath, manager, step:
     """(manager, step, state, iterator state or None when _plan_resume's stands) of the planned
     checkpoint; when it is unreadable and a resume_step was deferred, of that step instead."""
     try:
-        return manager, step, _restore_or_hint(manager, step, abstract_state), None
+        return manager, step, _restore_or_hint(manager, step, abstract_state, run), None
     except ckpt.CheckpointError:
         if deferred is None:
             raise
-    manager, step = _roll_back(manager, deferred)
+    manager, step = _roll_back(config, run, manager, deferred)
     iterator = _checked_data(config, run, manager, step)
-    return manager, step, _restore_or_hint(manager, step, abstract_state), iterator
+    return manager, step, _restore_or_hint(manager, step, abstract_state, run), iterator
 
 
-def _restore_or_hint(manager, step: int, abstract_state):
+def _restore_or_hint(manager, step: int, abstract_state, run: run_folder.RunPath | None = None):
+    _check_restorable(run if run is not None else ckpt.step_path(manager, step).parent.parent.parent, manager, step,
+                      abstract_state)
     try:
         return ckpt.restore_state(manager, step, abstract_state)
     except ckpt.CheckpointError as err:
         raise ckpt.CheckpointError(f"{err}; {_resume_hint(ckpt.available_steps(manager), step)}") from None
 
 
+class TrainInterrupted(SystemExit):
+    """Ctrl-C (SIGINT) stopped a run: exit status 130 (128 + SIGINT), after one line on stderr
+    saying after which step and which step checkpoint the same command resumes from."""
+
+    def __init__(self, message: str):
+        super().__init__(130)
+        self.message = message
+
+
+class _Where:
+    """How far a run got, for the line an interrupt prints; and Ctrl-C held back while a checkpoint
+    is being saved (`saving()`): Orbax interrupted mid-save logs its own tracebacks and leaves the
+    save half done, so the interrupt is raised once the save call has returned."""
+
+    def __init__(self, config: TrainConfig):
+        self.config, self.run, self.manager, self.done, self.primary = config, None, None, None, True
+        self._saving = self._pending = False
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():  # only the main thread may set handlers
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def _on_sigint(self, signum, frame):
+        if self._saving:
+            self._pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def saving(self) -> _Saving:
+        return _Saving(self)
+
+    def restore_handler(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+    def interrupted(self) -> TrainInterrupted:
+        saved = []
+        if self.manager is not None:
+            # A save under way is finished (a second Ctrl-C abandons it: Orbax never commits a partial one).
+            for act in (self.manager.wait_until_finished, lambda: saved.extend(ckpt.available_steps(self.manager)),
+                        self.manager.close):
+                try:
+                    act()
+                except (Exception, KeyboardInterrupt):  # noqa: BLE001 - the line below is all that is left to say
+                    pass
+        steps = self.config.steps
+        when = "before its first step" if self.done is None else f"after step {self.done} of {steps}"
+        if saved:
+            again = (f"the same command resumes from step checkpoint {self.run / 'checkpoints' / 'steps' / str(saved[-1])}"
+                     + (f" (steps {saved[-1] + 1}-{self.done} are trained again)" if self.done and self.done > saved[-1] else ""))
+        else:
+            again = "no step checkpoint was saved yet: the same command starts the run again from step 0"
+        message = f"longctx: training {self.run or self.config.out} interrupted {when}; {again}"
+        if self.primary:
+            print(message, file=sys.stderr, flush=True)
+        return TrainInterrupted(message)
+
+
+class _Saving:
+    def __init__(self, where: _Where):
+        self.where = where
+
+    def __enter__(self):
+        self.where._saving = True
+
+    def __exit__(self, *exc):
+        self.where._saving = False
+        if self.where._pending and exc[0] is None:
+            self.where._pending = False
+            raise KeyboardInterrupt
+        return False
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train one stage. Resumes from the run's latest step checkpoint if there is one (or from
-    resume_step), after checking that it was saved with the same optimisation settings."""
+    resume_step), after checking that it was saved with the same optimisation settings.
+    Ctrl-C ends it with TrainInterrupted (a SystemExit, status 130) after one line on stderr."""
+    where = _Where(config)
+    try:
+        return _train(config, where)
+    except KeyboardInterrupt:
+        where.restore_handler()  # a second Ctrl-C while the last save finishes abandons it
+        raise where.interrupted() from None
+    finally:
+        where.restore_handler()
+
+
+def _train(config: TrainConfig, where: _Where) -> dict[str, Any]:
     if not config.data or not config.out:
         raise ConfigMismatch("a training run needs data (a stage folder of shards) and out (a run folder)")
     # Joining a multi-process job must come before anything touches a device.
@@ -285,15 +490,21 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # instead of one of its stages) is refused before the run folder exists: nothing is left behind.
     run_folder.check_out_folder(run)
     check_data_folders(config.data)
+    # So is a mesh that does not fit the devices, or a sequence layout it cannot run (as `longctx plan` says).
+    mesh = make_train_mesh(config.mesh)  # every device: a mesh leaving some idle is refused
+    check_layout(config, mesh)
     primary = distributed.is_primary()  # process 0 writes the run's own files; Orbax saves collectively
+    where.run, where.primary = run, primary
     existed = run.exists()
     run_folder.make_dirs(run)
     try:
         # Which checkpoint to resume from, and whether its settings agree, before building anything.
-        manager = ckpt.step_manager(run, config.keep_checkpoints)
+        manager = where.manager = ckpt.step_manager(run, config.keep_checkpoints)
         manager, resume_at, data_state, deferred = _plan_resume(config, run, manager)
-        mesh = make_mesh(config.mesh)
+        where.manager = manager
         model_cfg, params = _initial_params(config, mesh, model_config_for(config))
+        if config.init_from:  # the checkpoint decides whether the model has a vision vocabulary
+            check_vision_settings(config, model_cfg.vision_layout, f"the model of init_from {config.init_from}")
         check_fits(config, model_cfg, mesh)
         data, batches = open_batches(
             config.data, config.global_batch, config.seed, config.seq_len, model_cfg.vocab_size, config.tokenizer_sha256,
@@ -304,7 +515,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             from training.hf import check_data_tokenizer
 
             check_data_tokenizer(config.init_from, config.data, data.info.tokenizer)
-    except Exception:  # refused before anything was written: leave no folder this run made
+    except (Exception, KeyboardInterrupt):  # refused (or stopped) before anything was written: leave no folder this run made
         if primary:
             run_folder.remove_if_untouched(run, existed)
         raise
@@ -319,9 +530,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if resume_at:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
         manager, resume_at, state, rolled_back = _restored_state(config, run, manager, resume_at, deferred, abstract)
+        where.manager = manager
         batches.restore(rolled_back or data_state, allow_change=config.allow_config_change)
         log.info("resumed %s at step %d", run, resume_at)
-    start = int(state["step"])
+    start = where.done = int(state["step"])
     dropped = truncate_metrics(run / "metrics.jsonl", start) if primary else 0
     if dropped:
         log.info("metrics.jsonl: %d lines after step %d (lost with the run that wrote them) moved to metrics.discarded.jsonl",
@@ -349,6 +561,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             t0 = time.perf_counter()
             with jax.set_mesh(mesh):  # the model's activation sharding constraints act under the mesh
                 state, metrics = step_fn(state, batch)
+            where.done = step + 1
             metrics = jax.device_get(metrics)
             seconds = time.perf_counter() - t0
             record = {
@@ -367,14 +580,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
                 metrics_log.write(record)
             advance(record)
             if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps or step + 1 == end:
-                ckpt.save_step(manager, step + 1, state, batches.state(), run_config)
-                metrics_log.flush()  # an object store's metrics.jsonl is rewritten at checkpoints
+                with where.saving():
+                    ckpt.save_step(manager, step + 1, state, batches.state(), run_config)
+                    metrics_log.flush()  # an object store's metrics.jsonl is rewritten at checkpoints
             last = step + 1
-    manager.wait_until_finished()
-    manager.close()
-    final = None
-    if last == config.steps:
-        final = ckpt.save_params(run / "checkpoints" / "final", model_cfg, state["params"])
+    with where.saving():
+        manager.wait_until_finished()
+        manager.close()
+        final = None
+        if last == config.steps:
+            final = ckpt.save_params(run / "checkpoints" / "final", model_cfg, state["params"])
     return {"run": str(run), "steps": last, "history": history, "final": str(final) if final else None, "model": model_cfg.to_dict()}
 
 
