@@ -11,7 +11,8 @@ when it holds at least `threshold` of that evaluation document's n-grams (defaul
 majority): a quoted 30-word sentence is ~2% of a 1,000-word passage's n-grams and ~20% of a
 100-word one, a copied passage is 100%, and 100- or 1,000-word passages of one sample novel share
 no 13-gram at all with the other six (measured: see tests/test_decontaminate.py).
-Evaluation documents shorter than n words have no n-gram and cannot contaminate anything.
+Evaluation documents shorter than n words have no n-gram and cannot contaminate anything; a job whose
+evaluation documents hold no n-gram at all is stopped with one line (`build_index`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import numpy as np
 
 from curation.accounting import Reason
 from curation.near_duplicates import text_ngram_hashes64
+from curation.refusals import JobRefused
 
 CONTAMINATED = Reason.CONTAMINATED.value
 
@@ -49,12 +51,35 @@ class EvalIndex:
         return self.hashes.size == 0
 
 
+class NoEvaluationNgrams(JobRefused):
+    """The evaluation documents hold no n-gram at the configured size: decontaminating against
+    them would reject nothing, and the job would run as if --decontaminate had not been given."""
+
+    # Beam adds " [while running 'STEP']" to an exception raised in a step unless it is tagged as
+    # already named: the line says what is wrong without the step (the index is built in one).
+    _tagged_with_step = True
+
+
+def no_ngrams_line(documents: int, ngram: int) -> str:
+    """The one line that stops a job whose evaluation documents hold no word n-gram."""
+    if documents:
+        read = (f"{documents:,} evaluation document{'s' if documents != 1 else ''} {'was' if documents == 1 else 'were'} read "
+                f"and none holds a word {ngram}-gram (each has fewer than {ngram} words)")
+    else:
+        read = "no evaluation document was read (the files hold no record)"
+    return (f"decontaminate: {read}, so nothing could be found contaminated: give evaluation documents of at least "
+            f"{ngram} words, or a smaller --decontaminate-ngram")
+
+
 def build_index(docs: Iterable[tuple[str, np.ndarray]], ngram: int) -> EvalIndex:
     """(name, n-gram hashes) per evaluation document -> the index; order of input does not matter
-    (documents are sorted by name, then by their hashes, so the index is the same on any runner)."""
+    (documents are sorted by name, then by their hashes, so the index is the same on any runner).
+    Raises NoEvaluationNgrams (a JobRefused: the job stops with its one line) when no document
+    holds an n-gram, none read included: a job given --decontaminate must decontaminate."""
+    docs = list(docs)
     items = sorted(((name, hashes) for name, hashes in docs if hashes.size), key=lambda item: (item[0], item[1].tobytes()))
     if not items:
-        return EvalIndex(ngram, (), np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.int32))
+        raise NoEvaluationNgrams(no_ngrams_line(len(docs), ngram))
     hashes = np.concatenate([h for _, h in items])
     owners = np.concatenate([np.full(h.size, i, dtype=np.int32) for i, (_, h) in enumerate(items)])
     order = np.lexsort((owners, hashes))

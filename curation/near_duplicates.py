@@ -77,6 +77,50 @@ class MinHashConfig:
         return 1.0 - (1.0 - similarity**self.rows) ** self.bands
 
 
+# The least chance, at exactly the threshold similarity, that LSH banding makes two documents a
+# candidate pair (P(s) = 1 - (1 - s**rows)**bands, the S-curve): a setting below it misses most
+# pairs at the threshold, and a pair just above it fares little better (1 band of 60 rows at 0.5:
+# P = 9e-19, so a copy with 2% of its words edited goes undetected). The defaults (40 x 3 at 0.5)
+# give 0.995. Refused when a job starts (pipelines/config.py TextFrontConfig.check_given).
+MIN_PAIR_PROBABILITY = 0.5
+# The chance a suggested setting reaches at the threshold.
+SUGGESTED_PAIR_PROBABILITY = 0.9
+
+
+def pair_probability(similarity: float, bands: int, rows: int) -> float:
+    """Chance that two documents of this Jaccard similarity share at least one of `bands` bands of
+    `rows` values (computed so that a chance of 1e-18 does not round to 0)."""
+    import math
+
+    band = similarity**rows
+    return 1.0 if band >= 1.0 else -math.expm1(bands * math.log1p(-band))
+
+
+def suggested_banding(threshold: float, num_perm: int) -> tuple[int, int]:
+    """(bands, rows) using at most `num_perm` permutations (at least the defaults' 120) whose
+    chance of pairing two documents at `threshold` reaches SUGGESTED_PAIR_PROBABILITY, with as
+    many rows as that allows (more rows, fewer pairs below the threshold to verify); the most
+    likely setting when none reaches it."""
+    num_perm = max(num_perm, MinHashConfig().num_perm)
+    options = [(num_perm // rows, rows) for rows in range(1, num_perm + 1)]
+    good = [o for o in options if pair_probability(threshold, *o) >= SUGGESTED_PAIR_PROBABILITY]
+    if good:
+        return max(good, key=lambda o: o[1])
+    return max(options, key=lambda o: pair_probability(threshold, *o))
+
+
+def banding_problem(threshold: float, bands: int, rows: int) -> str | None:
+    """Why `bands` x `rows` cannot find near-duplicates at `threshold` (one clause, with a
+    suggested setting), or None when its chance at the threshold reaches MIN_PAIR_PROBABILITY."""
+    p = pair_probability(threshold, bands, rows)
+    if p >= MIN_PAIR_PROBABILITY:
+        return None
+    b, r = suggested_banding(threshold, bands * rows)
+    return (f"LSH with {bands} band{'s' if bands != 1 else ''} of {rows} row{'s' if rows != 1 else ''} pairs two documents "
+            f"of similarity {threshold:g} with probability P = 1-(1-s^rows)^bands = {p:.3g}, below {MIN_PAIR_PROBABILITY:g}: "
+            f"most near-duplicates would go undetected; {b} bands of {r} rows give P = {pair_probability(threshold, b, r):.3g}")
+
+
 class _WordCharacters(dict):
     """A `str.translate` table: a character `_WORD` matches (`str.isalnum`, which is what `\\w`
     means in a str pattern, minus the underscore) maps to itself, any other to a space. Filled on

@@ -41,6 +41,8 @@ class Stage:
         check_stage_name(self.name)
         if self.length <= 0:
             raise ValueError(f"stage {self.name!r}: length must be positive, got {self.length}")
+        if self.min_tokens < 0 or (self.max_tokens is not None and self.max_tokens < 0):
+            raise ValueError(f"stage {self.name!r}: a token count is never negative, got window [{self.min_tokens}, {self.max_tokens})")
         if self.max_tokens is not None and self.max_tokens <= self.min_tokens:
             raise ValueError(f"stage {self.name!r}: empty window [{self.min_tokens}, {self.max_tokens})")
 
@@ -70,6 +72,27 @@ SHORT_STAGES: dict[str, Stage] = {
 
 # Every stage a bare name picks: the power-of-two ladder 1k .. 1m.
 KNOWN_STAGES: dict[str, Stage] = {**SHORT_STAGES, **LWM_STAGES}
+
+def catalog_stages(catalog: dict[str, tuple[int, int, int | None]]) -> dict[str, Stage]:
+    """A config's `stage_catalog` (name -> (length, min_tokens, max_tokens)) as stages, which a bare
+    name then picks before the built-in ladder's. A catalog entry may give a built-in name its own
+    window (configs/books/demo.yaml's `4k` takes 100K-200K-token books), but not another length:
+    `4k: {length: 8192}` would build 8,192-token rows in a folder named 4k, and `--stages 4k`
+    would mean another length than everywhere else; that is refused in one line."""
+    stages = {}
+    for name, (length, min_tokens, max_tokens) in catalog.items():
+        try:
+            stage = Stage(name, length, min_tokens, max_tokens)
+        except ValueError as err:
+            raise ValueError(f"stage_catalog: {err}") from None
+        built_in = KNOWN_STAGES.get(name)
+        if built_in is not None and built_in.length != length:
+            raise ValueError(f"stage_catalog: {name!r} is a built-in stage of length {built_in.length:,}, and a catalog entry "
+                             f"may change its window but not its length (got {length:,}): give a stage of length {length:,} "
+                             "another name")
+        stages[name] = stage
+    return stages
+
 
 # `name=L:min-max`, `name=L:min-` and `name=L:min` (max optional). The name is checked by Stage
 # itself (check_stage_name); any name is matched here so that a bad one gets that message.

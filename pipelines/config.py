@@ -7,6 +7,7 @@ field's description as the flag's `--help` text, so the two can never drift apar
 from __future__ import annotations
 
 import argparse
+import shlex
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +20,8 @@ from curation.manifest import config_hash
 from curation.packing import PositionMode
 from curation.quality import Languages, QualityRules
 from curation.sources import BOOK_FILES
-from curation.stages import KNOWN_STAGES, Stage, StagePolicy, parse_stage_list
+from curation.near_duplicates import banding_problem, suggested_banding
+from curation.stages import KNOWN_STAGES, Stage, StagePolicy, catalog_stages, parse_stage_list
 
 
 # Strict: pydantic would otherwise read YAML `length: true` as 1 (and `4096.0` as 4096).
@@ -28,9 +30,10 @@ StageInt = Annotated[int, Strict()]
 
 class StageModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    length: StageInt
-    min_tokens: StageInt = 0
-    max_tokens: StageInt | None = None
+    length: StageInt = Field(gt=0)
+    # A token count is never negative: `min_tokens: -5` would read as 0 without a word.
+    min_tokens: StageInt = Field(0, ge=0)
+    max_tokens: StageInt | None = Field(None, ge=0)
 
 
 # Keys a data config once took but that only the trainer can honour: the trainer averages text
@@ -88,13 +91,21 @@ class JobConfig(BaseModel):
         return data
 
     def resolved_stages(self) -> list[Stage]:
-        known = dict(KNOWN_STAGES)
-        known.update({name: Stage(name, s.length, s.min_tokens, s.max_tokens) for name, s in self.stage_catalog.items()})
-        return parse_stage_list(self.stages, known)
+        catalog = {name: (s.length, s.min_tokens, s.max_tokens) for name, s in self.stage_catalog.items()}
+        return parse_stage_list(self.stages, {**KNOWN_STAGES, **catalog_stages(catalog)})
 
     def data_config(self) -> dict[str, Any]:
-        """What determines the data (hashed into every shard): all but where it is written."""
-        data = self.model_dump(mode="json", exclude={"output", "overwrite", "stage_catalog", "reject_files"})
+        """What determines the data (hashed into every shard): all but where it is written.
+
+        reject_files is hashed too, though it does not change a shard's rows: it decides how the
+        output's rejects/ is laid out, and a rerun with another count on a finished output would
+        otherwise pass for that output ("already complete", while rejects/ still holds the old
+        count of files). In the hash, it meets the "finished job made with a different config"
+        refusal (and --overwrite) like any other key. Only a count other than the default is
+        hashed, so that every output made before the key was hashed keeps its hash (as max_chunks)."""
+        data = self.model_dump(mode="json", exclude={"output", "overwrite", "stage_catalog"})
+        if data.get("reject_files") == type(self).model_fields["reject_files"].default:
+            data.pop("reject_files")
         data["stages"] = [vars(s) for s in self.resolved_stages()]
         return data
 
@@ -119,6 +130,61 @@ class TextFrontConfig(JobConfig):
     quality: QualityRules = Field(default_factory=QualityRules, description="thresholds of the quality rules, a YAML mapping (curation/quality.py QualityRules; null switches a bound off); as a flag an inline YAML mapping such as '{min_words: 50}', which replaces the file's quality section")
     languages: Languages = Field(default_factory=lambda: ["en"], description="keep documents in these languages (ISO 639-1 codes, identified by lingua on three evenly spaced 1,000-character windows); others are rejected (language); empty (--languages '') = off; repeatable or comma-separated")
     min_language_confidence: float = Field(0.5, ge=0.0, le=1.0, description="a document's summed confidence for the allowed languages must reach this (language)")
+
+    @staticmethod
+    def check_given(given: dict[str, Any], where: Callable[[str], str]) -> None:
+        """Settings the user gave (flags and --config keys; see VideoConfig.check_given) that the
+        job would ignore without a word: a filter's settings with the filter off, decontamination
+        settings without evaluation documents; and a near-duplicate banding that cannot find the
+        pairs at its own threshold. A default is never given, so it never triggers any of these."""
+        refuse_ignored(given, where, ("quality",), "quality_filter",
+                       given.get("quality_filter") is False, "which turns the quality rules off", "--quality-filter")
+        refuse_ignored(given, where, ("min_language_confidence",), "languages",
+                       given.get("languages") == [], "which turns language identification off", "languages to keep (--languages en)")
+        refuse_ignored(given, where, NEAR_DUP_KEYS, "near_duplicates",
+                       given.get("near_duplicates") is False, "which turns near-duplicate detection off", "--near-duplicates")
+        if not given.get("decontaminate"):
+            found = [key for key in DECONTAMINATE_KEYS if given.get(key) is not None]
+            if found:
+                raise ValueError(f"{_and(where(k) for k in found)} {_is(found)} given without --decontaminate (no evaluation "
+                                 f"documents), so {_it(found)} would be ignored: drop {_it(found, 'them')} or give the evaluation "
+                                 "documents with --decontaminate FILE")
+        banding = ("near_dup_threshold", "near_dup_bands", "near_dup_rows")
+        found = [key for key in banding if given.get(key) is not None]
+        if found and given.get("near_duplicates") is not False:
+            fields = TextFrontConfig.model_fields
+            threshold, bands, rows = (given[k] if given.get(k) is not None else fields[k].default for k in banding)
+            problem = banding_problem(threshold, bands, rows)
+            if problem:
+                b, r = suggested_banding(threshold, bands * rows)
+                raise ValueError(f"{_and(where(k) for k in found)}: {problem} (--near-dup-bands {b} --near-dup-rows {r})")
+
+
+# The near-duplicate and decontamination settings, which only a job doing that reads.
+NEAR_DUP_KEYS = ("near_dup_threshold", "near_dup_ngram", "near_dup_bands", "near_dup_rows")
+DECONTAMINATE_KEYS = ("decontaminate_ngram", "decontaminate_threshold", "decontaminate_text_field")
+
+
+def _and(items) -> str:
+    return " and ".join(items)
+
+
+def _is(found: list) -> str:
+    return "is" if len(found) == 1 else "are"
+
+
+def _it(found: list, plural: str = "they") -> str:
+    return "it" if len(found) == 1 else plural
+
+
+def refuse_ignored(given: dict[str, Any], where: Callable[[str], str], keys: tuple[str, ...], switch: str, off: bool,
+                   effect: str, remedy: str) -> None:
+    """One line when a setting among `keys` is given while `switch` (given, so `off` is what the
+    user asked for) turns off what reads it."""
+    found = [key for key in keys if given.get(key) is not None]
+    if off and found:
+        raise ValueError(f"{_and(where(k) for k in found)} {_is(found)} given with {where(switch)}, {effect}, so "
+                         f"{_it(found)} would be ignored: drop {_it(found, 'them')} or give {remedy}")
 
 
 class BooksConfig(TextFrontConfig):
@@ -149,6 +215,23 @@ class QAConfig(TextFrontConfig):
     keep_raw_output: bool = Field(False, description="keep the model's raw output in rejects (debugging)")
     max_chunks: int | None = Field(None, ge=1, description="try the generator on the first N chunks of each book only; the rest are rejected as not_generated (one reject per book); default: all chunks")
 
+    @staticmethod
+    def check_given(given: dict[str, Any], where: Callable[[str], str]) -> None:
+        """TextFrontConfig's checks, and a generator setting given for a backend that does not
+        read it (GENERATOR_KEYS): `--model` with the extractive backend would run no model."""
+        TextFrontConfig.check_given(given, where)
+        backend = given.get("backend") or "extractive"
+        unread = [key for key in GENERATOR_KEYS["all"] if given.get(key) is not None and key not in GENERATOR_KEYS[backend]]
+        if not unread:
+            return
+        named = where("backend") if given.get("backend") else "--backend extractive (the default)"
+        readers = [b for b in BACKENDS if all(key in GENERATOR_KEYS[b] for key in unread)]
+        read_by = (f"read only by {' and '.join(f'--backend {b}' for b in readers)}" if readers
+                   else "no one backend reads them all")
+        raise ValueError(f"{_and(where(k) for k in unread)} {_is(unread)} given, but {named} does not read "
+                         f"{_it(unread, 'them')} ({read_by}), so {_it(unread)} would be ignored: drop {_it(unread, 'them')}"
+                         + ((" or choose that backend" if len(readers) == 1 else " or choose one of those") if readers else ""))
+
     @model_validator(mode="after")
     def _chunk_sizes_in_order(self) -> QAConfig:
         if not self.chunk_min_tokens <= self.chunk_tokens <= self.chunk_max_tokens:
@@ -162,6 +245,20 @@ class QAConfig(TextFrontConfig):
         if data.get("max_chunks") is None:  # unset: the hash of a full run stays what it was before the key existed
             data.pop("max_chunks", None)
         return data
+
+
+BACKENDS = ("extractive", "transformers", "vllm")
+# The generator settings each QA backend reads (pipelines/qa.py: BuildQAShards._handler_kwargs and
+# _inference_args, ToExample's prompt; pipelines/qa_backends.py make_handler): extractive runs no
+# model and sends the bare chunk; vllm's server takes no device, batch size or remote-code switch
+# (those go in vllm_server_kwargs). keep_raw_output is read by every backend.
+GENERATOR_KEYS: dict[str, tuple[str, ...]] = {
+    "extractive": (),
+    "transformers": ("model", "gguf_file", "device", "trust_remote_code", "batch_size", "max_new_tokens", "temperature",
+                     "prompt_template"),
+    "vllm": ("model", "vllm_server_kwargs", "vllm_chat_template", "max_new_tokens", "temperature", "prompt_template"),
+}
+GENERATOR_KEYS["all"] = tuple(dict.fromkeys(key for backend in BACKENDS for key in GENERATOR_KEYS[backend]))
 
 
 VisionLayout = Literal["separate", "unified"]
@@ -285,18 +382,36 @@ def config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseMo
             value = [s for part in value for s in part.split(",") if s]
         data[name] = value
         flagged.add(name)
+    def where(name: str) -> str:
+        """Where the user gave `name`: the flag as it was typed, else the config file's key."""
+        value = data[name]
+        if name in flagged:  # as it was typed: --no-near-duplicates, --languages '', --decontaminate a --decontaminate b
+            flag = _flag(name, model.model_fields[name])
+            if isinstance(value, bool):
+                return flag if value else "--no-" + flag.removeprefix("--")
+            values = value if isinstance(value, list) else [value]
+            return " ".join(f"{flag} {shlex.quote(str(v)) if isinstance(v, str) else v}" for v in values)
+        if isinstance(value, bool) or value is None:
+            value = {True: "true", False: "false", None: "null"}[value]
+        return f"{name}: {value} in {args.config}"
+
     try:
         config = model.model_validate(data)
     except ValidationError as err:  # a mistyped key or a wrong value: one line, naming where
-        source = f"{args.config}: " if getattr(args, "config", None) else ""
-        raise ValueError(f"{source}{validation_line(err, known_keys=top_level_keys(model))}") from None
+        # The value of a flag is the flag's mistake (`--model tooy: model: unknown preset`), not the
+        # --config file's, which may not even hold the key.
+        line = validation_line(err, known_keys=top_level_keys(model))
+        first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]["loc"]
+        # A check across keys (no location) names its key first: "model: unknown preset ...".
+        key = first[0] if first else line.split(":", 1)[0]
+        if key in flagged:
+            source = f"{where(key)}: "
+        else:
+            source = f"{args.config}: " if getattr(args, "config", None) else ""
+        raise ValueError(f"{source}{line}") from None
     check_given = getattr(model, "check_given", None)
     if check_given is not None:  # settings that exclude each other, judged on what the user gave
-
-        def where(name: str) -> str:
-            if name in flagged:
-                return f"{_flag(name, model.model_fields[name])} {data[name]}"
-            return f"{name}: {data[name]} in {args.config}"
-
-        check_given(data, where)
+        # The given keys' values as the model read them (`--languages ''` is [], a --quality
+        # string a mapping), named by `where` as the user gave them.
+        check_given({name: getattr(config, name) for name in data}, where)
     return config

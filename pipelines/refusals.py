@@ -10,12 +10,10 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from curation.refusals import JobRefused
+
 # The logger Beam's DoFnRunner reports a failing element on (`_reraise_augmented`).
 BEAM_ELEMENT_LOGGER = "apache_beam.runners.common"
-
-
-class JobRefused(ValueError):
-    """Input or settings found wrong inside a running pipeline; the job stops with this message."""
 
 
 class _DropRefusals(logging.Filter):

@@ -16,6 +16,20 @@ def shards_written(manifest: dict[str, Any]) -> int:
     return sum(len(s.get("shards", [])) for s in manifest.get("stages", {}).values())
 
 
+# The no-shard warning names every reason up to this many, the most frequent first; past it, the
+# rest are counted ("and 3 more": the table above lists them all).
+MAX_REASONS_NAMED = 8
+
+
+def reason_list(rejected: dict[str, int]) -> str:
+    """`missing_field 2, binary 1, empty 1`: every reason with its count, the largest first (ties
+    by name), the reasons past MAX_REASONS_NAMED counted as `and K more`."""
+    ordered = sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0]))
+    named = ", ".join(f"{reason} {n:,}" for reason, n in ordered[:MAX_REASONS_NAMED])
+    rest = len(ordered) - MAX_REASONS_NAMED
+    return named + (f" and {rest} more" if rest > 0 else "")
+
+
 def no_shard_warning(manifest: dict[str, Any]) -> str | None:
     """One line saying that a job wrote no shard at all, and the likeliest reason; None when it wrote some."""
     if shards_written(manifest):
@@ -24,8 +38,7 @@ def no_shard_warning(manifest: dict[str, Any]) -> str | None:
     if not read:
         why = "no record was read (check --input)"
     elif not manifest.get("kept"):
-        top = ", ".join(f"{reason} {n:,}" for reason, n in sorted(rejected.items(), key=lambda kv: -kv[1])[:3])
-        why = f"all {read:,} records were rejected ({top})"
+        why = f"all {read:,} records were rejected ({reason_list(rejected)})"
     else:
         why = f"{manifest['kept']:,} records were kept but filled no row"
     hint = ""
