@@ -32,6 +32,7 @@ import io
 import json
 import os
 import posixpath
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -81,12 +82,89 @@ def split_extension(url: str) -> tuple[str, str | None]:
     return FORMATS.get(f".{ext}", "unknown") if dot else "unknown", compression
 
 
-def expand_pattern(pattern: str) -> list[str]:
-    """Files matching a local path, folder or glob, or any fsspec URL/glob, as full URLs, sorted.
-    A path that exists is taken literally, even if it holds glob characters (`book[1].jsonl`)."""
+# A job's output folder (`curation.shards`, `pipelines.accounting`): its manifest and its rejects
+# are JSONL-like files that a folder input must not read back as books.
+MANIFEST_FILE = "manifest.json"
+_REJECTS_FILE = re.compile(r"rejects-\d{5,}-of-\d{5,}\.jsonl")
+
+
+class SkippedOutput(NamedTuple):
+    """A folder under a folder input that was not read: a longctx job's output."""
+
+    url: str
+    why: str
+
+
+def is_job_manifest(data: bytes) -> bool:
+    """Whether `data` is a longctx job's manifest.json: a JSON object with a "kind" string, a
+    "stages" object and a "config_hash" (what `curation.manifest.build_manifest` writes)."""
+    try:
+        manifest = json.loads(data)
+    except ValueError:  # not JSON, not UTF-8
+        return False
+    return (isinstance(manifest, dict) and isinstance(manifest.get("kind"), str)
+            and isinstance(manifest.get("stages"), dict) and "config_hash" in manifest)
+
+
+def _same_fs(fs, other) -> bool:
+    mine = {fs.protocol} if isinstance(fs.protocol, str) else set(fs.protocol)
+    theirs = {other.protocol} if isinstance(other.protocol, str) else set(other.protocol)
+    return bool(mine & theirs)
+
+
+def _job_outputs(fs, root: str, paths: list[str], exclude: Iterable[str]) -> list[tuple[str, str]]:
+    """(folder, why) of every job output strictly under `root` among the listed `paths`: a folder
+    named in `exclude` (the running job's own output), one holding a job manifest (a finished
+    job), or one whose rejects/ holds our `rejects-NNNNN-of-NNNNN.jsonl` (a finished or killed
+    one). Only the listing and the manifests found in it are read."""
+    root = root.rstrip("/")
+    found: dict[str, str] = {}
+    for url in exclude:
+        other, folder = fsspec.core.url_to_fs(url)
+        folder = folder.rstrip("/")
+        if _same_fs(fs, other) and folder.startswith(root + "/"):
+            found[folder] = "this job's output"
+    for path in paths:
+        folder, name = posixpath.split(path)
+        if not folder.startswith(root + "/") or folder in found:
+            continue
+        if name == MANIFEST_FILE:
+            try:
+                with fs.open(path, "rb") as fh:
+                    if is_job_manifest(fh.read()):
+                        found[folder] = f"a longctx job's output ({MANIFEST_FILE})"
+            except Exception as err:  # an unreadable manifest.json is read (and reported) as an input
+                if is_transient_io_error(err):
+                    raise
+        elif _REJECTS_FILE.fullmatch(name) and posixpath.basename(folder) == "rejects":
+            parent = posixpath.dirname(folder)
+            if parent.startswith(root + "/"):
+                found.setdefault(parent, "a longctx job's output (rejects/)")
+    outermost = []
+    for folder in sorted(found):  # a job output inside another is skipped with it
+        if not any(folder.startswith(f + "/") for f, _ in outermost):
+            outermost.append((folder, found[folder]))
+    return outermost
+
+
+def expand_inputs(pattern: str, exclude: Iterable[str] = ()) -> tuple[list[str], list[SkippedOutput]]:
+    """Files matching a local path, folder or glob, or any fsspec URL/glob, as full URLs, sorted;
+    and the folders that a folder input skipped. A path that exists is taken literally, even if it
+    holds glob characters (`book[1].jsonl`).
+    A folder is searched whole except for the longctx job outputs below it (`_job_outputs`: a
+    folder in `exclude`, one with a job manifest, one with our rejects/), so that a job whose
+    output lies inside its input folder does not read an earlier run's manifest and rejects as
+    books. A file or glob the user names is read as given."""
     fs, path = fsspec.core.url_to_fs(pattern)
+    skipped: list[SkippedOutput] = []
     if fs.isdir(path):
-        paths = [p for p in fs.find(path) if split_extension(p)[0] != "unknown"]
+        paths = fs.find(path)
+        outputs = _job_outputs(fs, path, paths, exclude)
+        if outputs:
+            cut = tuple(f"{folder}/" for folder, _ in outputs)
+            paths = [p for p in paths if not p.startswith(cut)]
+            skipped = [SkippedOutput(fs.unstrip_protocol(f) if "://" in pattern else f, why) for f, why in outputs]
+        paths = [p for p in paths if split_extension(p)[0] != "unknown"]
     elif fs.exists(path):
         paths = [path]
     elif any(ch in path for ch in "*?["):
@@ -94,7 +172,12 @@ def expand_pattern(pattern: str) -> list[str]:
     else:
         paths = []
     files = sorted(p for p in paths if not fs.isdir(p))
-    return [fs.unstrip_protocol(p) if "://" in pattern else p for p in files]
+    return [fs.unstrip_protocol(p) if "://" in pattern else p for p in files], skipped
+
+
+def expand_pattern(pattern: str, exclude: Iterable[str] = ()) -> list[str]:
+    """The files of `expand_inputs`, the job outputs below a folder left out (quietly)."""
+    return expand_inputs(pattern, exclude)[0]
 
 
 def portable_url(url: str) -> str | bytes:
@@ -383,9 +466,21 @@ def _iter_text(fh, url: str, config: SourceConfig) -> Iterator[Document | Reject
 _READERS = {"jsonl": _iter_jsonl, "parquet": _iter_parquet, "text": _iter_text}
 
 
+# What a truncated archive loses besides the record cut in two. gzip and xz give back their text
+# up to about the cut; zstd and bz2 decode whole blocks only (a zstd block's sequences are read
+# from its end, a bz2 block is one Burrows-Wheeler transform), so the text of the block the cut
+# falls in is lost too: a file smaller than one block gives no records at all.
+_BLOCK_LOSS = {
+    "zstd": "zstd decodes whole blocks of up to 128 KiB, so the records of the cut block are lost too",
+    "bz2": "bz2 decodes whole blocks of up to 900 kB, so the records of the cut block are lost too",
+}
+
+
 class ZstdReader(io.RawIOBase):
     """A zstd stream (one or more frames) that raises EOFError when the input ends inside a
-    frame. fsspec's zstd reader returns a truncated stream as a shorter, clean one."""
+    frame. fsspec's zstd reader returns a truncated stream as a shorter, clean one. Each block is
+    handed out as soon as it is decoded, so a truncated file gives back every whole block before
+    the cut (`_BLOCK_LOSS`)."""
 
     def __init__(self, raw, block: int = 1 << 16):
         import zstandard
@@ -409,7 +504,7 @@ class ZstdReader(io.RawIOBase):
             data = self._raw.read(self._block)
             if not data:
                 if self._in_frame:
-                    raise EOFError("zstd stream ends inside a frame (truncated file)")
+                    raise EOFError(f"zstd stream ends inside a frame (truncated file; {_BLOCK_LOSS['zstd']})")
                 self._done = True
                 return
             while data:
@@ -565,9 +660,12 @@ def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Docume
     except Exception as err:  # truncated archive, bad parquet footer, unreadable object, ...
         if is_transient_io_error(err):
             raise
+        detail = _one_line(err)
+        if isinstance(err, EOFError) and compression in _BLOCK_LOSS and _BLOCK_LOSS[compression] not in detail:
+            detail = f"{detail} ({_BLOCK_LOSS[compression]})"
         yield Reject(
             url,
             f"{posixpath.basename(url)}@{emitted}",
             Reason.CORRUPT_FILE,
-            f"{type(err).__name__}: {_one_line(err)} (after {emitted} records)",
+            f"{type(err).__name__}: {detail} (after {emitted} records)",
         )

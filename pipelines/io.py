@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import functools
 import hashlib
 import logging
 import posixpath
+from collections.abc import Iterable, Iterator, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 
-from curation.accounting import Reject
+from curation.accounting import Reject, printable
 from curation.documents import Document
 from curation.sources import (
     FileRange,
     SourceConfig,
-    expand_pattern,
+    expand_inputs,
     file_url,
     iter_range_records,
     plan_reads,
@@ -29,12 +33,33 @@ class NoInputFiles(ValueError):
     pass
 
 
-def match_pattern(pattern: str | bytes, what: str = "input") -> list[str | bytes]:
-    """Files of one input pattern; a local name that is not UTF-8 comes as bytes (`portable_url`)."""
+# The output folders of the job being built (`reading_beside_outputs`): a folder input skips them.
+_JOB_OUTPUTS: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar("longctx_job_outputs", default=())
+
+
+@contextlib.contextmanager
+def reading_beside_outputs(outputs: Iterable[str]) -> Iterator[None]:
+    """While a job's pipeline is built: the `ReadInputs` made in it skip these output folders
+    (the job's own) when they lie inside a folder input, besides any earlier job's output."""
+    token = _JOB_OUTPUTS.set(tuple(outputs))
+    try:
+        yield
+    finally:
+        _JOB_OUTPUTS.reset(token)
+
+
+def match_pattern(pattern: str | bytes, what: str = "input", exclude: Sequence[str] = (),
+                  log_level: int = logging.DEBUG) -> list[str | bytes]:
+    """Files of one input pattern; a local name that is not UTF-8 comes as bytes (`portable_url`).
+    A folder's files leave out the longctx job outputs below it (`exclude`: the running job's
+    own), one line each at `log_level`."""
     path, name = file_url(pattern)
-    files = expand_pattern(path)
+    files, skipped = expand_inputs(path, exclude)
+    for folder in skipped:
+        log.log(log_level, "%s %s: skipped %s, %s", what, name, printable(folder.url), folder.why)
     if not files:
-        raise NoInputFiles(f"{what} {name!r} matched no files")
+        raise NoInputFiles(f"{what} {name!r} matched no files" + (
+            f" (skipped {len(skipped)} longctx job output folder{'s' if len(skipped) > 1 else ''} under it)" if skipped else ""))
     return [portable_url(f) for f in files]
 
 
@@ -96,21 +121,25 @@ def split_sampled(items):
 
 
 class ReadInputs(beam.PTransform):
-    """Patterns -> files (deduplicated) -> work items (whole files, or pieces of large ones;
+    """Patterns -> files (deduplicated; a folder's files leave out the longctx job outputs
+    below it, `match_pattern`) -> work items (whole files, or pieces of large ones;
     spread over workers) -> records; with `sample`, only the
     `sample` records first by `record_key` go on (deterministic on any runner, from any folder)."""
 
-    def __init__(self, patterns: list[str], config: SourceConfig, sample: int | None = None):
+    def __init__(self, patterns: list[str], config: SourceConfig, sample: int | None = None,
+                 exclude: Sequence[str] | None = None):
         super().__init__()
         self.patterns = list(patterns)
         self.config = config
         self.sample = sample
+        # Output folders a folder input skips: the job's own (`reading_beside_outputs`) unless given.
+        self.exclude = tuple(_JOB_OUTPUTS.get() if exclude is None else exclude)
 
     def expand(self, pbegin):
         files = (
             pbegin
             | "Patterns" >> beam.Create([portable_url(p) for p in self.patterns])
-            | "Match" >> beam.FlatMap(match_pattern)
+            | "Match" >> beam.FlatMap(functools.partial(match_pattern, exclude=self.exclude))
             | "UniqueFiles" >> beam.Distinct()
             | "PlanReads" >> beam.ParDo(PlanReads(self.config))
             | "Spread" >> beam.Reshuffle()

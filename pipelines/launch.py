@@ -3,6 +3,7 @@ listed once, in `pipelines.jobs.DATA_JOBS`)."""
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import logging
@@ -13,6 +14,7 @@ from typing import Any
 
 import apache_beam as beam
 import fsspec
+import fsspec.asyn
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from curation.manifest import config_hash
@@ -20,10 +22,10 @@ from curation.sources import is_transient_io_error
 from curation.shards import _is_local, join_url, read_manifest
 from curation.tokenize import TokenizerInfo, load_tokenizer
 from pipelines.config import BooksConfig, ImagesConfig, JobConfig, QAConfig, VideoConfig
-from pipelines.io import NoInputFiles, match_pattern
+from pipelines.io import NoInputFiles, match_pattern, reading_beside_outputs
 from pipelines.jobs import DATA_JOBS
 from pipelines.refusals import quiet_refusals
-from pipelines.runners import local_runner
+from pipelines.runners import local_runner, remote_workers
 
 log = logging.getLogger("longctx")
 
@@ -82,19 +84,107 @@ def shard_metadata(config: JobConfig, kind: str, info: TokenizerInfo | None = No
     }
 
 
-def check_inputs(patterns: list[str], what: str = "input") -> None:
+def _one_line_error(err: BaseException) -> str:
+    """An exception as `Type: message` on one line, with the cause it wraps (an aiohttp DNS error
+    under gcsfs's retries, say) when its own message says little."""
+    parts = []
+    seen = set()
+    while err is not None and id(err) not in seen and len(parts) < 3:
+        seen.add(id(err))
+        text = " ".join(str(err).split())
+        part = f"{type(err).__name__}: {text}" if text else type(err).__name__
+        if not any(part in p for p in parts):
+            parts.append(part)
+        err = err.__cause__ or err.__context__
+    return "; ".join(parts)
+
+
+REACH_TIMEOUT_S = 30  # one listing request of `check_reachable`
+
+
+@contextlib.contextmanager
+def _quiet_object_store_logs():
+    """gcsfs logs every request it gives up on with a full traceback (`logger.exception`): the
+    launcher reports that failure itself, in one line."""
+    logger = logging.getLogger("gcsfs")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def check_reachable(pattern: str, what: str = "input") -> None:
+    """A remote input's store must answer one listing request now: with no network, or a host
+    that does not resolve, gcsfs would retry each request with backoff for about half a minute
+    (and the listing makes several) before the job failed. One request here, not retried: a
+    network failure is a ConfigError naming the URL and the cause. Other answers (a missing
+    bucket, no permission) are left to the listing, which names them."""
+    if "://" not in pattern:
+        return
+    fs, path = fsspec.core.url_to_fs(pattern)
+    request = getattr(getattr(type(fs), "_request", None), "__wrapped__", None)  # gcsfs's, without its retries
+    if request is None or not type(fs).__module__.startswith("gcsfs"):
+        return
+    bucket = path.split("/", 1)[0]
+    try:
+        with _quiet_object_store_logs():
+            fsspec.asyn.sync(fs.loop, request, fs, "GET", "b/{}/o", bucket, maxResults=1, timeout=REACH_TIMEOUT_S)
+    except Exception as err:  # noqa: BLE001 - only a failure to reach the store stops the job here
+        if is_transient_io_error(err):
+            raise ConfigError(f"{what} {pattern!r} cannot be listed: the store does not answer "
+                              f"({_one_line_error(err)})"[:500]) from None
+
+
+def check_inputs(patterns: list[str], what: str = "input", exclude: list[str] | tuple[str, ...] = ()) -> None:
     """Every input pattern must match at least one file now, on the machine that starts the job,
     as Beam's own file reads check theirs: a mistyped path is one line here, not a failed read
-    step. (The pipeline's Match step lists them again where it runs.) A network failure is raised."""
+    step. (The pipeline's Match step lists them again where it runs.) A folder input's longctx
+    job outputs (`exclude`: this job's) are skipped, one logged line each. A store that cannot be
+    reached is one line too (`check_reachable`), not the object store client's retries and
+    traceback; inside the pipeline a network failure is still raised for the runner to retry."""
     for pattern in patterns:
+        check_reachable(pattern, what)
         try:
-            match_pattern(pattern, what)
+            with _quiet_object_store_logs():
+                match_pattern(pattern, what, exclude, log_level=logging.INFO)
         except NoInputFiles as err:
             raise ConfigError(str(err)) from None
         except Exception as err:
-            if is_transient_io_error(err):
-                raise
-            raise ConfigError(f"{what} {pattern!r} cannot be listed: {type(err).__name__}: {' '.join(str(err).split())}"[:500]) from None
+            problem = "the store does not answer" if is_transient_io_error(err) else "error"
+            raise ConfigError(f"{what} {pattern!r} cannot be listed: {problem} ({_one_line_error(err)})"[:500]) from None
+
+
+def _local_path(url: str) -> bool:
+    """Whether `url` names a path on this machine: no protocol, file://, or fsspec's memory://
+    (this process's memory), without creating a filesystem (no credentials, no network)."""
+    from fsspec.implementations.local import LocalFileSystem
+    from fsspec.implementations.memory import MemoryFileSystem
+
+    protocol = fsspec.core.split_protocol(url)[0]
+    if protocol is None:
+        return True
+    try:
+        cls = fsspec.get_filesystem_class(protocol)
+    except (ImportError, ValueError):  # a protocol whose package is missing: the listing reports it
+        return False
+    return issubclass(cls, (LocalFileSystem, MemoryFileSystem))
+
+
+def check_paths_reach_workers(config: JobConfig, beam_args: list[str] | PipelineOptions | None) -> None:
+    """On a runner whose workers are other machines (Dataflow; a portable runner's containers) a
+    local --input or --output is a path those workers cannot see: the job would stage and then
+    fail to read, or write its shards to the workers' own disks. Refused in one line first."""
+    where = remote_workers(pipeline_options(beam_args or []))
+    if where is None:
+        return
+    named = [("output", config.output)] + [("input", p) for p in config.inputs] + [
+        ("decontaminate", p) for p in getattr(config, "decontaminate", None) or []]
+    for what, url in named:
+        if _local_path(url):
+            raise ConfigError(f"{what} {url!r} is a path on this machine, but {where} cannot see this machine's "
+                              "paths: use a gs:// URL (or run with --runner DirectRunner)")
 
 
 def check_output_writable(output: str) -> None:
@@ -229,8 +319,9 @@ def validate(config: JobConfig, beam_args: list[str] | PipelineOptions | None = 
         config.resolved_stages()
     except ValueError as err:
         raise ConfigError(str(err)) from None
-    check_inputs(config.inputs)
-    check_inputs(getattr(config, "decontaminate", []), "decontaminate")
+    check_paths_reach_workers(config, beam_args)  # before any listing or staging
+    check_inputs(config.inputs, exclude=[config.output])
+    check_inputs(getattr(config, "decontaminate", []), "decontaminate", exclude=[config.output])
     info = check_tokenizer(config.tokenizer)
     check_vqgan_path(config)
     check_vqgan_grid(config)
@@ -322,7 +413,8 @@ def run_job(kind: str, transform, config: JobConfig, beam_args: list[str] | Pipe
         log.warning("%s is already complete (manifest.json exists): nothing to do; pass --overwrite to redo it", config.output)
         return finished
     metadata = shard_metadata(config, kind, info)
-    with quiet_refusals(), job_pipeline(beam_args or []) as pipeline:
+    # A folder input holding this job's output folder does not read it back (`pipelines.io`).
+    with quiet_refusals(), reading_beside_outputs([config.output]), job_pipeline(beam_args or []) as pipeline:
         _ = pipeline | kind.capitalize() >> transform(config, metadata)
     return read_manifest(config.output)
 

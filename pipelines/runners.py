@@ -1,5 +1,6 @@
 """Runners: the one our DirectRunner jobs run on (`local_runner`, from `--runner` read as Beam
-reads it), and how many workers a pipeline's runner gives a stage (`worker_count`)."""
+reads it), whether the runner's workers are other machines (`remote_workers`), and how many
+workers a pipeline's runner gives a stage (`worker_count`)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,42 @@ def local_runner(options: PipelineOptions) -> PipelineRunner | None:
     encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
     info = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=info)
+
+
+def remote_workers(options: PipelineOptions) -> str | None:
+    """What runs the job's work when it is not this machine (so this machine's paths are not
+    there), as a message names it; None when the workers share this machine's files. Decided as
+    Beam decides it: the Dataflow service by Beam's own test
+    (`PipelineOptionsValidator.is_service_runner`: DataflowRunner, not on a localhost endpoint);
+    a portable runner (Flink, Spark, Prism, PortableRunner) by the SDK environment it would give
+    its workers (`runner.default_environment`; Flink and Prism choose loopback, this process,
+    for a local cluster): Docker containers do not see this machine's folders. DirectRunner and
+    the other in-process runners (any running mode) work here; a runner Beam cannot create is
+    left for the job's start to report."""
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+    from apache_beam.runners.portability.portable_runner import PortableRunner
+    from apache_beam.transforms.environments import DockerEnvironment
+
+    if local_runner(options) is not None:
+        return None
+    named = options.view_as(StandardOptions).runner
+    try:
+        runner = create_runner(named) if isinstance(named, str) else named
+    except Exception:  # noqa: BLE001 - reported by the job's start
+        return None
+    name = type(runner).__name__
+    if PipelineOptionsValidator(options, runner).is_service_runner():
+        return f"{name}'s workers (Google Cloud machines)"
+    if isinstance(runner, PortableRunner):
+        # default_environment may fill in --environment_type (Flink, Prism): ask on a copy.
+        copy = PipelineOptions.from_dictionary(options.get_all_options(drop_default=True))
+        try:
+            environment = runner.default_environment(copy)
+        except Exception:  # noqa: BLE001 - a bad environment flag is the job's start to report
+            return None
+        if isinstance(environment, DockerEnvironment):
+            return f"{name}'s workers (Docker containers)"
+    return None
 
 
 def worker_count(pipeline: beam.Pipeline) -> int | None:
