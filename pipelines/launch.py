@@ -185,6 +185,25 @@ def check_paths_reach_workers(config: JobConfig, beam_args: list[str] | Pipeline
         if _local_path(url):
             raise ConfigError(f"{what} {url!r} is a path on this machine, but {where} cannot see this machine's "
                               "paths: use a gs:// URL (or run with --runner DirectRunner)")
+    # What each worker loads by name in its setup: a file or folder that exists only here would
+    # fail there, after staging. A hub id or a package: spec names the same thing on every machine.
+    loaded = [("tokenizer", getattr(config, "tokenizer", None), "a gs:// URL, a package: spec or a hub id"),
+              ("vqgan", getattr(config, "vqgan", None), "a hub id (or a worker image that holds it at that path)"),
+              ("vllm_chat_template", getattr(config, "vllm_chat_template", None), "a gs:// URL")]
+    if getattr(config, "backend", None) == "transformers":
+        loaded.append(("model", getattr(config, "model", None), "a hub id or a package: spec"))
+    for what, spec, instead in loaded:
+        if spec and _on_this_machine_only(spec):
+            raise ConfigError(f"{what} {spec!r} is a path on this machine, but {where} cannot see this machine's "
+                              f"paths: use {instead} (or run with --runner DirectRunner)")
+
+
+def _on_this_machine_only(spec: str) -> bool:
+    """A spec (tokenizer, model, VQGAN) that names a file or folder existing here, not a URL, a
+    package: spec or a hub id (which does not exist as a local path)."""
+    if spec.startswith("package:") or "://" in spec:
+        return spec.startswith("file://")
+    return Path(spec).expanduser().exists()
 
 
 def check_output_writable(output: str) -> None:

@@ -171,3 +171,21 @@ def test_unreachable_decontaminate_set_is_named_as_such(tmp_path, capsys, gcs_at
     data = _corpus(tmp_path)
     lines = cli_error(_books([str(data)], str(tmp_path / "out"), "--decontaminate", "gs://bkt/evals/"), capsys)
     assert lines[-1].startswith("longctx books: error: decontaminate 'gs://bkt/evals/' cannot be listed: the store does not answer")
+
+
+def test_a_tokenizer_or_model_that_exists_only_here_is_refused_on_dataflow(tmp_path, capsys, monkeypatch):
+    """What each worker loads by name (tokenizer, QA model, VQGAN) must exist there too: a local
+    file or folder is refused before staging; a package: spec (as in every test above) passes."""
+    monkeypatch.chdir(tmp_path)  # relative names: the lines hold no temporary path
+    (tmp_path / "tok.model").write_bytes(b"not read: refused first")
+    argv = _books(["gs://b/in/*.jsonl"], "gs://b/out", *DATAFLOW)
+    argv[argv.index(DEMO_TOKENIZER)] = "tok.model"
+    assert cli_error(argv, capsys)[-1] == (
+        "longctx books: error: tokenizer 'tok.model' is a path on this machine, but DataflowRunner's workers (Google "
+        "Cloud machines) cannot see this machine's paths: use a gs:// URL, a package: spec or a hub id (or run with "
+        "--runner DirectRunner)")
+    (tmp_path / "model").mkdir()
+    qa = ["qa", "--input", "gs://b/in/*.jsonl", "--output", "gs://b/qa", "--tokenizer", DEMO_TOKENIZER, "--stages",
+          "tiny=4096:0-", "--backend", "transformers", "--model", "model", *DATAFLOW]
+    assert cli_error(qa, capsys)[-1].startswith("longctx qa: error: model 'model' is a path on this machine, but "
+                                                "DataflowRunner's workers")

@@ -6,26 +6,18 @@ Every record still ends in a shard or in rejects (read = kept + rejected)."""
 
 from __future__ import annotations
 
-import io
 import json
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from curation.vqgan import VQGANConfig, init_params, save_params
 from pipelines.config import ImagesConfig, VideoConfig
 from pipelines.launch import run_images, run_video
 from tests.conftest import DEMO_TOKENIZER
+from tests.test_images_pipeline import _png
 
 SIZE = 32
 IN_MEMORY = ["--runner=DirectRunner", "--direct_running_mode=in_memory"]
-
-
-def _png(seed: int) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +26,7 @@ def folder(tmp_path_factory):
     config = VQGANConfig.tiny()
     save_params(folder / "vqgan", config, init_params(config, seed=5, image_size=SIZE))
     for i in range(3):
-        (folder / f"p{i}.png").write_bytes(_png(i))
+        (folder / f"p{i}.png").write_bytes(_png(40, 40, i))
     pairs = [{"id": "captioned", "image": "p0.png", "text": "A noisy square."},
              {"id": "empty", "image": "p1.png", "text": ""},
              {"id": "blank", "image": "p2.png", "text": " \n\t "},

@@ -8,8 +8,13 @@ devices to compile for (none for GPUs: those are estimated) and the memory a dev
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
+import sys
+import tempfile
+from collections.abc import Iterator
 
 from curation.units import GiB
 
@@ -145,7 +150,11 @@ def tpu_topology_devices(topology: str) -> list:
     try:
         from jax.experimental import topologies
 
-        return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+        # libtpu, loading on a machine that is no TPU VM, writes its start-up warnings (no
+        # TPU_ACCELERATOR_TYPE, no TPU_WORKER_HOSTNAMES) straight to the process's stderr, though
+        # compile-only use needs neither: kept off the terminal, and logged at debug level.
+        with native_stderr_to_log():
+            return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
     except (ImportError, RuntimeError, ValueError) as err:  # JaxRuntimeError is a RuntimeError
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if libtpu_available() and "INVALID_ARGUMENT" in first:  # libtpu is there: the topology is what it refused
@@ -153,6 +162,26 @@ def tpu_topology_devices(topology: str) -> list:
                             "v5p:4x4x8, or GENERATION:AxB such as v5e:2x4") from None
         raise PlanError(f"cannot describe TPU topology {topology!r} ({first}); compiling for TPU needs libtpu "
                         "(pip install 'longctx[dev]' or libtpu matching jax)") from None
+
+
+@contextlib.contextmanager
+def native_stderr_to_log() -> Iterator[None]:
+    """While the block runs, what native code writes to file descriptor 2 goes to a temporary file,
+    then to the `longctx` log at debug level (the block's own exceptions pass through)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            written = sink.read().decode("utf-8", errors="replace").strip()
+            if written:
+                logging.getLogger("longctx").debug("libtpu said on loading: %s", written)
 
 
 def libtpu_available() -> bool:
