@@ -642,6 +642,30 @@ def iter_range_records(item: FileRange, config: SourceConfig) -> Iterator[Docume
                      f"{where}: {type(err).__name__}: {_one_line(err)} (after {emitted} records)")
 
 
+def first_record_fields(url: str | bytes, config: SourceConfig) -> list[str] | None:
+    """The field names of a JSONL file's first record, or a Parquet file's columns; None for a text
+    file, or when the first line is not a JSON object (the job rejects it with its reason). For
+    checks made before a job starts: it reads one line, or the Parquet footer."""
+    path, url = file_url(url)
+    fmt, compression = _file_format(url, config)
+    if fmt == "parquet" and compression is None:
+        import pyarrow.parquet as pq
+
+        with fsspec.open(path, "rb") as fh:
+            return list(pq.ParquetFile(fh).schema_arrow.names)
+    if fmt != "jsonl":
+        return None
+    with _open(path, compression) as fh:
+        for raw in iter_lines(fh):
+            if raw.strip():
+                try:
+                    record = json.loads(raw.removeprefix(b"\xef\xbb\xbf"))
+                except ValueError:
+                    return None
+                return list(record) if isinstance(record, dict) else None
+    return None
+
+
 def iter_file_records(url: str | bytes, config: SourceConfig) -> Iterator[Document | Reject]:
     """Every record of one input file, as a Document or a Reject (never raises for bad data; a
     network failure is raised for the runner to retry).

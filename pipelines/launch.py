@@ -8,6 +8,7 @@ import glob
 import json
 import logging
 import math
+import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -154,6 +155,28 @@ def check_inputs(patterns: list[str], what: str = "input", exclude: list[str] | 
         except Exception as err:
             problem = "the store does not answer" if is_transient_io_error(err) else "error"
             raise ConfigError(f"{what} {pattern!r} cannot be listed: {problem} ({_one_line_error(err)})"[:500]) from None
+
+
+def check_id_field(config: JobConfig) -> None:
+    """A --id-field other than the default that the first input record does not hold is most likely
+    mistyped: every record would silently be named by its place in its file (FILE:LINE). Said in a
+    warning line (a corpus may hold ids on some records only), from the first file's first record."""
+    default = type(config).model_fields["id_field"].default
+    if config.id_field == default or not config.inputs:
+        return
+    from curation.accounting import printable
+    from curation.sources import SourceConfig, first_record_fields
+
+    first = match_pattern(config.inputs[0], exclude=[config.output])[0]
+    source = SourceConfig(text_field=config.text_field, id_field=config.id_field, format=config.input_format)
+    try:
+        fields = first_record_fields(first, source)
+    except Exception:  # noqa: BLE001 - unreadable: the job itself rejects the file with its reason
+        return
+    if fields is not None and config.id_field not in fields:
+        log.warning("--id-field %r: the first record of %s has no such field (its fields: %s); records "
+                    "without it are named FILE:LINE", config.id_field, printable(os.fsdecode(first)),
+                    ", ".join(fields[:12]))
 
 
 def _local_path(url: str) -> bool:
@@ -341,6 +364,7 @@ def validate(config: JobConfig, beam_args: list[str] | PipelineOptions | None = 
     check_paths_reach_workers(config, beam_args)  # before any listing or staging
     check_inputs(config.inputs, exclude=[config.output])
     check_inputs(getattr(config, "decontaminate", []), "decontaminate", exclude=[config.output])
+    check_id_field(config)
     info = check_tokenizer(config.tokenizer)
     check_vqgan_path(config)
     check_vqgan_grid(config)
