@@ -161,3 +161,17 @@ def test_a_vqgan_codebook_larger_than_the_model_vocabulary_is_refused_for_a_prom
     assert line.endswith(": its codebook has 9,000 codes, but the model's vision vocabulary holds 8,192: the frames "
                          "would encode to codes the model has no ids for; give the VQGAN the vision stage's data was "
                          "encoded with")
+
+
+def test_a_smaller_codebook_encodes_a_prompt_without_a_word():
+    """Codes 0..63 of a 64-code VQGAN all have ids in an 8192-code vision vocabulary: a --video or
+    --image through it is accepted (tests/test_vision_training.py's toy model reads such clips)."""
+    from training.model import ModelConfig
+    from training.vision import with_vision
+    from training.vision_prompt import check_vqgan_codebook
+
+    model = with_vision(ModelConfig.preset("toy"), "separate")
+    assert check_vqgan_codebook(model, 64, "small", generates=False) is None
+    assert check_vqgan_codebook(model, 8192, "same", generates=False) is None
+    with pytest.raises(ValueError, match="its codebook has 9,000 codes"):
+        check_vqgan_codebook(model, 9000, "large", generates=False)

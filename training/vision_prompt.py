@@ -95,8 +95,8 @@ def check_vqgan_codebook(config: ModelConfig, codebook_size: int, path: str, gen
     if generates and codebook_size < vocab.codebook_size:
         return (f"note: the VQGAN's codebook ({path}) has {codebook_size:,} codes, the model's vision vocabulary "
                 f"{vocab.codebook_size:,}: generated frames use only codes 0..{codebook_size - 1}")
-    if generates:
-        return None  # every code the model writes is one the VQGAN decodes
+    if generates or codebook_size < vocab.codebook_size:
+        return None  # every code the model writes is one the VQGAN decodes; every code it encodes has an id
     raise ValueError(f"--vqgan {path!r}: its codebook has {codebook_size:,} codes, but the model's vision vocabulary "
                      f"holds {vocab.codebook_size:,}: the frames would encode to codes the model has no ids for; "
                      "give the VQGAN the vision stage's data was encoded with")
