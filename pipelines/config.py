@@ -177,12 +177,19 @@ def _it(found: list, plural: str = "they") -> str:
     return "it" if len(found) == 1 else plural
 
 
+def _overrides_the_file(where: Callable[[str], str], switch: str, settings: list[str]) -> bool:
+    """Whether a flag (`switch`) turns off, for this run, what the --config file's `settings`
+    configure (`--no-quality-filter` with a file's `quality:`): the flag is then doing its job, and
+    the file stays usable for the runs that keep the step. `where` names a flag as `--...`."""
+    return where(switch).startswith("--") and not any(where(key).startswith("--") for key in settings)
+
+
 def refuse_ignored(given: dict[str, Any], where: Callable[[str], str], keys: tuple[str, ...], switch: str, off: bool,
                    effect: str, remedy: str) -> None:
     """One line when a setting among `keys` is given while `switch` (given, so `off` is what the
     user asked for) turns off what reads it."""
     found = [key for key in keys if given.get(key) is not None]
-    if off and found:
+    if off and found and not _overrides_the_file(where, switch, found):
         raise ValueError(f"{_and(where(k) for k in found)} {_is(found)} given with {where(switch)}, {effect}, so "
                          f"{_it(found)} would be ignored: drop {_it(found, 'them')} or give {remedy}")
 
@@ -222,7 +229,7 @@ class QAConfig(TextFrontConfig):
         TextFrontConfig.check_given(given, where)
         backend = given.get("backend") or "extractive"
         unread = [key for key in GENERATOR_KEYS["all"] if given.get(key) is not None and key not in GENERATOR_KEYS[backend]]
-        if not unread:
+        if not unread or (given.get("backend") and _overrides_the_file(where, "backend", unread)):
             return
         named = where("backend") if given.get("backend") else "--backend extractive (the default)"
         readers = [b for b in BACKENDS if all(key in GENERATOR_KEYS[b] for key in unread)]
@@ -402,12 +409,11 @@ def config_from_args(model: type[BaseModel], args: argparse.Namespace) -> BaseMo
         # --config file's, which may not even hold the key.
         line = validation_line(err, known_keys=top_level_keys(model))
         first = sorted(err.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]["loc"]
-        # A check across keys (no location) names its key first: "model: unknown preset ...".
+        # A check across keys (no location) names its key first: "model: unknown preset ...". A key
+        # a flag gave is not the --config file's mistake (the file may not even hold it): the line,
+        # which names the key and the value, is said without the file.
         key = first[0] if first else line.split(":", 1)[0]
-        if key in flagged:
-            source = f"{where(key)}: "
-        else:
-            source = f"{args.config}: " if getattr(args, "config", None) else ""
+        source = f"{args.config}: " if getattr(args, "config", None) and key not in flagged else ""
         raise ValueError(f"{source}{line}") from None
     check_given = getattr(model, "check_given", None)
     if check_given is not None:  # settings that exclude each other, judged on what the user gave

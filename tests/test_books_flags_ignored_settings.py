@@ -147,3 +147,17 @@ def test_a_manifest_config_with_every_default_validates_again(common):
     config = _config("qa", [*common, "--no-near-duplicates", "--languages", "", "--no-quality-filter"])
     assert QAConfig.model_validate(json.loads(json.dumps(config.model_dump(mode="json")))) == config
     assert Path(config.inputs[0]).name == "books.jsonl"
+
+
+def test_a_flag_that_turns_a_step_off_overrides_the_config_files_settings_for_it(common, tmp_path, monkeypatch):
+    """`--no-quality-filter` (or `--no-near-duplicates`, `--languages ''`, another `--backend`) on a
+    run whose --config file sets that step's thresholds is the flag doing its job for this run: the
+    file stays usable for the runs that keep the step, so this is accepted (the same keys given as
+    flags, or the switch in the same file, are refused above)."""
+    monkeypatch.chdir(tmp_path)
+    Path("books.yaml").write_text("quality: {max_dup_lines: 0.9}\nnear_dup_threshold: 0.6\nmin_language_confidence: 0.7\n")
+    config = _config("books", ["--config", "books.yaml", *common, "--no-quality-filter", "--no-near-duplicates",
+                               "--languages", ""])
+    assert config.quality_filter is False and config.near_duplicates is False and config.languages == []
+    Path("qa.yaml").write_text("backend: transformers\nmodel: m\ntemperature: 0.7\n")
+    assert _config("qa", ["--config", "qa.yaml", *common, "--backend", "extractive"]).backend == "extractive"
